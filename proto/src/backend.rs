@@ -217,7 +217,11 @@ fn parse(tag: u8, body: Bytes) -> Result<BackendMessage, ProtocolError> {
             r.finish()?;
             BackendMessage::CommandComplete(tag)
         }
-        b'I' => empty(body, BackendMessage::EmptyQueryResponse, "EmptyQueryResponse")?,
+        b'I' => empty(
+            body,
+            BackendMessage::EmptyQueryResponse,
+            "EmptyQueryResponse",
+        )?,
         b'E' => BackendMessage::ErrorResponse(parse_fields(&body, "ErrorResponse")?),
         b'N' => BackendMessage::NoticeResponse(parse_fields(&body, "NoticeResponse")?),
         b'A' => BackendMessage::NotificationResponse,
@@ -394,7 +398,9 @@ mod tests {
     #[test]
     fn decodes_error_response_fields() {
         let body = b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed for user \"x\"\0Rauth_failed\0\0";
-        let msg = decode_one(&frame(b'E', body)).expect("valid").expect("complete");
+        let msg = decode_one(&frame(b'E', body))
+            .expect("valid")
+            .expect("complete");
         let BackendMessage::ErrorResponse(e) = msg else {
             panic!("wrong message {msg:?}")
         };
@@ -430,7 +436,10 @@ mod tests {
         for cut in 0..full.len() {
             assert_eq!(decode_one(&full[..cut]), Ok(None), "cut {cut}");
         }
-        assert_eq!(decode_one(&full), Ok(Some(BackendMessage::ReadyForQuery(b'I'))));
+        assert_eq!(
+            decode_one(&full),
+            Ok(Some(BackendMessage::ReadyForQuery(b'I')))
+        );
     }
 
     #[test]

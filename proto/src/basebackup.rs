@@ -454,7 +454,10 @@ impl BaseBackupDecoder {
                 Ok(())
             }
             (Stage::Start, msg) => {
-                if let Some(set) = self.builder.handle_message(msg, "the backup start position")? {
+                if let Some(set) = self
+                    .builder
+                    .handle_message(msg, "the backup start position")?
+                {
                     let (start, timeline) = position(&set, "BASE_BACKUP start position")?;
                     self.events
                         .push_back(BackupEvent::Started { start, timeline });
@@ -493,7 +496,10 @@ impl BaseBackupDecoder {
                 self.stage = Stage::End;
                 Ok(())
             }
-            (Stage::CopyBeforeArchive | Stage::CopyArchive | Stage::CopyManifest, BackendMessage::CopyDone) => {
+            (
+                Stage::CopyBeforeArchive | Stage::CopyArchive | Stage::CopyManifest,
+                BackendMessage::CopyDone,
+            ) => {
                 match self.stage {
                     Stage::CopyArchive => self.events.push_back(BackupEvent::ArchiveEnd),
                     Stage::CopyManifest => self.events.push_back(BackupEvent::ManifestEnd),
@@ -513,7 +519,10 @@ impl BaseBackupDecoder {
                 Ok(())
             }
             (Stage::End, msg) => {
-                if let Some(set) = self.builder.handle_message(msg, "the backup end position")? {
+                if let Some(set) = self
+                    .builder
+                    .handle_message(msg, "the backup end position")?
+                {
                     let (end, timeline) = position(&set, "BASE_BACKUP end position")?;
                     self.events.push_back(BackupEvent::Ended { end, timeline });
                     self.stage = Stage::ExpectReady;
@@ -540,11 +549,12 @@ impl BaseBackupDecoder {
             Dialect::Legacy => {
                 if let Some(ts) = self.tablespaces.get(self.next_archive) {
                     let name = archive_name(ts);
-                    self.events.push_back(BackupEvent::ArchiveStart(ArchiveInfo {
-                        name,
-                        tablespace: self.next_archive,
-                        server_terminated: false,
-                    }));
+                    self.events
+                        .push_back(BackupEvent::ArchiveStart(ArchiveInfo {
+                            name,
+                            tablespace: self.next_archive,
+                            server_terminated: false,
+                        }));
                     self.next_archive += 1;
                     self.stage = Stage::LegacyArchive;
                 } else {
@@ -578,11 +588,12 @@ impl BaseBackupDecoder {
                     self.events.push_back(BackupEvent::ArchiveEnd);
                 }
                 let tablespace = self.tablespace_for(&location)?;
-                self.events.push_back(BackupEvent::ArchiveStart(ArchiveInfo {
-                    name,
-                    tablespace,
-                    server_terminated: true,
-                }));
+                self.events
+                    .push_back(BackupEvent::ArchiveStart(ArchiveInfo {
+                        name,
+                        tablespace,
+                        server_terminated: true,
+                    }));
                 self.next_archive += 1;
                 self.stage = Stage::CopyArchive;
             }
@@ -876,10 +887,18 @@ mod tests {
 
     #[test]
     fn legacy_and_new_streams_give_the_same_events() {
-        let ts = [[Some("16388"), Some("/srv/ts1"), Some("66")], [None, None, Some("22939")]];
+        let ts = [
+            [Some("16388"), Some("/srv/ts1"), Some("66")],
+            [None, None, Some("22939")],
+        ];
         let mut legacy = header_messages(&ts);
         legacy.extend([copy_out(), data(b"ts-bytes"), BackendMessage::CopyDone]);
-        legacy.extend([copy_out(), data(b"base-"), data(b"bytes"), BackendMessage::CopyDone]);
+        legacy.extend([
+            copy_out(),
+            data(b"base-"),
+            data(b"bytes"),
+            BackendMessage::CopyDone,
+        ]);
         legacy.extend([copy_out(), data(b"{manifest}"), BackendMessage::CopyDone]);
         legacy.extend(end_messages());
 
@@ -938,7 +957,10 @@ mod tests {
         msgs.push(data(b"dxx"));
         assert!(matches!(
             run(Dialect::Options, msgs),
-            Err(ProtocolError::UnexpectedMessage { got: "CopyData", .. })
+            Err(ProtocolError::UnexpectedMessage {
+                got: "CopyData",
+                ..
+            })
         ));
         // Archive data before any archive.
         let mut msgs = header_messages(&ts);
@@ -953,7 +975,12 @@ mod tests {
         ));
         // Archive after manifest.
         let mut msgs = header_messages(&ts);
-        msgs.extend([copy_out(), data(b"nbase.tar\0\0"), data(b"m"), data(b"nbase.tar\0\0")]);
+        msgs.extend([
+            copy_out(),
+            data(b"nbase.tar\0\0"),
+            data(b"m"),
+            data(b"nbase.tar\0\0"),
+        ]);
         assert!(run(Dialect::Options, msgs).is_err());
         // Archive name with a slash.
         let mut msgs = header_messages(&ts);

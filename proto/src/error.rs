@@ -126,7 +126,11 @@ impl fmt::Display for ServerError {
 
 impl fmt::Debug for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ServerError({} {}: {:?})", self.severity, self.code, self.message)
+        write!(
+            f,
+            "ServerError({} {}: {:?})",
+            self.severity, self.code, self.message
+        )
     }
 }
 

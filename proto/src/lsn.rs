@@ -134,7 +134,12 @@ impl SegNo {
     /// names it (`XLogFileName`).
     pub fn file_name(self, tli: TimelineId, size: WalSegSize) -> String {
         let per_id = size.segments_per_xlog_id();
-        format!("{:08X}{:08X}{:08X}", tli.0, self.0 / per_id, self.0 % per_id)
+        format!(
+            "{:08X}{:08X}{:08X}",
+            tli.0,
+            self.0 / per_id,
+            self.0 % per_id
+        )
     }
 
     /// The first position of this segment.
@@ -212,7 +217,18 @@ mod tests {
         }
         assert_eq!("0/0A000028".parse::<Lsn>().ok(), Some(Lsn(0xA00_0028)));
         assert_eq!("0/a000028".parse::<Lsn>().ok(), Some(Lsn(0xA00_0028)));
-        for bad in ["", "/", "0/", "/0", "0", "123456789/AAAA5555", "0/G", "0/1/2", " 0/1", "+0/1"] {
+        for bad in [
+            "",
+            "/",
+            "0/",
+            "/0",
+            "0",
+            "123456789/AAAA5555",
+            "0/G",
+            "0/1/2",
+            " 0/1",
+            "+0/1",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?} should be rejected");
         }
     }
@@ -234,7 +250,9 @@ mod tests {
         );
         let big = WalSegSize::parse_show("1GB").expect("valid");
         assert_eq!(
-            Lsn(0x5_4000_0000).segment(big).file_name(TimelineId(2), big),
+            Lsn(0x5_4000_0000)
+                .segment(big)
+                .file_name(TimelineId(2), big),
             "000000020000000500000001"
         );
         assert_eq!(TimelineId(0x2A).history_file_name(), "0000002A.history");
@@ -250,7 +268,15 @@ mod tests {
             WalSegSize::parse_show("1GB").map(WalSegSize::bytes).ok(),
             Some(1 << 30)
         );
-        for bad in ["", "16", "3MB", "2GB", "512kB", "16 MB", "99999999999999999999MB"] {
+        for bad in [
+            "",
+            "16",
+            "3MB",
+            "2GB",
+            "512kB",
+            "16 MB",
+            "99999999999999999999MB",
+        ] {
             assert!(WalSegSize::parse_show(bad).is_err(), "{bad:?}");
         }
     }

@@ -56,14 +56,12 @@ impl ResultSet {
         row: usize,
         col: usize,
     ) -> Result<Option<&str>, ProtocolError> {
-        let value = self
-            .rows
-            .get(row)
-            .and_then(|r| r.get(col))
-            .ok_or_else(|| ProtocolError::BadResult {
+        let value = self.rows.get(row).and_then(|r| r.get(col)).ok_or_else(|| {
+            ProtocolError::BadResult {
                 command,
                 problem: format!("no value at row {row}, column {col}"),
-            })?;
+            }
+        })?;
         value
             .as_ref()
             .map(|v| {

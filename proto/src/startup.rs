@@ -313,7 +313,13 @@ impl fmt::Display for ServerVersion {
         if self.0 >= 100_000 {
             write!(f, "{}.{}", self.0 / 10000, self.0 % 10000)
         } else {
-            write!(f, "{}.{}.{}", self.0 / 10000, self.0 / 100 % 100, self.0 % 100)
+            write!(
+                f,
+                "{}.{}.{}",
+                self.0 / 10000,
+                self.0 / 100 % 100,
+                self.0 % 100
+            )
         }
     }
 }
@@ -334,7 +340,11 @@ mod tests {
             ("9.6.24", 90624),
             ("9.6beta2", 90600),
         ] {
-            assert_eq!(ServerVersion::parse(text).ok(), Some(ServerVersion(num)), "{text}");
+            assert_eq!(
+                ServerVersion::parse(text).ok(),
+                Some(ServerVersion(num)),
+                "{text}"
+            );
         }
         assert!(ServerVersion::parse("").is_err());
         assert!(ServerVersion::parse("x").is_err());
@@ -346,7 +356,11 @@ mod tests {
     }
 
     fn params() -> [(&'static str, &'static str); 3] {
-        [("user", "md5_user"), ("database", "replication"), ("replication", "true")]
+        [
+            ("user", "md5_user"),
+            ("database", "replication"),
+            ("replication", "true"),
+        ]
     }
 
     #[test]
@@ -408,7 +422,10 @@ mod tests {
             .expect_err("copy data");
         assert!(matches!(
             err,
-            StartupError::Protocol(ProtocolError::UnexpectedMessage { got: "CopyData", .. })
+            StartupError::Protocol(ProtocolError::UnexpectedMessage {
+                got: "CopyData",
+                ..
+            })
         ));
         let mut s = Startup::new(&params(), Some(b"x"), &mut out).expect("encode");
         let err = s

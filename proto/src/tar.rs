@@ -55,7 +55,9 @@ pub struct Member {
 #[non_exhaustive]
 pub enum TarError {
     /// Header checksum mismatch: the stream is corrupt or not a tar.
-    #[error("tar header checksum mismatch at offset {offset} (stored {stored}, computed {computed})")]
+    #[error(
+        "tar header checksum mismatch at offset {offset} (stored {stored}, computed {computed})"
+    )]
     Checksum {
         /// Byte offset of the header in the archive.
         offset: u64,
@@ -261,7 +263,13 @@ pub fn header_checksum(block: &[u8; BLOCK]) -> u32 {
     block
         .iter()
         .enumerate()
-        .map(|(i, &b)| if (148..156).contains(&i) { u32::from(b' ') } else { u32::from(b) })
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                u32::from(b' ')
+            } else {
+                u32::from(b)
+            }
+        })
         .sum()
 }
 
@@ -383,10 +391,20 @@ mod tests {
         for terminated in [false, true] {
             let bytes = archive(
                 &[
-                    ("backup_label", MemberKind::File, b"START WAL LOCATION", None),
+                    (
+                        "backup_label",
+                        MemberKind::File,
+                        b"START WAL LOCATION",
+                        None,
+                    ),
                     ("global/", MemberKind::Directory, b"", None),
                     ("base/1/1259", MemberKind::File, &big, None),
-                    ("pg_tblspc/16388/", MemberKind::Symlink, b"", Some("/srv/ts")),
+                    (
+                        "pg_tblspc/16388/",
+                        MemberKind::Symlink,
+                        b"",
+                        Some("/srv/ts"),
+                    ),
                     ("empty", MemberKind::File, b"", None),
                 ],
                 terminated,
@@ -440,7 +458,10 @@ mod tests {
         let events = split(&[&bytes]).expect("parses");
         assert!(matches!(
             &events[0],
-            TarEvent::Member(Member { kind: MemberKind::Other(b'6'), .. })
+            TarEvent::Member(Member {
+                kind: MemberKind::Other(b'6'),
+                ..
+            })
         ));
     }
 }

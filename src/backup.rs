@@ -1,0 +1,320 @@
+//! The backup task: sends BASE_BACKUP on the main connection, decodes the response, prepares
+//! the tablespace directories once the server lists them, and feeds the archives to the
+//! unpacker through a bounded channel (a slow disk slows the socket, not our memory).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use pgclone_proto::basebackup::{
+    BackupEvent, BaseBackupDecoder, BaseBackupOptions, Dialect, TablespaceInfo,
+};
+use pgclone_proto::{Lsn, ServerError, TimelineId};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::conn::Connection;
+use crate::dest::Cleanup;
+use crate::error::Error;
+use crate::progress::Progress;
+use crate::server::ServerFacts;
+use crate::tablespace::canonicalize;
+use crate::unpack::{self, ArchiveRoot, Chunk, Layout, Stats};
+
+/// Chunks in flight between the socket and the disk: 64 × 32 kB server buffers ≈ 2 MB.
+const CHANNEL_DEPTH: usize = 64;
+
+/// What a finished backup reports.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Start position.
+    pub start: Lsn,
+    /// End position.
+    pub end: Lsn,
+    /// Timeline at the end.
+    pub timeline: TimelineId,
+    /// Where each tablespace went (for the final sync).
+    pub tablespace_dirs: Vec<PathBuf>,
+    /// Whether the manifest arrived.
+    pub manifest: bool,
+    /// What the unpacker wrote.
+    pub stats: Stats,
+    /// Bytes received.
+    pub bytes: u64,
+}
+
+/// Runs BASE_BACKUP to the end. Tablespace directories it creates are recorded in `cleanup`.
+pub async fn run(
+    conn: &mut Connection,
+    cfg: &Config,
+    facts: &ServerFacts,
+    options: &BaseBackupOptions,
+    layout: Layout,
+    cleanup: &mut Cleanup,
+) -> Result<Outcome, Error> {
+    let command = options.command(facts.version)?;
+    tracing::debug!("sending {command}");
+    tracing::info!("initiating base backup, waiting for checkpoint to complete");
+    conn.send_query(&command, "BASE_BACKUP").await?;
+
+    let mut state = State {
+        decoder: BaseBackupDecoder::new(Dialect::for_version(facts.version)),
+        progress: Progress::new(cfg.progress),
+        unpacker: None,
+        layout: Some(layout),
+        tablespaces: Vec::new(),
+        tablespace_dirs: Vec::new(),
+        started: None,
+        ended: None,
+        manifest: false,
+    };
+    let streamed = state.stream(conn, cfg, cleanup).await;
+    let unpacked = match state.unpacker.take() {
+        Some(u) => u.finish().await,
+        None => Ok(Stats::default()),
+    };
+    // The unpacker's own error is the root cause when it stopped taking chunks.
+    let stats = match (streamed, unpacked) {
+        (Err(Error::Internal(_)), Err(e)) | (Ok(()), Err(e)) => return Err(e),
+        (Err(e), _) => return Err(e),
+        (Ok(()), Ok(stats)) => stats,
+    };
+    state.progress.finish();
+    let (start, (end, timeline)) = state
+        .started
+        .zip(state.ended)
+        .ok_or_else(|| Error::Internal("backup ended without start or end position".into()))?;
+    Ok(Outcome {
+        start,
+        end,
+        timeline,
+        tablespace_dirs: state.tablespace_dirs,
+        manifest: state.manifest,
+        stats,
+        bytes: state.progress.bytes(),
+    })
+}
+
+struct Unpacker {
+    tx: mpsc::Sender<Chunk>,
+    handle: JoinHandle<Result<Stats, Error>>,
+}
+
+impl Unpacker {
+    fn spawn(layout: Layout) -> Self {
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let handle = tokio::task::spawn_blocking(move || unpack::run(rx, layout));
+        Self { tx, handle }
+    }
+
+    async fn send(&self, chunk: Chunk) -> Result<(), Error> {
+        self.tx
+            .send(chunk)
+            .await
+            .map_err(|_| Error::Internal("the unpacker stopped".into()))
+    }
+
+    async fn finish(self) -> Result<Stats, Error> {
+        drop(self.tx);
+        self.handle
+            .await
+            .map_err(|e| Error::Internal(format!("unpacker task failed: {e}")))?
+    }
+}
+
+struct State {
+    decoder: BaseBackupDecoder,
+    progress: Progress,
+    unpacker: Option<Unpacker>,
+    layout: Option<Layout>,
+    tablespaces: Vec<TablespaceInfo>,
+    tablespace_dirs: Vec<PathBuf>,
+    started: Option<Lsn>,
+    ended: Option<(Lsn, TimelineId)>,
+    manifest: bool,
+}
+
+impl State {
+    async fn stream(
+        &mut self,
+        conn: &mut Connection,
+        cfg: &Config,
+        cleanup: &mut Cleanup,
+    ) -> Result<(), Error> {
+        loop {
+            let phase = if self.started.is_some() {
+                "base backup"
+            } else {
+                "base backup start"
+            };
+            let msg = conn.read_message(phase).await?;
+            self.decoder
+                .handle_message(msg)
+                .map_err(Error::protocol(phase))?;
+            while let Some(event) = self.decoder.poll_event() {
+                self.on_event(event, cfg, cleanup).await?;
+            }
+            if self.decoder.is_done() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn on_event(
+        &mut self,
+        event: BackupEvent,
+        cfg: &Config,
+        cleanup: &mut Cleanup,
+    ) -> Result<(), Error> {
+        match event {
+            BackupEvent::Started { start, timeline } => {
+                tracing::info!("checkpoint completed");
+                tracing::info!("write-ahead log start point: {start} on timeline {timeline}");
+                self.started = Some(start);
+            }
+            BackupEvent::Tablespaces(list) => {
+                let mut layout = self
+                    .layout
+                    .take()
+                    .ok_or_else(|| Error::Internal("tablespace list twice".into()))?;
+                self.tablespace_dirs = prepare_tablespaces(&list, cfg, &mut layout, cleanup)?;
+                let total = list.iter().map(|t| t.size_kb).sum::<Option<u64>>();
+                self.progress.set_total(total, list.len());
+                self.tablespaces = list;
+                self.unpacker = Some(Unpacker::spawn(layout));
+            }
+            BackupEvent::ArchiveStart(info) => {
+                let ts = self.tablespaces.get(info.tablespace);
+                let root = match ts.and_then(|t| t.oid.zip(t.location.as_ref())) {
+                    None => ArchiveRoot::Base,
+                    Some((oid, location)) => ArchiveRoot::Tablespace {
+                        oid,
+                        dir: target_dir(location, cfg),
+                    },
+                };
+                tracing::debug!("receiving archive {}", info.name);
+                self.send(Chunk::ArchiveStart {
+                    name: info.name,
+                    root,
+                })
+                .await?;
+            }
+            BackupEvent::ArchiveData(data) => {
+                self.progress.add(data.len());
+                self.send(Chunk::Data(data)).await?;
+            }
+            BackupEvent::ArchiveEnd => {
+                self.progress.archive_done();
+                self.send(Chunk::ArchiveEnd).await?;
+            }
+            BackupEvent::ManifestStart => {
+                self.manifest = true;
+                self.send(Chunk::ManifestStart).await?;
+            }
+            BackupEvent::ManifestData(data) => self.send(Chunk::ManifestData(data)).await?,
+            BackupEvent::ManifestEnd => self.send(Chunk::ManifestEnd).await?,
+            BackupEvent::Progress(_) => {}
+            BackupEvent::Ended { end, timeline } => {
+                tracing::info!("write-ahead log end point: {end}");
+                self.ended = Some((end, timeline));
+            }
+            BackupEvent::ServerError(e) => return Err(self.server_error(e)),
+            BackupEvent::Complete => {}
+            other => tracing::debug!("ignoring {other:?}"),
+        }
+        Ok(())
+    }
+
+    fn server_error(&self, e: ServerError) -> Error {
+        if e.code == ServerError::DATA_CORRUPTED {
+            tracing::debug!("server: {e}");
+            return Error::ChecksumFailure;
+        }
+        let context = if self.started.is_some() {
+            "base backup failed"
+        } else {
+            "could not initiate base backup"
+        };
+        Error::Server {
+            context: context.into(),
+            source: e,
+        }
+    }
+
+    async fn send(&self, chunk: Chunk) -> Result<(), Error> {
+        match &self.unpacker {
+            Some(u) => u.send(chunk).await,
+            None => Err(Error::Internal(
+                "archive data before the tablespace list".into(),
+            )),
+        }
+    }
+}
+
+/// Where a tablespace at `location` goes: its `-T` mapping or the same path; an in-place
+/// tablespace (16+, relative `pg_tblspc/<oid>`) goes under the data directory.
+fn target_dir(location: &str, cfg: &Config) -> PathBuf {
+    let path = Path::new(location);
+    if path.is_absolute() {
+        cfg.tablespace_mapping.map(path)
+    } else {
+        cfg.dest.join(path)
+    }
+}
+
+/// Checks and creates each tablespace's directory; fills in the symlink targets.
+fn prepare_tablespaces(
+    list: &[TablespaceInfo],
+    cfg: &Config,
+    layout: &mut Layout,
+    cleanup: &mut Cleanup,
+) -> Result<Vec<PathBuf>, Error> {
+    let mut dirs = Vec::new();
+    let mut seen = HashSet::new();
+    let mut locations = Vec::new();
+    for ts in list {
+        let (Some(oid), Some(location)) = (ts.oid, ts.location.as_deref()) else {
+            continue;
+        };
+        let path = Path::new(location);
+        let dir = target_dir(location, cfg);
+        if path.is_absolute() {
+            locations.push(canonicalize(path));
+            cleanup.prepare_dir(&dir, layout.dir_mode, "tablespace directory")?;
+            layout.tablespace_links.insert(oid, dir.clone());
+        } else {
+            // 16+ in-place tablespace: exactly pg_tblspc/<oid>, nothing else.
+            if path != Path::new("pg_tblspc").join(oid.to_string()) {
+                return Err(Error::UnsafeMember {
+                    archive: "tablespace list".into(),
+                    member: location.into(),
+                    reason: "a relative tablespace location other than pg_tblspc/<oid>".into(),
+                });
+            }
+            let tblspc = cfg.dest.join("pg_tblspc");
+            for d in [&tblspc, &dir] {
+                match std::fs::create_dir(d) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::fs("create directory", d)(e)),
+                }
+                layout.precreated.insert(d.clone());
+            }
+        }
+        if !seen.insert(dir.clone()) {
+            return Err(Error::Usage(format!(
+                "two tablespaces map to the same directory \"{}\"",
+                dir.display()
+            )));
+        }
+        tracing::debug!("tablespace {oid} at {location} goes to {}", dir.display());
+        dirs.push(dir);
+    }
+    for unused in cfg.tablespace_mapping.unused(&locations) {
+        tracing::warn!(
+            "tablespace mapping for \"{}\" matches no tablespace of the server",
+            unused.display()
+        );
+    }
+    Ok(dirs)
+}

@@ -1,0 +1,327 @@
+//! The validated configuration of one run, derived from the flags and the environment, with
+//! pg_basebackup's messages for bad values and bad combinations.
+
+use std::path::PathBuf;
+
+use pgclone_proto::basebackup::{Checkpoint, ManifestOption, MAX_RATE_RANGE};
+
+use crate::cli::Args;
+use crate::conn::{ConnFlags, ConnParams};
+use crate::error::Error;
+use crate::tablespace::TablespaceMapping;
+
+/// How WAL gets into the clone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalMethod {
+    /// Not at all (`-X none`).
+    None,
+    /// Inside the base archive, at the end (`-X fetch`).
+    Fetch,
+    /// Over a second connection during the backup (`-X stream`).
+    Stream,
+}
+
+/// A validated run configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How to connect.
+    pub conn: ConnParams,
+    /// The data directory to create.
+    pub dest: PathBuf,
+    /// WAL method.
+    pub wal_method: WalMethod,
+    /// `--waldir`.
+    pub waldir: Option<PathBuf>,
+    /// `-T` mappings.
+    pub tablespace_mapping: TablespaceMapping,
+    /// `-c`.
+    pub checkpoint: Checkpoint,
+    /// `-l`.
+    pub label: String,
+    /// `-r`, in kB/s.
+    pub max_rate: Option<u32>,
+    /// Not `--no-verify-checksums`.
+    pub verify_checksums: bool,
+    /// Not `--no-estimate-size`.
+    pub estimate_size: bool,
+    /// Manifest request (for 13+ servers).
+    pub manifest: ManifestOption,
+    /// `--manifest-checksums`.
+    pub manifest_checksums: Option<String>,
+    /// `-n`.
+    pub no_clean: bool,
+    /// `-N`.
+    pub no_sync: bool,
+    /// `-P`.
+    pub progress: bool,
+}
+
+const MANIFEST_ALGORITHMS: &[&str] = &["NONE", "CRC32C", "SHA224", "SHA256", "SHA384", "SHA512"];
+
+impl Config {
+    /// Validates the flags; `env` reads environment variables.
+    pub fn from_args(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let usage = |m: &str| Error::Usage(m.to_owned());
+        let dest = args
+            .pgdata
+            .clone()
+            .ok_or_else(|| usage("must specify output directory or backup target"))?;
+        if dest.as_os_str().is_empty() {
+            return Err(usage("must specify output directory or backup target"));
+        }
+        if let Some(format) = &args.format {
+            match format.as_str() {
+                "p" | "plain" => {}
+                "t" | "tar" => return Err(Error::NotSupportedYet("tar format (-F t)")),
+                other => {
+                    return Err(Error::Usage(format!(
+                        "invalid output format \"{other}\", must be \"plain\" or \"tar\""
+                    )))
+                }
+            }
+        }
+        let wal_method = match args.wal_method.as_deref() {
+            None => WalMethod::Fetch,
+            Some("n" | "none") => WalMethod::None,
+            Some("f" | "fetch") => WalMethod::Fetch,
+            Some("s" | "stream") => WalMethod::Stream,
+            Some(other) => return Err(Error::Usage(format!(
+                "invalid wal-method option \"{other}\", must be \"fetch\", \"stream\", or \"none\""
+            ))),
+        };
+        if wal_method == WalMethod::Stream {
+            return Err(Error::NotSupportedYet("WAL streaming (-X stream)"));
+        }
+        if args.write_recovery_conf {
+            return Err(Error::NotSupportedYet(
+                "writing the recovery configuration (-R)",
+            ));
+        }
+        let checkpoint = match args
+            .checkpoint
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("spread") => Checkpoint::Spread,
+            Some("fast") => Checkpoint::Fast,
+            Some(_) => {
+                return Err(Error::Usage(format!(
+                    "invalid checkpoint argument \"{}\", must be \"fast\" or \"spread\"",
+                    args.checkpoint.as_deref().unwrap_or_default()
+                )))
+            }
+        };
+        let max_rate = args.max_rate.as_deref().map(parse_max_rate).transpose()?;
+        if let Some(waldir) = &args.waldir {
+            if !waldir.is_absolute() {
+                return Err(usage("WAL directory location must be an absolute path"));
+            }
+        }
+        if args.progress && args.no_estimate_size {
+            return Err(usage(
+                "--progress and --no-estimate-size are incompatible options",
+            ));
+        }
+        if args.no_manifest && args.manifest_checksums.is_some() {
+            return Err(usage(
+                "--no-manifest and --manifest-checksums are incompatible options",
+            ));
+        }
+        if args.no_manifest && args.manifest_force_encode {
+            return Err(usage(
+                "--no-manifest and --manifest-force-encode are incompatible options",
+            ));
+        }
+        let manifest_checksums = match &args.manifest_checksums {
+            None => None,
+            Some(a) => {
+                let upper = a.to_ascii_uppercase();
+                if !MANIFEST_ALGORITHMS.contains(&upper.as_str()) {
+                    return Err(Error::Usage(format!(
+                        "invalid manifest checksum algorithm \"{a}\", must be one of {}",
+                        MANIFEST_ALGORITHMS.join(", ")
+                    )));
+                }
+                Some(upper)
+            }
+        };
+        let manifest = if args.no_manifest {
+            ManifestOption::No
+        } else if args.manifest_force_encode {
+            ManifestOption::ForceEncode
+        } else {
+            ManifestOption::Yes
+        };
+        if args.password && args.no_password {
+            return Err(usage(
+                "-W/--password and -w/--no-password cannot be used together",
+            ));
+        }
+        let conn = ConnParams::resolve(
+            &ConnFlags {
+                host: args.host.as_deref(),
+                port: args.port.as_deref(),
+                user: args.username.as_deref(),
+                connstr: args.dbname.as_deref(),
+                no_password: args.no_password,
+                password: args.password,
+            },
+            env,
+        )?;
+        Ok(Self {
+            conn,
+            dest,
+            wal_method,
+            waldir: args.waldir.clone(),
+            tablespace_mapping: TablespaceMapping::parse(&args.tablespace_mapping)?,
+            checkpoint,
+            label: args
+                .label
+                .clone()
+                .unwrap_or_else(|| "pgclone base backup".into()),
+            max_rate,
+            verify_checksums: !args.no_verify_checksums,
+            estimate_size: !args.no_estimate_size,
+            manifest,
+            manifest_checksums,
+            no_clean: args.no_clean,
+            no_sync: args.no_sync,
+            progress: args.progress,
+        })
+    }
+}
+
+/// `-r`: kB/s with an optional `k` or `M` suffix, 32 kB/s to 1 GB/s (pg_basebackup's
+/// `parse_max_rate`).
+pub fn parse_max_rate(src: &str) -> Result<u32, Error> {
+    let s = src.trim();
+    let num_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(num_end);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| Error::Usage(format!("transfer rate \"{src}\" is not a valid value")))?;
+    if value <= 0.0 {
+        return Err(Error::Usage(
+            "transfer rate must be greater than zero".into(),
+        ));
+    }
+    let factor = match unit.trim() {
+        "" | "k" => 1.0,
+        "M" => 1024.0,
+        other => {
+            return Err(Error::Usage(format!(
+                "invalid --max-rate unit: \"{other}\""
+            )))
+        }
+    };
+    let kb = value * factor;
+    if kb > f64::from(u32::MAX) {
+        return Err(Error::Usage(format!(
+            "transfer rate \"{src}\" exceeds integer range"
+        )));
+    }
+    let kb = kb as u32;
+    if !MAX_RATE_RANGE.contains(&kb) {
+        return Err(Error::Usage(format!(
+            "transfer rate \"{src}\" is out of range"
+        )));
+    }
+    Ok(kb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{parse, Parsed};
+
+    fn config(argv: &[&str]) -> Result<Config, Error> {
+        let Parsed::Run(args) = parse(std::iter::once("pgclone").chain(argv.iter().copied()))
+        else {
+            panic!("parse failed for {argv:?}")
+        };
+        Config::from_args(&args, &|_| None)
+    }
+
+    fn usage_message(argv: &[&str]) -> String {
+        match config(argv) {
+            Err(Error::Usage(m)) => m,
+            other => panic!("{argv:?}: expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn max_rate_like_pg_basebackup() {
+        assert_eq!(parse_max_rate("1024").ok(), Some(1024));
+        assert_eq!(parse_max_rate("32k").ok(), Some(32));
+        assert_eq!(parse_max_rate("2M").ok(), Some(2048));
+        assert_eq!(parse_max_rate("1024M").ok(), Some(1_048_576));
+        for bad in ["0", "31", "1025M", "x", "10G", "-5"] {
+            assert!(parse_max_rate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_combinations_have_pg_basebackup_messages() {
+        assert_eq!(
+            usage_message(&["-U", "u"]),
+            "must specify output directory or backup target"
+        );
+        assert_eq!(
+            usage_message(&["-D", "/x", "-U", "u", "-F", "z"]),
+            "invalid output format \"z\", must be \"plain\" or \"tar\""
+        );
+        assert_eq!(
+            usage_message(&["-D", "/x", "-U", "u", "-X", "bogus"]),
+            "invalid wal-method option \"bogus\", must be \"fetch\", \"stream\", or \"none\""
+        );
+        assert_eq!(
+            usage_message(&["-D", "/x", "-U", "u", "-c", "slow"]),
+            "invalid checkpoint argument \"slow\", must be \"fast\" or \"spread\""
+        );
+        assert_eq!(
+            usage_message(&["-D", "/x", "-U", "u", "-P", "--no-estimate-size"]),
+            "--progress and --no-estimate-size are incompatible options"
+        );
+        assert_eq!(
+            usage_message(&[
+                "-D",
+                "/x",
+                "-U",
+                "u",
+                "--no-manifest",
+                "--manifest-checksums",
+                "sha256"
+            ]),
+            "--no-manifest and --manifest-checksums are incompatible options"
+        );
+        assert_eq!(
+            usage_message(&["-D", "/x", "-U", "u", "--waldir", "rel"]),
+            "WAL directory location must be an absolute path"
+        );
+    }
+
+    #[test]
+    fn stream_is_not_supported_yet() {
+        assert!(matches!(
+            config(&["-D", "/x", "-U", "u", "-X", "stream"]),
+            Err(Error::NotSupportedYet(_))
+        ));
+        let c = config(&[
+            "-D",
+            "/x",
+            "-U",
+            "u",
+            "-c",
+            "FAST",
+            "--manifest-checksums",
+            "sha256",
+        ])
+        .expect("valid");
+        assert_eq!(c.wal_method, WalMethod::Fetch);
+        assert_eq!(c.checkpoint, Checkpoint::Fast);
+        assert_eq!(c.manifest_checksums.as_deref(), Some("SHA256"));
+    }
+}

@@ -1,0 +1,373 @@
+//! Replication connections: opening one (transport, startup, authentication, password prompt)
+//! and exchanging messages on it.
+//!
+//! [`Connection::read_message`] prints server notices as they arrive (the libpq way) and keeps
+//! ParameterStatus updates, so callers only see the messages they act on.
+
+mod params;
+mod transport;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+
+use bytes::BytesMut;
+use pgclone_proto::backend::{self, BackendMessage, DEFAULT_MAX_MESSAGE_LEN};
+use pgclone_proto::query::{QueryStatus, ResultSet, SimpleQuery};
+use pgclone_proto::startup::{AuthMethod, Startup, StartupError, StartupStatus};
+use pgclone_proto::{frontend, ServerVersion};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+pub use params::{ConnFlags, ConnParams, Host, Prompt, Secret};
+use transport::Transport;
+
+use crate::error::Error;
+use crate::output;
+
+/// Read buffer growth step: large reads keep syscalls few on a fast stream.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// What the server told us at startup.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// `server_version`, as libpq computes it.
+    pub version: ServerVersion,
+    /// The `server_version` text.
+    pub version_text: String,
+    /// ParameterStatus values, updated as they change.
+    pub params: BTreeMap<String, String>,
+    /// Our walsender's process id.
+    pub backend_pid: Option<i32>,
+    /// How we authenticated.
+    pub auth: AuthMethod,
+    /// The host that answered.
+    pub host: Host,
+}
+
+/// An open, authenticated replication connection.
+#[derive(Debug)]
+pub struct Connection {
+    io: Transport,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    info: ServerInfo,
+}
+
+impl Connection {
+    /// What the server told us at startup.
+    pub fn info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    /// Reads the next message, printing notices and recording parameter changes on the way.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a partly received message stays in the connection's buffer and is
+    /// completed by the next call.
+    pub async fn read_message(&mut self, phase: &'static str) -> Result<BackendMessage, Error> {
+        loop {
+            match read_raw(&mut self.io, &mut self.rbuf, phase).await? {
+                BackendMessage::NoticeResponse(n) => output::notice(&n),
+                BackendMessage::ParameterStatus { name, value } => {
+                    self.info.params.insert(name, value);
+                }
+                msg => return Ok(msg),
+            }
+        }
+    }
+
+    /// Sends a simple Query.
+    pub async fn send_query(&mut self, sql: &str, phase: &'static str) -> Result<(), Error> {
+        frontend::query(sql, &mut self.wbuf)?;
+        self.flush(phase).await
+    }
+
+    /// Sends raw frontend bytes already encoded into `bytes`.
+    pub async fn send_raw(&mut self, bytes: &[u8], phase: &'static str) -> Result<(), Error> {
+        self.io
+            .write_all(bytes)
+            .await
+            .map_err(|source| Error::ConnectionLost { phase, source })
+    }
+
+    async fn flush(&mut self, phase: &'static str) -> Result<(), Error> {
+        let result = self.io.write_all(&self.wbuf).await;
+        self.wbuf.clear();
+        result.map_err(|source| Error::ConnectionLost { phase, source })
+    }
+
+    /// Runs a replication command and collects its result sets. A server error becomes
+    /// `could not send replication command "<command>": ERROR: ...`, as in pg_basebackup.
+    pub async fn simple_query(
+        &mut self,
+        command: &'static str,
+        sql: &str,
+    ) -> Result<Vec<ResultSet>, Error> {
+        self.send_query(sql, command).await?;
+        let mut q = SimpleQuery::new(command);
+        loop {
+            let msg = self.read_message(command).await?;
+            if q.handle_message(msg).map_err(Error::protocol(command))? == QueryStatus::Done {
+                break;
+            }
+        }
+        q.finish().map_err(|source| Error::Server {
+            context: format!("could not send replication command \"{command}\""),
+            source,
+        })
+    }
+
+    /// `SHOW name`, returning the single value.
+    pub async fn show(&mut self, name: &'static str) -> Result<String, Error> {
+        const CMD: &str = "SHOW";
+        let sets = self.simple_query(CMD, &format!("SHOW {name}")).await?;
+        let set = sets.first().ok_or_else(|| Error::Protocol {
+            phase: CMD,
+            source: pgclone_proto::ProtocolError::BadResult {
+                command: CMD,
+                problem: "no result".into(),
+            },
+        })?;
+        set.expect_shape(CMD, Some(1), 1)
+            .and_then(|()| set.required_text(CMD, 0, 0).map(str::to_owned))
+            .map_err(Error::protocol(CMD))
+    }
+
+    /// Sends Terminate and closes the socket (errors are irrelevant at this point).
+    pub async fn close(mut self) {
+        frontend::terminate(&mut self.wbuf);
+        let _ = self.io.write_all(&self.wbuf).await;
+        let _ = self.io.shutdown().await;
+    }
+}
+
+/// Reads one raw message into/out of `rbuf`.
+async fn read_raw(
+    io: &mut Transport,
+    rbuf: &mut BytesMut,
+    phase: &'static str,
+) -> Result<BackendMessage, Error> {
+    loop {
+        if let Some(msg) =
+            backend::decode(rbuf, DEFAULT_MAX_MESSAGE_LEN).map_err(Error::protocol(phase))?
+        {
+            return Ok(msg);
+        }
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+            rbuf.reserve(READ_CHUNK);
+        }
+        let n = io
+            .read_buf(rbuf)
+            .await
+            .map_err(|source| Error::ConnectionLost { phase, source })?;
+        if n == 0 {
+            let what = if rbuf.is_empty() {
+                "server closed the connection unexpectedly"
+            } else {
+                "server closed the connection in the middle of a message"
+            };
+            return Err(Error::ConnectionLost {
+                phase,
+                source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what),
+            });
+        }
+    }
+}
+
+/// Opens a replication connection, trying each host in turn. Prompts for a password when the
+/// server wants one and `params.prompt` allows it; the password is then kept in `params` for
+/// later connections.
+pub async fn connect(params: &mut ConnParams) -> Result<Connection, Error> {
+    if params.prompt == Prompt::Always && params.password.is_none() {
+        params.password = Some(prompt_password()?);
+    }
+    loop {
+        match connect_any(params).await {
+            Err(Attempt::NoPassword(_))
+                if params.prompt == Prompt::IfNeeded
+                    && params.password.is_none()
+                    && std::io::stdin().is_terminal() =>
+            {
+                params.password = Some(prompt_password()?);
+            }
+            Err(Attempt::NoPassword(target)) => {
+                return Err(Error::Connect {
+                    target,
+                    reason: "fe_sendauth: no password supplied".into(),
+                    auth: true,
+                })
+            }
+            Err(Attempt::Failed(e)) => return Err(e),
+            Ok(conn) => return Ok(conn),
+        }
+    }
+}
+
+fn prompt_password() -> Result<Secret, Error> {
+    tokio::task::block_in_place(|| rpassword::prompt_password("Password: "))
+        .map(Secret::new)
+        .map_err(Error::fs("read the password from", "/dev/tty"))
+}
+
+enum Attempt {
+    NoPassword(String),
+    Failed(Error),
+}
+
+async fn connect_any(params: &ConnParams) -> Result<Connection, Attempt> {
+    let mut last = None;
+    for host in &params.hosts {
+        match host {
+            Host::Unix(dir) => {
+                let path = Host::socket_path(dir, params.port);
+                let target = format!("connection to server on socket \"{}\"", path.display());
+                match UnixStream::connect(&path).await {
+                    Ok(s) => match startup(Transport::Unix(s), params, host, &target).await {
+                        Ok(c) => return Ok(c),
+                        Err(e) => last = Some(e),
+                    },
+                    Err(e) => {
+                        last = Some(Attempt::Failed(Error::Connect {
+                            reason: format!(
+                                "{}\n\tIs the server running locally and accepting connections on that socket?",
+                                io_reason(&e)
+                            ),
+                            target,
+                            auth: false,
+                        }))
+                    }
+                }
+            }
+            Host::Tcp(name) => {
+                let addrs = match tokio::net::lookup_host((name.as_str(), params.port)).await {
+                    Ok(a) => a.collect::<Vec<_>>(),
+                    Err(e) => {
+                        last = Some(Attempt::Failed(Error::Connect {
+                            target: format!("could not translate host name \"{name}\" to address"),
+                            reason: io_reason(&e),
+                            auth: false,
+                        }));
+                        continue;
+                    }
+                };
+                for addr in addrs {
+                    let ip = addr.ip().to_string();
+                    let target = if *name == ip {
+                        format!("connection to server at \"{ip}\", port {}", params.port)
+                    } else {
+                        format!(
+                            "connection to server at \"{name}\" ({ip}), port {}",
+                            params.port
+                        )
+                    };
+                    match TcpStream::connect(addr).await {
+                        Ok(s) => {
+                            let _ = s.set_nodelay(true);
+                            match startup(Transport::Tcp(s), params, host, &target).await {
+                                Ok(c) => return Ok(c),
+                                Err(e) => last = Some(e),
+                            }
+                        }
+                        Err(e) => {
+                            last = Some(Attempt::Failed(Error::Connect {
+                                reason: format!(
+                                    "{}\n\tIs the server running on that host and accepting TCP/IP connections?",
+                                    io_reason(&e)
+                                ),
+                                target,
+                                auth: false,
+                            }))
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Attempt::Failed(Error::Usage("no host to connect to".into()))))
+}
+
+/// The system error text without Rust's " (os error N)" suffix, capitalized like libpq's.
+fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = match text.find(" (os error") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => text,
+    }
+}
+
+async fn startup(
+    mut io: Transport,
+    params: &ConnParams,
+    host: &Host,
+    target: &str,
+) -> Result<Connection, Attempt> {
+    let fail = |reason: String, auth: bool| {
+        Attempt::Failed(Error::Connect {
+            target: target.to_owned(),
+            reason,
+            auth,
+        })
+    };
+    let mut out = BytesMut::new();
+    let startup_params = [
+        ("user", params.user.as_str()),
+        ("database", "replication"),
+        ("replication", "true"),
+        ("application_name", params.application_name.as_str()),
+    ];
+    let password = params.password.as_ref().map(|p| p.expose().as_bytes());
+    let mut machine = Startup::new(&startup_params, password, &mut out)
+        .map_err(|e| fail(e.to_string(), false))?;
+    let mut rbuf = BytesMut::with_capacity(8192);
+    loop {
+        if !out.is_empty() {
+            io.write_all(&out)
+                .await
+                .map_err(|e| fail(io_reason(&e), false))?;
+            out.clear();
+        }
+        let msg = read_raw(&mut io, &mut rbuf, "startup")
+            .await
+            .map_err(|e| fail(crate::error::chain(&e), false))?;
+        if let BackendMessage::NoticeResponse(n) = &msg {
+            output::notice(n);
+            continue;
+        }
+        match machine.handle_message(msg, &mut out) {
+            Ok(StartupStatus::Pending) => {}
+            Ok(StartupStatus::Ready) => break,
+            Err(StartupError::NoPasswordSupplied) => {
+                return Err(Attempt::NoPassword(target.to_owned()))
+            }
+            Err(StartupError::Server(e)) => {
+                let auth = e.is_auth_failure();
+                return Err(fail(e.to_string(), auth));
+            }
+            Err(e) => return Err(fail(e.to_string(), false)),
+        }
+    }
+    let params_map = machine.parameters().clone();
+    let version_text = params_map
+        .get("server_version")
+        .cloned()
+        .unwrap_or_default();
+    let version = ServerVersion::parse(&version_text).map_err(|e| fail(e.to_string(), false))?;
+    Ok(Connection {
+        io,
+        rbuf,
+        wbuf: BytesMut::new(),
+        info: ServerInfo {
+            version,
+            version_text,
+            params: params_map,
+            backend_pid: machine.backend_pid(),
+            auth: machine.auth_method(),
+            host: host.clone(),
+        },
+    })
+}

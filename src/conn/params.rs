@@ -1,0 +1,307 @@
+//! Connection parameters, resolved from flags, the `-d` connection string, the environment and
+//! defaults, in that order of precedence (as pg_basebackup with libpq).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::conninfo;
+use crate::error::Error;
+
+/// Default PostgreSQL port.
+pub(crate) const DEFAULT_PORT: u16 = 5432;
+
+/// A password. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a password.
+    pub fn new(s: String) -> Self {
+        Self(s)
+    }
+
+    /// The password itself, for the wire and for `primary_conninfo`.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// When to ask the user for a password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prompt {
+    /// `-w`: never.
+    Never,
+    /// Default: when the server asks and none is known, if stdin is a terminal.
+    IfNeeded,
+    /// `-W`: before connecting.
+    Always,
+}
+
+/// Where to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// A host name or IP address.
+    Tcp(String),
+    /// A directory holding the server's socket `.s.PGSQL.<port>`.
+    Unix(PathBuf),
+}
+
+impl Host {
+    /// libpq's rule: a host starting with `/` is a socket directory.
+    pub fn parse(s: &str) -> Self {
+        if s.starts_with('/') {
+            Self::Unix(PathBuf::from(s))
+        } else {
+            Self::Tcp(s.to_owned())
+        }
+    }
+
+    /// The socket path for `port`, for Unix hosts.
+    pub fn socket_path(dir: &Path, port: u16) -> PathBuf {
+        dir.join(format!(".s.PGSQL.{port}"))
+    }
+
+    /// The host as text (for `primary_conninfo`).
+    pub fn as_conninfo_value(&self) -> String {
+        match self {
+            Self::Tcp(h) => h.clone(),
+            Self::Unix(d) => d.display().to_string(),
+        }
+    }
+}
+
+/// Everything needed to open a replication connection.
+#[derive(Debug, Clone)]
+pub struct ConnParams {
+    /// Hosts to try, in order.
+    pub hosts: Vec<Host>,
+    /// Port.
+    pub port: u16,
+    /// Role name.
+    pub user: String,
+    /// Password, if known.
+    pub password: Option<Secret>,
+    /// When to prompt.
+    pub prompt: Prompt,
+    /// `application_name` sent at startup.
+    pub application_name: String,
+    /// Whether `application_name` was set explicitly (it then goes into `primary_conninfo`).
+    pub application_name_explicit: bool,
+    /// `dbname` from `-d`, kept for `-R` on 17+ (physical replication ignores it).
+    pub dbname: Option<String>,
+}
+
+/// What the command line said about connecting.
+#[derive(Debug, Default)]
+pub struct ConnFlags<'a> {
+    /// `-h`
+    pub host: Option<&'a str>,
+    /// `-p`
+    pub port: Option<&'a str>,
+    /// `-U`
+    pub user: Option<&'a str>,
+    /// `-d`
+    pub connstr: Option<&'a str>,
+    /// `-w`
+    pub no_password: bool,
+    /// `-W`
+    pub password: bool,
+}
+
+impl ConnParams {
+    /// Resolves the parameters: flags over `-d` over environment (`env`) over defaults.
+    pub fn resolve(
+        flags: &ConnFlags<'_>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, Error> {
+        let cs: BTreeMap<String, String> = match flags.connstr {
+            Some(s) => conninfo::parse(s).map_err(|e| Error::Usage(e.to_string()))?,
+            None => BTreeMap::new(),
+        };
+        let pick = |flag: Option<&str>, key: &str, var: &str| -> Option<String> {
+            flag.map(str::to_owned)
+                .or_else(|| cs.get(key).cloned())
+                .or_else(|| env(var))
+                .filter(|v| !v.is_empty())
+        };
+        let hosts = match pick(flags.host, "host", "PGHOST") {
+            Some(h) => h.split(',').map(str::trim).map(Host::parse).collect(),
+            None => vec![default_socket_dir()],
+        };
+        let port = match pick(flags.port, "port", "PGPORT") {
+            Some(p) => p
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| Error::Usage(format!("invalid port number: \"{p}\"")))?,
+            None => DEFAULT_PORT,
+        };
+        let user = match pick(flags.user, "user", "PGUSER") {
+            Some(u) => u,
+            None => os_user_name()
+                .ok_or_else(|| Error::Usage("could not determine the user name; use -U".into()))?,
+        };
+        let password = cs
+            .get("password")
+            .cloned()
+            .or_else(|| env("PGPASSWORD"))
+            .map(Secret::new);
+        let explicit_app = cs
+            .get("application_name")
+            .cloned()
+            .or_else(|| env("PGAPPNAME"))
+            .filter(|v| !v.is_empty());
+        let application_name = explicit_app
+            .clone()
+            .or_else(|| cs.get("fallback_application_name").cloned())
+            .unwrap_or_else(|| "pgclone".into());
+        if let Some(mode) = cs.get("sslmode") {
+            if !matches!(mode.as_str(), "disable" | "allow" | "prefer") {
+                return Err(Error::Usage(format!(
+                    "sslmode \"{mode}\" is not supported yet: this build of pgclone does not speak TLS"
+                )));
+            }
+        }
+        let prompt = if flags.password {
+            Prompt::Always
+        } else if flags.no_password {
+            Prompt::Never
+        } else {
+            Prompt::IfNeeded
+        };
+        Ok(Self {
+            hosts,
+            port,
+            user,
+            password,
+            prompt,
+            application_name,
+            application_name_explicit: explicit_app.is_some(),
+            dbname: cs.get("dbname").cloned(),
+        })
+    }
+}
+
+/// libpq's default: the Unix socket directory (Debian's, else the upstream default).
+fn default_socket_dir() -> Host {
+    let debian = Path::new("/var/run/postgresql");
+    if debian.is_dir() {
+        Host::Unix(debian.to_path_buf())
+    } else {
+        Host::Unix(PathBuf::from("/tmp"))
+    }
+}
+
+/// The name of the effective user, as libpq finds it (getpwuid).
+fn os_user_name() -> Option<String> {
+    let uid = passwd::geteuid();
+    passwd::user_name(uid).or_else(|| std::env::var("USER").ok())
+}
+
+/// The libc calls needed for the user name, kept in one place.
+mod passwd {
+    use std::ffi::CStr;
+
+    pub(super) fn geteuid() -> libc::uid_t {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() }
+    }
+
+    pub(super) fn user_name(uid: libc::uid_t) -> Option<String> {
+        let mut buf = vec![0 as libc::c_char; 4096];
+        // SAFETY: all-zero is a valid passwd value (null pointers, zero ids).
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: buf and pwd outlive the call, buflen is buf's length; getpwuid_r writes only
+        // into them and sets result to &pwd or null.
+        let rc =
+            unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+        if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
+            return None;
+        }
+        // SAFETY: on success pw_name points to a NUL-terminated string inside buf.
+        let name = unsafe { CStr::from_ptr(pwd.pw_name) };
+        name.to_str().ok().map(str::to_owned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn flags_beat_connstr_beat_environment() {
+        let env = env_of(&[
+            ("PGHOST", "envhost"),
+            ("PGPORT", "6000"),
+            ("PGUSER", "envuser"),
+            ("PGPASSWORD", "envpw"),
+        ]);
+        let p = ConnParams::resolve(&ConnFlags::default(), &env).expect("resolves");
+        assert_eq!(p.hosts, [Host::Tcp("envhost".into())]);
+        assert_eq!((p.port, p.user.as_str()), (6000, "envuser"));
+        assert_eq!(p.password.as_ref().map(Secret::expose), Some("envpw"));
+
+        let flags = ConnFlags {
+            connstr: Some("host=cshost port=7000 user=csuser password=cspw application_name=app"),
+            ..ConnFlags::default()
+        };
+        let p = ConnParams::resolve(&flags, &env).expect("resolves");
+        assert_eq!(p.hosts, [Host::Tcp("cshost".into())]);
+        assert_eq!((p.port, p.user.as_str()), (7000, "csuser"));
+        assert_eq!(p.password.as_ref().map(Secret::expose), Some("cspw"));
+        assert_eq!(p.application_name, "app");
+        assert!(p.application_name_explicit);
+
+        let flags = ConnFlags {
+            host: Some("/sock"),
+            port: Some("8000"),
+            user: Some("flaguser"),
+            connstr: Some("host=cshost port=7000 user=csuser"),
+            ..ConnFlags::default()
+        };
+        let p = ConnParams::resolve(&flags, &env).expect("resolves");
+        assert_eq!(p.hosts, [Host::Unix("/sock".into())]);
+        assert_eq!((p.port, p.user.as_str()), (8000, "flaguser"));
+        assert_eq!(p.application_name, "pgclone");
+        assert!(!p.application_name_explicit);
+    }
+
+    #[test]
+    fn bad_port_is_a_usage_error() {
+        let env = env_of(&[]);
+        let flags = ConnFlags {
+            port: Some("x"),
+            user: Some("u"),
+            ..ConnFlags::default()
+        };
+        assert!(
+            matches!(ConnParams::resolve(&flags, &env), Err(Error::Usage(m)) if m.contains("invalid port"))
+        );
+    }
+
+    #[test]
+    fn debug_hides_password() {
+        assert_eq!(
+            format!("{:?}", Secret::new("hunter2".into())),
+            "Secret(<redacted>)"
+        );
+    }
+}

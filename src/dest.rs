@@ -1,0 +1,179 @@
+//! Output directories: refusing non-empty ones, creating missing ones, and undoing what pgclone
+//! created when the clone fails.
+//!
+//! The rule (pg_basebackup's, extended to tablespaces and `--waldir`): a directory pgclone
+//! created is removed; a directory that existed (empty) is emptied again; `--no-clean` keeps
+//! everything.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+
+/// Fails unless `path` is missing or an empty directory.
+pub fn check_usable(path: &Path) -> Result<(), Error> {
+    match fs::read_dir(path) {
+        Ok(mut entries) => match entries.next() {
+            None => Ok(()),
+            Some(Ok(_)) => Err(Error::NotEmpty(path.to_path_buf())),
+            Some(Err(e)) => Err(Error::fs("read directory", path)(e)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::fs("access directory", path)(e)),
+    }
+}
+
+#[derive(Debug)]
+enum Undo {
+    /// Remove this directory and everything in it (pgclone created it).
+    Remove { path: PathBuf, what: &'static str },
+    /// Remove the contents of this directory (it existed, empty).
+    Empty { path: PathBuf, what: &'static str },
+}
+
+/// What to undo if the clone fails. Call [`Cleanup::disarm`] on success.
+#[derive(Debug, Default)]
+pub struct Cleanup {
+    undo: Vec<Undo>,
+    disarmed: bool,
+}
+
+impl Cleanup {
+    /// Nothing recorded yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes `path` an empty directory with `mode`, creating it (and missing parents) if
+    /// needed, and records how to undo that. `what` names it in messages ("data directory").
+    pub fn prepare_dir(&mut self, path: &Path, mode: u32, what: &'static str) -> Result<(), Error> {
+        check_usable(path)?;
+        if path.is_dir() {
+            self.undo.push(Undo::Empty {
+                path: path.to_path_buf(),
+                what,
+            });
+            return Ok(());
+        }
+        // The top-most directory that does not exist yet is what we will remove.
+        let mut top = path.to_path_buf();
+        while let Some(parent) = top.parent() {
+            if parent.as_os_str().is_empty() || parent.exists() {
+                break;
+            }
+            top = parent.to_path_buf();
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(Error::fs("create directory", parent))?;
+        }
+        fs::DirBuilder::new()
+            .mode(mode)
+            .create(path)
+            .map_err(Error::fs("create directory", path))?;
+        self.undo.push(Undo::Remove { path: top, what });
+        Ok(())
+    }
+
+    /// Success: keep everything.
+    pub fn disarm(&mut self) {
+        self.disarmed = true;
+    }
+
+    /// Undoes what was recorded, newest first, unless disarmed or `keep` (for `--no-clean` and
+    /// checksum failures). Logs what it does; failures to remove are warnings.
+    pub fn run(&mut self, keep: bool) {
+        if self.disarmed {
+            return;
+        }
+        self.disarmed = true;
+        for undo in self.undo.drain(..).rev() {
+            match undo {
+                Undo::Remove { path, what } if keep => {
+                    tracing::info!(
+                        "{what} \"{}\" not removed at user's request",
+                        path.display()
+                    )
+                }
+                Undo::Empty { path, what } if keep => {
+                    tracing::info!(
+                        "contents of {what} \"{}\" not removed at user's request",
+                        path.display()
+                    )
+                }
+                Undo::Remove { path, what } => {
+                    tracing::info!("removing {what} \"{}\"", path.display());
+                    if let Err(e) = fs::remove_dir_all(&path) {
+                        if e.kind() != io::ErrorKind::NotFound {
+                            tracing::warn!("could not remove {what} \"{}\": {e}", path.display());
+                        }
+                    }
+                }
+                Undo::Empty { path, what } => {
+                    tracing::info!("removing contents of {what} \"{}\"", path.display());
+                    if let Err(e) = remove_contents(&path) {
+                        tracing::warn!(
+                            "could not remove contents of {what} \"{}\": {e}",
+                            path.display()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn remove_contents(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(&path)?;
+        } else {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_directories_are_removed_and_existing_ones_emptied() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let existing = tmp.path().join("existing");
+        fs::create_dir(&existing).expect("mkdir");
+        let fresh = tmp.path().join("a/b/c");
+        let mut c = Cleanup::new();
+        c.prepare_dir(&existing, 0o700, "data directory")
+            .expect("empty is fine");
+        c.prepare_dir(&fresh, 0o700, "tablespace directory")
+            .expect("creates");
+        fs::write(existing.join("f"), b"x").expect("write");
+        fs::create_dir(existing.join("d")).expect("mkdir");
+        fs::write(fresh.join("f"), b"x").expect("write");
+        c.run(false);
+        assert!(existing.is_dir());
+        assert_eq!(fs::read_dir(&existing).expect("read").count(), 0);
+        assert!(!tmp.path().join("a").exists());
+    }
+
+    #[test]
+    fn non_empty_directories_are_refused_and_no_clean_keeps() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        fs::write(tmp.path().join("f"), b"x").expect("write");
+        let mut c = Cleanup::new();
+        assert!(matches!(
+            c.prepare_dir(tmp.path(), 0o700, "data directory"),
+            Err(Error::NotEmpty(_))
+        ));
+        let fresh = tmp.path().join("new");
+        c.prepare_dir(&fresh, 0o700, "data directory")
+            .expect("creates");
+        c.run(true);
+        assert!(fresh.is_dir());
+    }
+}

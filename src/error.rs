@@ -1,0 +1,183 @@
+//! pgclone's error type: one enum whose variants carry the context of the failure (phase,
+//! command, path), and the exit-code mapping.
+//!
+//! Display strings are lowercase, have no trailing period and do not repeat their source;
+//! `main` prints the chain, `: `-separated, after `pgclone: error: `.
+
+use std::io;
+use std::path::PathBuf;
+
+use pgclone_proto::basebackup::OptionError;
+use pgclone_proto::frontend::EncodeError;
+use pgclone_proto::tar::TarError;
+use pgclone_proto::{ProtocolError, ServerError};
+
+/// Why pgclone failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A bad flag or flag combination; followed by a `--help` hint.
+    #[error("{0}")]
+    Usage(String),
+    /// Could not connect or authenticate. `target` reads like libpq's
+    /// `connection to server at "h" (addr), port p`.
+    #[error("{target} failed: {reason}")]
+    Connect {
+        /// Where we tried.
+        target: String,
+        /// Why it failed (a server message or a system error, preformatted).
+        reason: String,
+        /// Whether this is an authentication failure (never worth retrying).
+        auth: bool,
+    },
+    /// The server is older than 10, or lacks what we need.
+    #[error("{0}")]
+    IncompatibleServer(String),
+    /// The server reported an error for a command.
+    #[error("{context}")]
+    Server {
+        /// What we were doing, e.g. `could not initiate base backup`.
+        context: String,
+        /// The server's error.
+        #[source]
+        source: ServerError,
+    },
+    /// The server sent something that breaks the protocol.
+    #[error("protocol violation during {phase}")]
+    Protocol {
+        /// What we were doing.
+        phase: &'static str,
+        /// What was wrong.
+        #[source]
+        source: ProtocolError,
+    },
+    /// The connection broke.
+    #[error("connection lost during {phase}")]
+    ConnectionLost {
+        /// What we were doing.
+        phase: &'static str,
+        /// The system error.
+        #[source]
+        source: io::Error,
+    },
+    /// A BASE_BACKUP option the server cannot take.
+    #[error(transparent)]
+    BackupOption(#[from] OptionError),
+    /// A message could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// A file-system operation failed.
+    #[error("could not {op} \"{}\"", path.display())]
+    Fs {
+        /// What we tried, e.g. `create directory`.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The system error.
+        #[source]
+        source: io::Error,
+    },
+    /// The destination (or a tablespace directory) exists and is not empty.
+    #[error("directory \"{}\" exists but is not empty", .0.display())]
+    NotEmpty(PathBuf),
+    /// A tar member that pgclone refuses to write.
+    #[error("tar member \"{member}\" in {archive} is unsafe: {reason}")]
+    UnsafeMember {
+        /// Archive name.
+        archive: String,
+        /// Member name, lossily decoded.
+        member: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A tar stream that does not parse.
+    #[error("invalid archive {archive}")]
+    Tar {
+        /// Archive name.
+        archive: String,
+        /// What is wrong.
+        #[source]
+        source: TarError,
+    },
+    /// The server found page checksum failures; the data is kept.
+    #[error("checksum error occurred")]
+    ChecksumFailure,
+    /// A feature not built yet.
+    #[error("{0} is not supported yet")]
+    NotSupportedYet(&'static str),
+    /// An internal task ended without saying why (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        1
+    }
+
+    /// Whether a `--help` hint should follow the message.
+    pub fn wants_help_hint(&self) -> bool {
+        matches!(self, Self::Usage(_))
+    }
+
+    /// Whether the destination must be kept even without `--no-clean` (pg_basebackup keeps the
+    /// data after checksum failures so they can be examined).
+    pub fn keeps_data(&self) -> bool {
+        matches!(self, Self::ChecksumFailure)
+    }
+
+    /// A file-system error with context.
+    pub fn fs(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Fs { op, path, source }
+    }
+
+    /// A protocol error with context.
+    pub fn protocol(phase: &'static str) -> impl FnOnce(ProtocolError) -> Self {
+        move |source| Self::Protocol { phase, source }
+    }
+}
+
+/// Formats an error and its sources as one `: `-joined chain, skipping a source whose text the
+/// previous link already contains.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = e.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_joins_sources_once() {
+        let e = Error::Fs {
+            op: "create directory",
+            path: "/x/y".into(),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        assert_eq!(
+            chain(&e),
+            "could not create directory \"/x/y\": permission denied"
+        );
+        let e = Error::Server {
+            context: "could not initiate base backup".into(),
+            source: ServerError {
+                severity: "ERROR".into(),
+                message: "boom".into(),
+                ..ServerError::default()
+            },
+        };
+        assert_eq!(chain(&e), "could not initiate base backup: ERROR:  boom");
+    }
+}

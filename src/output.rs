@@ -1,0 +1,71 @@
+//! What pgclone prints on stderr: `pgclone: message` lines through `tracing` (info with `-v`,
+//! debug with `-vv`, trace with `-vvv`; warnings always), server notices the way libpq prints
+//! them, and the final error.
+
+use std::fmt;
+use std::io::Write;
+
+use pgclone_proto::ServerError;
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Formats every event as `pgclone: [warning: |error: ]message`.
+struct Plain;
+
+impl<S, N> FormatEvent<S, N> for Plain
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write!(writer, "pgclone: ")?;
+        match *event.metadata().level() {
+            Level::WARN => write!(writer, "warning: ")?,
+            Level::ERROR => write!(writer, "error: ")?,
+            Level::DEBUG | Level::TRACE => write!(writer, "{}: ", event.metadata().target())?,
+            Level::INFO => {}
+        }
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// Installs the stderr logger for this verbosity (`-v` count).
+pub fn init(verbosity: u8) {
+    let level = match verbosity {
+        0 => Level::WARN,
+        1 => Level::INFO,
+        2 => Level::DEBUG,
+        _ => Level::TRACE,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .event_format(Plain)
+        .try_init();
+}
+
+/// Prints a server NOTICE or WARNING the way libpq's default notice processor does.
+pub fn notice(n: &ServerError) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{n}");
+}
+
+/// Prints the final error line (and the usage hint when it is a usage error).
+pub fn error(message: &str, help_hint: bool) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "pgclone: error: {message}");
+    if help_hint {
+        let _ = writeln!(
+            err,
+            "pgclone: hint: Try \"pgclone --help\" for more information."
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! What pgclone checks and reads on the main connection before the backup: the server
+//! version, `integer_datetimes`, `data_directory_mode`, `wal_segment_size`, IDENTIFY_SYSTEM.
+
+use pgclone_proto::{Lsn, ProtocolError, ServerVersion, TimelineId, WalSegSize};
+
+use crate::conn::Connection;
+use crate::error::Error;
+
+/// The oldest major pgclone supports.
+pub const MIN_MAJOR: u32 = 10;
+
+/// Facts about the server that shape the clone.
+#[derive(Debug, Clone)]
+pub struct ServerFacts {
+    /// Version.
+    pub version: ServerVersion,
+    /// Mode for directories pgclone creates: 0700, or 0750 when the server's data directory
+    /// allows group access (`data_directory_mode`, 11+).
+    pub dir_mode: u32,
+    /// WAL segment size.
+    pub wal_seg_size: WalSegSize,
+    /// `systemid` of IDENTIFY_SYSTEM.
+    pub system_id: String,
+    /// The server's current timeline.
+    pub timeline: TimelineId,
+    /// The server's current flush position.
+    pub xlogpos: Lsn,
+}
+
+/// Reads the facts, refusing servers older than 10.
+pub async fn inspect(conn: &mut Connection) -> Result<ServerFacts, Error> {
+    let info = conn.info();
+    let version = info.version;
+    if !version.is_at_least(MIN_MAJOR) {
+        return Err(Error::IncompatibleServer(format!(
+            "incompatible server version {}: pgclone supports PostgreSQL {MIN_MAJOR} and newer",
+            info.version_text
+        )));
+    }
+    if info.params.get("integer_datetimes").map(String::as_str) != Some("on") {
+        return Err(Error::IncompatibleServer(
+            "integer_datetimes compile flag does not match server".into(),
+        ));
+    }
+    let dir_mode = if version.is_at_least(11) {
+        let text = conn.show("data_directory_mode").await?;
+        let mode = u32::from_str_radix(text.trim(), 8).map_err(|_| Error::Protocol {
+            phase: "SHOW data_directory_mode",
+            source: ProtocolError::BadValue {
+                what: "data_directory_mode",
+                value: text.chars().take(32).collect(),
+            },
+        })?;
+        if mode & 0o070 != 0 {
+            0o750
+        } else {
+            0o700
+        }
+    } else {
+        0o700
+    };
+    let seg = conn.show("wal_segment_size").await?;
+    let wal_seg_size =
+        WalSegSize::parse_show(&seg).map_err(Error::protocol("SHOW wal_segment_size"))?;
+
+    const CMD: &str = "IDENTIFY_SYSTEM";
+    let sets = conn.simple_query(CMD, CMD).await?;
+    let set = sets.first().ok_or_else(|| Error::Protocol {
+        phase: CMD,
+        source: ProtocolError::BadResult {
+            command: CMD,
+            problem: "no result".into(),
+        },
+    })?;
+    let parse = || -> Result<(String, TimelineId, Lsn), ProtocolError> {
+        if set.columns.len() < 3 || set.rows.len() != 1 {
+            return Err(ProtocolError::BadResult {
+                command: CMD,
+                problem: format!("{} rows of {} columns", set.rows.len(), set.columns.len()),
+            });
+        }
+        let system_id = set.required_text(CMD, 0, 0)?.to_owned();
+        let timeline = set.required_text(CMD, 0, 1)?.parse()?;
+        let xlogpos = set.required_text(CMD, 0, 2)?.parse()?;
+        Ok((system_id, timeline, xlogpos))
+    };
+    let (system_id, timeline, xlogpos) = parse().map_err(Error::protocol(CMD))?;
+    Ok(ServerFacts {
+        version,
+        dir_mode,
+        wal_seg_size,
+        system_id,
+        timeline,
+        xlogpos,
+    })
+}

@@ -1,0 +1,473 @@
+//! Plain-format output: the archives the server streams, unpacked into the data directory and
+//! the tablespace directories, on a blocking thread fed through a bounded channel.
+//!
+//! # Security
+//! The server's archives are not trusted. Every member name goes through [`path::member_path`]
+//! (no absolute paths, no `..`). The only symbolic links written are `pg_tblspc/<oid>` in the
+//! base archive, for a tablespace the server listed, pointing where pgclone decided (the
+//! tablespace's location or its `-T` mapping), never where the member says; anything beneath
+//! such a link is refused. Hard links, devices, FIFOs and other member types are refused.
+//! Files are created with `O_CREAT|O_EXCL|O_NOFOLLOW`, so an existing file or link is never
+//! written through. Modes are applied as sent, without set-id or sticky bits; owners and
+//! times are not applied.
+//!
+//! Memory stays bounded: contents are written as they arrive, never buffered whole.
+
+pub mod path;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use pgclone_proto::tar::{Member, MemberKind, TarEvent, TarSplitter};
+use pgclone_proto::Oid;
+use tokio::sync::mpsc;
+
+use crate::error::Error;
+
+/// Name of the manifest while it is being written; renamed once the backup is synced.
+pub const MANIFEST_TMP: &str = "backup_manifest.tmp";
+
+/// A piece of the backup for the unpacker, in stream order.
+#[derive(Debug)]
+pub enum Chunk {
+    /// An archive starts; its members go under `root`.
+    ArchiveStart {
+        /// Archive name (for messages).
+        name: String,
+        /// What it holds.
+        root: ArchiveRoot,
+    },
+    /// Archive bytes.
+    Data(Bytes),
+    /// The archive is complete.
+    ArchiveEnd,
+    /// The manifest starts.
+    ManifestStart,
+    /// Manifest bytes.
+    ManifestData(Bytes),
+    /// The manifest is complete.
+    ManifestEnd,
+}
+
+/// Where an archive's members go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveRoot {
+    /// The main data directory.
+    Base,
+    /// A tablespace, unpacked into `dir`.
+    Tablespace {
+        /// Its oid.
+        oid: Oid,
+        /// Where its contents go.
+        dir: PathBuf,
+    },
+}
+
+/// The output layout, fixed before the first archive arrives.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The data directory.
+    pub dest: PathBuf,
+    /// `--waldir`: where `pg_wal`'s contents go (`dest/pg_wal` is a symlink to it).
+    pub waldir: Option<PathBuf>,
+    /// Mode of directories pgclone creates itself.
+    pub dir_mode: u32,
+    /// Target of the `pg_tblspc/<oid>` symlink for each tablespace outside the data directory.
+    pub tablespace_links: HashMap<Oid, PathBuf>,
+    /// Directories created before unpacking; a directory member for one of them is not an
+    /// error (its mode is applied).
+    pub precreated: HashSet<PathBuf>,
+}
+
+/// What the unpacker wrote.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Regular files written.
+    pub files: u64,
+    /// Bytes of file contents written.
+    pub bytes: u64,
+}
+
+/// Unpacks chunks from `rx` until the sender is dropped. Blocking: run it on its own thread.
+pub fn run(mut rx: mpsc::Receiver<Chunk>, layout: Layout) -> Result<Stats, Error> {
+    let mut w = Writer {
+        layout,
+        archive: None,
+        file: None,
+        manifest: None,
+        links: HashSet::new(),
+        stats: Stats::default(),
+    };
+    while let Some(chunk) = rx.blocking_recv() {
+        w.handle(chunk)?;
+    }
+    if let Some(a) = &w.archive {
+        return Err(Error::Internal(format!(
+            "archive {} was not finished",
+            a.name
+        )));
+    }
+    Ok(w.stats)
+}
+
+struct Archive {
+    name: String,
+    root: PathBuf,
+    base: bool,
+    splitter: TarSplitter,
+}
+
+struct OpenFile {
+    file: File,
+    path: PathBuf,
+}
+
+struct Writer {
+    layout: Layout,
+    archive: Option<Archive>,
+    file: Option<OpenFile>,
+    manifest: Option<OpenFile>,
+    /// Symlinks created, relative to the base archive root.
+    links: HashSet<PathBuf>,
+    stats: Stats,
+}
+
+impl Writer {
+    fn handle(&mut self, chunk: Chunk) -> Result<(), Error> {
+        match chunk {
+            Chunk::ArchiveStart { name, root } => {
+                let (root, base) = match root {
+                    ArchiveRoot::Base => (self.layout.dest.clone(), true),
+                    ArchiveRoot::Tablespace { dir, .. } => (dir, false),
+                };
+                self.archive = Some(Archive {
+                    name,
+                    root,
+                    base,
+                    splitter: TarSplitter::new(),
+                });
+            }
+            Chunk::Data(data) => {
+                let Some(archive) = self.archive.as_mut() else {
+                    return Err(Error::Internal("archive data outside an archive".into()));
+                };
+                archive
+                    .splitter
+                    .handle_data(data)
+                    .map_err(|source| Error::Tar {
+                        archive: archive.name.clone(),
+                        source,
+                    })?;
+                self.drain()?;
+            }
+            Chunk::ArchiveEnd => {
+                if let Some(mut archive) = self.archive.take() {
+                    archive.splitter.finish().map_err(|source| Error::Tar {
+                        archive: archive.name.clone(),
+                        source,
+                    })?;
+                }
+            }
+            Chunk::ManifestStart => {
+                let path = self.layout.dest.join(MANIFEST_TMP);
+                self.manifest = Some(OpenFile {
+                    file: create_file(&path, 0o600)?,
+                    path,
+                });
+            }
+            Chunk::ManifestData(data) => {
+                if let Some(m) = self.manifest.as_mut() {
+                    m.file
+                        .write_all(&data)
+                        .map_err(Error::fs("write to file", &m.path))?;
+                }
+            }
+            Chunk::ManifestEnd => {
+                self.manifest = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self) -> Result<(), Error> {
+        while let Some(event) = self.archive.as_mut().and_then(|a| a.splitter.poll_event()) {
+            match event {
+                TarEvent::Member(m) => self.begin_member(&m)?,
+                TarEvent::Data(data) => {
+                    if let Some(f) = self.file.as_mut() {
+                        f.file
+                            .write_all(&data)
+                            .map_err(Error::fs("write to file", &f.path))?;
+                        self.stats.bytes += data.len() as u64;
+                    }
+                }
+                TarEvent::MemberEnd => {
+                    if self.file.take().is_some() {
+                        self.stats.files += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn begin_member(&mut self, m: &Member) -> Result<(), Error> {
+        let Some(archive) = self.archive.as_ref() else {
+            return Ok(());
+        };
+        let refuse = |reason: String| Error::UnsafeMember {
+            archive: archive.name.clone(),
+            member: String::from_utf8_lossy(&m.name).into_owned(),
+            reason,
+        };
+        let rel = path::member_path(&m.name).map_err(|e| refuse(e.to_string()))?;
+        if archive.base {
+            if let Some(link) = self.links.iter().find(|l| rel.starts_with(l) && rel != **l) {
+                return Err(refuse(format!(
+                    "it lies beneath the symbolic link \"{}\"",
+                    link.display()
+                )));
+            }
+        }
+        let mode = m.mode & 0o777;
+        match m.kind {
+            MemberKind::Directory => {
+                let Some(path) = self.resolve(archive, &rel) else {
+                    return Ok(());
+                };
+                make_dir(&path, mode, self.layout.precreated.contains(&path))
+            }
+            MemberKind::File => {
+                let path = self
+                    .resolve(archive, &rel)
+                    .ok_or_else(|| refuse("a file where the WAL directory link is".into()))?;
+                let file = create_file(&path, mode)?;
+                self.file = Some(OpenFile { file, path });
+                Ok(())
+            }
+            MemberKind::Symlink => {
+                let target = archive
+                    .base
+                    .then(|| tablespace_oid(&rel))
+                    .flatten()
+                    .and_then(|oid| self.layout.tablespace_links.get(&oid))
+                    .ok_or_else(|| {
+                        refuse(
+                            "symbolic links are only accepted for listed tablespaces in pg_tblspc"
+                                .into(),
+                        )
+                    })?;
+                let path = archive.root.join(&rel);
+                std::os::unix::fs::symlink(target, &path)
+                    .map_err(Error::fs("create symbolic link", &path))?;
+                self.links.insert(rel);
+                Ok(())
+            }
+            MemberKind::Other(t) => Err(refuse(format!(
+                "unsupported member type '{}'",
+                char::from(t).escape_default()
+            ))),
+        }
+    }
+
+    /// Where a member goes: under the archive root, except `pg_wal` contents with `--waldir`.
+    /// `None` for the `pg_wal` directory itself when it is a symlink to `--waldir`.
+    fn resolve(&self, archive: &Archive, rel: &Path) -> Option<PathBuf> {
+        if archive.base {
+            if let Some(waldir) = &self.layout.waldir {
+                if rel == Path::new("pg_wal") {
+                    return None;
+                }
+                if let Ok(inner) = rel.strip_prefix("pg_wal") {
+                    return Some(waldir.join(inner));
+                }
+            }
+        }
+        Some(archive.root.join(rel))
+    }
+}
+
+/// `pg_tblspc/<oid>` → the oid.
+fn tablespace_oid(rel: &Path) -> Option<Oid> {
+    let inner = rel.strip_prefix("pg_tblspc").ok()?;
+    let s = inner.to_str()?;
+    if s.contains('/') || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn make_dir(path: &Path, mode: u32, precreated: bool) -> Result<(), Error> {
+    match fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && precreated => {}
+        Err(e) => return Err(Error::fs("create directory", path)(e)),
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(Error::fs("set permissions of directory", path))
+}
+
+fn create_file(path: &Path, mode: u32) -> Result<File, Error> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)
+        .map_err(Error::fs("create file", path))?;
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(Error::fs("set permissions of file", path))?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgclone_proto::tar::build_header;
+
+    fn tar(members: &[(&str, MemberKind, &[u8], Option<&str>)]) -> Bytes {
+        let mut out = Vec::new();
+        for (name, kind, data, link) in members {
+            let mut h = build_header(name, *kind, 0o700, data.len() as u64, 0);
+            if let Some(link) = link {
+                h.set_link_name(link).expect("link");
+                h.set_cksum();
+            }
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(data);
+            out.extend(std::iter::repeat_n(0u8, (512 - data.len() % 512) % 512));
+        }
+        Bytes::from(out)
+    }
+
+    fn layout(dest: &Path, ts: &[(u32, &Path)]) -> Layout {
+        Layout {
+            dest: dest.to_path_buf(),
+            waldir: None,
+            dir_mode: 0o700,
+            tablespace_links: ts.iter().map(|(o, p)| (Oid(*o), p.to_path_buf())).collect(),
+            precreated: HashSet::new(),
+        }
+    }
+
+    fn unpack(layout: Layout, archive: Bytes) -> Result<Stats, Error> {
+        let (tx, rx) = mpsc::channel(4);
+        let h = std::thread::spawn(move || run(rx, layout));
+        for c in [
+            Chunk::ArchiveStart {
+                name: "base.tar".into(),
+                root: ArchiveRoot::Base,
+            },
+            Chunk::Data(archive),
+            Chunk::ArchiveEnd,
+        ] {
+            if tx.blocking_send(c).is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        h.join().expect("thread")
+    }
+
+    #[test]
+    fn writes_files_dirs_and_tablespace_links() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dest = tmp.path().join("d");
+        fs::create_dir(&dest).expect("mkdir");
+        let ts = tmp.path().join("ts");
+        let stats = unpack(
+            layout(&dest, &[(16388, &ts)]),
+            tar(&[
+                ("global/", MemberKind::Directory, b"", None),
+                ("global/pg_control", MemberKind::File, b"control", None),
+                ("pg_tblspc/", MemberKind::Directory, b"", None),
+                (
+                    "pg_tblspc/16388/",
+                    MemberKind::Symlink,
+                    b"",
+                    Some("/somewhere/else"),
+                ),
+            ]),
+        )
+        .expect("unpacks");
+        assert_eq!((stats.files, stats.bytes), (1, 7));
+        assert_eq!(
+            fs::read(dest.join("global/pg_control")).expect("read"),
+            b"control"
+        );
+        assert_eq!(
+            fs::read_link(dest.join("pg_tblspc/16388")).expect("link"),
+            ts
+        );
+    }
+
+    #[test]
+    fn refuses_hostile_members_before_writing_through_them() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).expect("mkdir");
+        let cases: Vec<Vec<(&str, MemberKind, &[u8], Option<&str>)>> = vec![
+            vec![(
+                "evil/",
+                MemberKind::Symlink,
+                b"",
+                Some(outside.to_str().expect("utf8")),
+            )],
+            vec![
+                ("pg_tblspc/", MemberKind::Directory, b"", None),
+                ("pg_tblspc/999/", MemberKind::Symlink, b"", Some("/tmp")),
+            ],
+            vec![
+                ("pg_tblspc/", MemberKind::Directory, b"", None),
+                ("pg_tblspc/16388/", MemberKind::Symlink, b"", Some("/x")),
+                ("pg_tblspc/16388/x", MemberKind::File, b"boom", None),
+            ],
+            vec![("../x", MemberKind::File, b"boom", None)],
+            vec![("/x", MemberKind::File, b"boom", None)],
+            vec![(
+                "hard",
+                MemberKind::Other(b'1'),
+                b"",
+                Some("global/pg_control"),
+            )],
+            vec![("fifo", MemberKind::Other(b'6'), b"", None)],
+            vec![("dev", MemberKind::Other(b'3'), b"", None)],
+        ];
+        for (i, members) in cases.into_iter().enumerate() {
+            let dest = tmp.path().join(format!("d{i}"));
+            fs::create_dir(&dest).expect("mkdir");
+            let ts = outside.join("ts");
+            let err = unpack(layout(&dest, &[(16388, &ts)]), tar(&members)).expect_err("refused");
+            assert!(
+                matches!(err, Error::UnsafeMember { .. }),
+                "case {i}: {err:?}"
+            );
+            assert_eq!(
+                fs::read_dir(&outside).expect("read").count(),
+                0,
+                "case {i} wrote outside"
+            );
+        }
+    }
+
+    #[test]
+    fn never_writes_through_an_existing_symlink() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dest = tmp.path().join("d");
+        fs::create_dir(&dest).expect("mkdir");
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, b"keep").expect("write");
+        std::os::unix::fs::symlink(&victim, dest.join("f")).expect("symlink");
+        let err = unpack(
+            layout(&dest, &[]),
+            tar(&[("f", MemberKind::File, b"boom", None)]),
+        )
+        .expect_err("refused");
+        assert!(matches!(err, Error::Fs { .. }), "{err:?}");
+        assert_eq!(fs::read(&victim).expect("read"), b"keep");
+    }
+}
