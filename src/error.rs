@@ -20,8 +20,8 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// Could not connect or authenticate. `target` reads like libpq's
-    /// `connection to server at "h" (addr), port p`.
-    #[error("{target} failed: {reason}")]
+    /// `connection to server at "h" (addr), port p failed`.
+    #[error("{target}: {reason}")]
     Connect {
         /// Where we tried.
         target: String,

@@ -220,7 +220,7 @@ async fn connect_any(params: &ConnParams) -> Result<Connection, Attempt> {
         match host {
             Host::Unix(dir) => {
                 let path = Host::socket_path(dir, params.port);
-                let target = format!("connection to server on socket \"{}\"", path.display());
+                let target = format!("connection to server on socket \"{}\" failed", path.display());
                 match UnixStream::connect(&path).await {
                     Ok(s) => match startup(Transport::Unix(s), params, host, &target).await {
                         Ok(c) => return Ok(c),
@@ -286,9 +286,15 @@ async fn connect_any(params: &ConnParams) -> Result<Connection, Attempt> {
     Err(last.unwrap_or_else(|| Attempt::Failed(Error::Usage("no host to connect to".into()))))
 }
 
-/// The system error text without Rust's " (os error N)" suffix, capitalized like libpq's.
+/// The system error text without Rust's " (os error N)" suffix and resolver prefix,
+/// capitalized like libpq's.
 fn io_reason(e: &std::io::Error) -> String {
     let text = e.to_string();
+    let text = text
+        .strip_prefix("failed to lookup address information: ")
+        .or_else(|| text.strip_prefix("Failed to lookup address information: "))
+        .map(str::to_owned)
+        .unwrap_or(text);
     let text = match text.find(" (os error") {
         Some(i) => text[..i].to_owned(),
         None => text,

@@ -1,0 +1,477 @@
+//! Test bed shared by the integration tests: real PostgreSQL servers of every major 10–18,
+//! started on loopback on free ports as an unprivileged user, and helpers to run pgclone.
+//!
+//! Binaries come from `scripts/testbed` (cached outside the repository). When the tests run as
+//! root, servers and pgclone run as the account `scripts/testbed user` creates, because
+//! PostgreSQL refuses to run as root.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn testbed(args: &[&str]) -> String {
+    let out = Command::new(repo().join("scripts/testbed"))
+        .args(args)
+        .output()
+        .expect("run scripts/testbed");
+    assert!(
+        out.status.success(),
+        "scripts/testbed {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8").trim().to_owned()
+}
+
+fn cached(kind: &str, major: u32) -> PathBuf {
+    static CACHE: OnceLock<Mutex<HashMap<(String, u32), PathBuf>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (kind.to_owned(), major);
+    if let Some(p) = cache.lock().expect("lock").get(&key) {
+        return p.clone();
+    }
+    let p = PathBuf::from(testbed(&[kind, &major.to_string()]));
+    cache.lock().expect("lock").insert(key, p.clone());
+    p
+}
+
+/// bin directory with initdb, pg_ctl, postgres of `major` (10..18).
+pub fn server_bin(major: u32) -> PathBuf {
+    cached("bin", major)
+}
+
+/// bin directory of the full toolset of `major` (14..18): psql, pg_basebackup, pg_verifybackup.
+pub fn tools_bin(major: u32) -> PathBuf {
+    cached("tools", major)
+}
+
+/// The unprivileged account to run servers and pgclone as, when we are root.
+pub fn pg_user() -> Option<&'static str> {
+    static USER: OnceLock<Option<String>> = OnceLock::new();
+    USER.get_or_init(|| {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        root.then(|| testbed(&["user"]))
+    })
+    .as_deref()
+}
+
+/// A command run as the unprivileged account (through runuser when root).
+pub fn as_pg_user(program: impl AsRef<Path>) -> Command {
+    let mut cmd = match pg_user() {
+        Some(user) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", user, "--"]).arg(program.as_ref());
+            c
+        }
+        None => Command::new(program.as_ref()),
+    };
+    for var in [
+        "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGAPPNAME", "PGDATABASE", "PGPASSFILE",
+        "PGSSLMODE", "PGOPTIONS", "PGCONNECT_TIMEOUT",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// The pgclone binary, copied where the unprivileged account can execute it.
+pub fn pgclone_exe() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let src = PathBuf::from(env!("CARGO_BIN_EXE_pgclone"));
+        let meta = fs::metadata(&src).expect("pgclone binary");
+        let mtime = meta
+            .modified()
+            .expect("mtime")
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("epoch")
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!("pgclone-bin-{mtime}-{}", meta.len()));
+        let dst = dir.join("pgclone");
+        if !dst.exists() {
+            fs::create_dir_all(&dir).expect("bin dir");
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+            let tmp = dir.join(format!("pgclone.{}", std::process::id()));
+            fs::copy(&src, &tmp).expect("copy pgclone");
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).expect("chmod");
+            fs::rename(&tmp, &dst).expect("rename");
+        }
+        dst
+    })
+}
+
+/// A temporary directory the unprivileged account owns; removed on drop.
+pub struct TestDir {
+    dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    /// A fresh directory.
+    pub fn new(prefix: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("pgclone-{prefix}-"))
+            .tempdir()
+            .expect("tempdir");
+        chown_to_pg_user(dir.path());
+        Self { dir }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path inside it (not created).
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// A subdirectory owned by the unprivileged account.
+    pub fn mkdir(&self, p: &str) -> PathBuf {
+        let path = self.join(p);
+        fs::create_dir_all(&path).expect("mkdir");
+        chown_to_pg_user(&path);
+        path
+    }
+}
+
+/// Gives `path` to the unprivileged account (no-op when not root).
+pub fn chown_to_pg_user(path: &Path) {
+    if let Some(user) = pg_user() {
+        let status = Command::new("chown")
+            .args(["-R", user])
+            .arg(path)
+            .status()
+            .expect("chown");
+        assert!(status.success());
+    }
+}
+
+/// A free TCP port on loopback (may race with other processes; callers retry).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// How a test cluster is set up.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Major version 10..18.
+    pub major: u32,
+    /// `initdb --data-checksums` (18 has them by default).
+    pub checksums: bool,
+    /// pg_hba lines placed before the default trust lines.
+    pub hba: Vec<String>,
+    /// Extra postgresql.conf lines.
+    pub conf: Vec<String>,
+    /// `initdb -g` (group-readable data directory, 11+).
+    pub group_access: bool,
+}
+
+impl ClusterOptions {
+    /// Defaults for `major`.
+    pub fn new(major: u32) -> Self {
+        Self {
+            major,
+            checksums: false,
+            hba: Vec::new(),
+            conf: Vec::new(),
+            group_access: false,
+        }
+    }
+}
+
+/// A running PostgreSQL server, stopped (immediate) on drop.
+pub struct Cluster {
+    pub major: u32,
+    pub port: u16,
+    pub data: PathBuf,
+    pub socket_dir: PathBuf,
+    log: PathBuf,
+    running: bool,
+    _dir: Option<TestDir>,
+}
+
+impl Cluster {
+    /// initdb + start, as the unprivileged account.
+    pub fn start(opts: &ClusterOptions) -> Self {
+        let dir = TestDir::new(&format!("pg{}", opts.major));
+        let data = dir.join("data");
+        let bin = server_bin(opts.major);
+        let mut initdb = as_pg_user(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "-N"]);
+        if opts.checksums {
+            initdb.arg("-k");
+        }
+        if opts.group_access {
+            initdb.arg("-g");
+        }
+        let out = initdb.output().expect("initdb");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut hba = opts.hba.join("\n");
+        hba.push_str(
+            "\nlocal all all trust\nlocal replication all trust\n\
+             host all postgres 127.0.0.1/32 trust\nhost replication postgres 127.0.0.1/32 trust\n",
+        );
+        fs::write(data.join("pg_hba.conf"), hba).expect("pg_hba");
+        let mut cluster = Self {
+            major: opts.major,
+            port: 0,
+            data: data.clone(),
+            socket_dir: dir.path().to_path_buf(),
+            log: dir.join("server.log"),
+            running: false,
+            _dir: Some(dir),
+        };
+        let mut conf = String::from(
+            "\nlisten_addresses = '127.0.0.1'\nfsync = off\nshared_buffers = 16MB\nmax_wal_senders = 10\n\
+             max_replication_slots = 10\nwal_level = replica\nlog_line_prefix = '%m [%p] '\n",
+        );
+        conf.push_str(&format!(
+            "unix_socket_directories = '{}'\n",
+            cluster.socket_dir.display()
+        ));
+        for line in &opts.conf {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("postgresql.conf");
+        std::io::Write::write_all(&mut f, conf.as_bytes()).expect("write conf");
+        cluster.start_on_free_port(&[]);
+        cluster
+    }
+
+    /// Starts an existing data directory (a clone) as a server of `major`, with its own port
+    /// and socket directory. The directory is not removed on drop (its owner test dir is).
+    pub fn start_existing(major: u32, data: &Path, extra: &[&str]) -> Self {
+        let socket_dir = data.parent().expect("parent").to_path_buf();
+        let mut cluster = Self {
+            major,
+            port: 0,
+            data: data.to_path_buf(),
+            log: socket_dir.join(format!(
+                "{}.log",
+                data.file_name().expect("name").to_string_lossy()
+            )),
+            socket_dir,
+            running: false,
+            _dir: None,
+        };
+        cluster.start_on_free_port(extra);
+        cluster
+    }
+
+    fn start_on_free_port(&mut self, extra: &[&str]) {
+        for _attempt in 0..5 {
+            self.port = free_port();
+            let mut opts = format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1",
+                self.port,
+                self.socket_dir.display()
+            );
+            for e in extra {
+                opts.push(' ');
+                opts.push_str(e);
+            }
+            let out = as_pg_user(server_bin(self.major).join("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .arg("-l")
+                .arg(&self.log)
+                .args(["-w", "-t", "60", "-o", &opts, "start"])
+                .output()
+                .expect("pg_ctl start");
+            if out.status.success() {
+                self.running = true;
+                return;
+            }
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
+            if !log.contains("could not bind") && !log.contains("could not create") {
+                panic!(
+                    "server {} failed to start: {}\n{log}",
+                    self.major,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        panic!("server {} could not find a free port", self.major);
+    }
+
+    /// Stops the server (fast shutdown).
+    pub fn stop(&mut self) {
+        if self.running {
+            let _ = as_pg_user(server_bin(self.major).join("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "fast", "-w", "stop"])
+                .output();
+            self.running = false;
+        }
+    }
+
+    /// Runs SQL as `postgres` through the Unix socket; panics on failure.
+    pub fn psql(&self, sql: &str) -> String {
+        self.try_psql(sql).unwrap_or_else(|e| panic!("psql failed on {}: {e}\nSQL: {sql}", self.major))
+    }
+
+    /// Runs SQL as `postgres`; stdout (unaligned, tuples only) or stderr.
+    pub fn try_psql(&self, sql: &str) -> Result<String, String> {
+        let out = Command::new(tools_bin(18).join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres"])
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-c")
+            .arg(sql)
+            .env_remove("PGPASSWORD")
+            .output()
+            .expect("psql");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Waits until `sql` returns `want`, or panics after `timeout`.
+    pub fn wait_for(&self, sql: &str, want: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.try_psql(sql) {
+                Ok(v) if v == want => return,
+                Ok(v) => last = v,
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {sql:?} = {want:?} on {}; last: {last}\n{}", self.major, self.log_tail());
+    }
+
+    /// The last lines of the server log.
+    pub fn log_tail(&self) -> String {
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Creates the `replication` role with `password`, hashed for `method` (`scram-sha-256`,
+    /// `md5` or anything else for the server default).
+    pub fn create_replication_role(&self, password: &str, method: &str) {
+        let enc = match method {
+            "md5" => "SET password_encryption = 'md5'; ",
+            "scram-sha-256" => "SET password_encryption = 'scram-sha-256'; ",
+            _ => "",
+        };
+        self.psql(&format!(
+            "{enc}CREATE ROLE replication WITH REPLICATION LOGIN PASSWORD '{password}'"
+        ));
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = as_pg_user(server_bin(self.major).join("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "immediate", "-w", "stop"])
+                .output();
+        }
+    }
+}
+
+/// Output of a pgclone run.
+pub struct Run {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Panics with the output unless it exited 0.
+    pub fn assert_ok(&self) -> &Self {
+        assert!(self.status.success(), "pgclone failed ({}):\n{}", self.status, self.stderr);
+        self
+    }
+
+    /// Asserts exit code 1 and exactly one `pgclone: error:` line containing `needle`.
+    pub fn assert_error(&self, needle: &str) -> &Self {
+        assert_eq!(self.status.code(), Some(1), "stderr:\n{}", self.stderr);
+        let errors: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("pgclone: error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "want one error line, got:\n{}", self.stderr);
+        assert!(errors[0].contains(needle), "error line {:?} lacks {needle:?}\n{}", errors[0], self.stderr);
+        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
+        self
+    }
+}
+
+/// Runs pgclone as the unprivileged account with `args` and extra environment.
+pub fn pgclone(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = as_pg_user(pgclone_exe());
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let Output { status, stdout, stderr } = cmd.output().expect("run pgclone");
+    Run {
+        status,
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// pg_verifybackup on a plain backup: the major's own toolset where one exists (it parses that
+/// major's WAL), else version 18 without WAL parsing (pg_waldump reads only its own major).
+pub fn verify_backup(major: u32, dir: &Path) -> Result<String, String> {
+    let (bin, extra): (PathBuf, &[&str]) = if major >= 14 {
+        (tools_bin(major), &[])
+    } else {
+        (tools_bin(18), &["-n"])
+    };
+    let out = as_pg_user(bin.join("pg_verifybackup"))
+        .args(extra)
+        .arg(dir)
+        .output()
+        .expect("pg_verifybackup");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+/// Every major the tests cover.
+pub const MAJORS: [u32; 9] = [10, 11, 12, 13, 14, 15, 16, 17, 18];
