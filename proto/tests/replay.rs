@@ -73,7 +73,11 @@ impl Replay {
     fn new(queries: Vec<String>) -> Self {
         let mut out = BytesMut::new();
         let startup = Startup::new(
-            &[("user", "postgres"), ("database", "replication"), ("replication", "true")],
+            &[
+                ("user", "postgres"),
+                ("database", "replication"),
+                ("replication", "true"),
+            ],
             None,
             &mut out,
         )
@@ -112,7 +116,10 @@ impl Replay {
                     other => panic!("startup failed: {other}"),
                 })?;
                 if status == StartupStatus::Ready {
-                    let v = s.parameters().get("server_version").expect("server_version");
+                    let v = s
+                        .parameters()
+                        .get("server_version")
+                        .expect("server_version");
                     self.version = Some(ServerVersion::parse(v)?);
                     self.summary.push(format!("ready {v}"));
                     self.next_query();
@@ -150,8 +157,17 @@ impl Replay {
     fn on_backup_event(&mut self, e: BackupEvent) {
         match e {
             BackupEvent::ArchiveStart(a) => {
-                self.summary.push(format!("archive {} (terminated: {})", a.name, a.server_terminated));
-                self.tar = Some((a.name, TarSplitter::new(), 0, 0xcbf2_9ce4_8422_2325, Vec::new()));
+                self.summary.push(format!(
+                    "archive {} (terminated: {})",
+                    a.name, a.server_terminated
+                ));
+                self.tar = Some((
+                    a.name,
+                    TarSplitter::new(),
+                    0,
+                    0xcbf2_9ce4_8422_2325,
+                    Vec::new(),
+                ));
             }
             BackupEvent::ArchiveData(data) => {
                 let (_, splitter, bytes, hash, members) = self.tar.as_mut().expect("in archive");
@@ -165,7 +181,8 @@ impl Replay {
                 }
             }
             BackupEvent::ArchiveEnd => {
-                let (name, mut splitter, bytes, hash, members) = self.tar.take().expect("in archive");
+                let (name, mut splitter, bytes, hash, members) =
+                    self.tar.take().expect("in archive");
                 splitter.finish().expect("tar complete");
                 for must in ["backup_label", "global/pg_control", "PG_VERSION"] {
                     assert!(members.iter().any(|m| m == must), "{name} lacks {must}");
@@ -176,11 +193,19 @@ impl Replay {
                 ));
             }
             BackupEvent::ManifestStart => self.manifest = Some(Vec::new()),
-            BackupEvent::ManifestData(d) => self.manifest.as_mut().expect("manifest").extend_from_slice(&d),
+            BackupEvent::ManifestData(d) => self
+                .manifest
+                .as_mut()
+                .expect("manifest")
+                .extend_from_slice(&d),
             BackupEvent::ManifestEnd => {
                 let m = self.manifest.take().expect("manifest");
                 let text = String::from_utf8(m).expect("manifest is UTF-8");
-                assert!(text.starts_with("{ \"PostgreSQL-Backup-Manifest-Version\""), "{}", &text[..60]);
+                assert!(
+                    text.starts_with("{ \"PostgreSQL-Backup-Manifest-Version\""),
+                    "{}",
+                    &text[..60]
+                );
                 assert!(text.contains("\"Manifest-Checksum\""));
                 self.summary.push(format!("manifest {} bytes", text.len()));
             }
@@ -212,7 +237,10 @@ fn replay(major: u32, chunks: &[&[u8]]) -> Result<Vec<String>, ProtocolError> {
 fn boundaries(stream: &[u8]) -> Vec<usize> {
     let mut offsets = vec![0];
     let mut buf = BytesMut::from(stream);
-    while backend::decode(&mut buf, DEFAULT_MAX_MESSAGE_LEN).expect("decodes").is_some() {
+    while backend::decode(&mut buf, DEFAULT_MAX_MESSAGE_LEN)
+        .expect("decodes")
+        .is_some()
+    {
         offsets.push(stream.len() - buf.len());
     }
     offsets
@@ -236,7 +264,10 @@ fn check_fixture(major: u32, legacy: bool) {
     let whole = replay(major, &[&stream]).expect("whole stream decodes");
     let text = whole.join("\n");
     assert!(text.contains("Started"), "{text}");
-    assert!(text.contains(&format!("archive base.tar (terminated: {})", !legacy)), "{text}");
+    assert!(
+        text.contains(&format!("archive base.tar (terminated: {})", !legacy)),
+        "{text}"
+    );
     assert!(text.contains("Ended"), "{text}");
     assert!(text.ends_with("Complete"), "{text}");
     assert_eq!(text.contains("manifest "), major >= 13, "{text}");
@@ -306,7 +337,11 @@ fn truncated_and_corrupted_streams_give_typed_errors() {
     let stream = fixture(17, "server");
     let offsets = boundaries(&stream);
     // Truncated in the middle of a message: leftover bytes, reported as truncation.
-    for &cut in &[offsets[3] + 2, offsets[offsets.len() / 2] + 7, stream.len() - 1] {
+    for &cut in &[
+        offsets[3] + 2,
+        offsets[offsets.len() / 2] + 7,
+        stream.len() - 1,
+    ] {
         assert_eq!(
             replay(17, &[&stream[..cut]]),
             Err(ProtocolError::Truncated("stream")),
@@ -317,15 +352,24 @@ fn truncated_and_corrupted_streams_give_typed_errors() {
     let mut absurd = stream.clone();
     let at = offsets[offsets.len() / 2];
     absurd[at + 1..at + 5].copy_from_slice(&0x7fff_ffffu32.to_be_bytes());
-    assert!(matches!(replay(17, &[&absurd]), Err(ProtocolError::TooLarge { .. })));
+    assert!(matches!(
+        replay(17, &[&absurd]),
+        Err(ProtocolError::TooLarge { .. })
+    ));
     // A length below the minimum.
     let mut tiny = stream.clone();
     tiny[at + 1..at + 5].copy_from_slice(&2u32.to_be_bytes());
-    assert!(matches!(replay(17, &[&tiny]), Err(ProtocolError::BadLength { .. })));
+    assert!(matches!(
+        replay(17, &[&tiny]),
+        Err(ProtocolError::BadLength { .. })
+    ));
     // An unknown message type.
     let mut unknown = stream.clone();
     unknown[at] = b'~';
-    assert_eq!(replay(17, &[&unknown]), Err(ProtocolError::UnknownMessage('~')));
+    assert_eq!(
+        replay(17, &[&unknown]),
+        Err(ProtocolError::UnknownMessage('~'))
+    );
     // A CopyData type byte the 15+ protocol does not have.
     let copy_at = offsets
         .windows(2)
@@ -334,7 +378,10 @@ fn truncated_and_corrupted_streams_give_typed_errors() {
         .expect("a CopyData");
     let mut bad_type = stream.clone();
     bad_type[copy_at + 5] = b'z';
-    assert!(matches!(replay(17, &[&bad_type]), Err(ProtocolError::BadValue { .. })));
+    assert!(matches!(
+        replay(17, &[&bad_type]),
+        Err(ProtocolError::BadValue { .. })
+    ));
     // CopyData outside COPY: drop the CopyOutResponse.
     let copy_out = offsets
         .windows(2)
@@ -344,6 +391,9 @@ fn truncated_and_corrupted_streams_give_typed_errors() {
     no_copy_out.extend_from_slice(&stream[copy_out[1]..]);
     assert!(matches!(
         replay(17, &[&no_copy_out]),
-        Err(ProtocolError::UnexpectedMessage { got: "CopyData", .. })
+        Err(ProtocolError::UnexpectedMessage {
+            got: "CopyData",
+            ..
+        })
     ));
 }
