@@ -237,7 +237,7 @@ impl State {
         };
         Error::Server {
             context: context.into(),
-            source: e,
+            source: Box::new(e),
         }
     }
 

@@ -85,9 +85,11 @@ impl Config {
             Some("n" | "none") => WalMethod::None,
             Some("f" | "fetch") => WalMethod::Fetch,
             Some("s" | "stream") => WalMethod::Stream,
-            Some(other) => return Err(Error::Usage(format!(
+            Some(other) => {
+                return Err(Error::Usage(format!(
                 "invalid wal-method option \"{other}\", must be \"fetch\", \"stream\", or \"none\""
-            ))),
+            )))
+            }
         };
         if wal_method == WalMethod::Stream {
             return Err(Error::NotSupportedYet("WAL streaming (-X stream)"));

@@ -40,7 +40,7 @@ pub enum Error {
         context: String,
         /// The server's error.
         #[source]
-        source: ServerError,
+        source: Box<ServerError>,
     },
     /// The server sent something that breaks the protocol.
     #[error("protocol violation during {phase}")]
@@ -172,11 +172,11 @@ mod tests {
         );
         let e = Error::Server {
             context: "could not initiate base backup".into(),
-            source: ServerError {
+            source: Box::new(ServerError {
                 severity: "ERROR".into(),
                 message: "boom".into(),
                 ..ServerError::default()
-            },
+            }),
         };
         assert_eq!(chain(&e), "could not initiate base backup: ERROR:  boom");
     }

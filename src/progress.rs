@@ -77,11 +77,7 @@ impl Progress {
         let rate = self.done as f64 / elapsed / 1e6;
         let mut line = match total_kb {
             Some(total) => {
-                let pct = if total == 0 {
-                    100
-                } else {
-                    done_kb * 100 / total
-                };
+                let pct = (done_kb * 100).checked_div(total).unwrap_or(100);
                 let width = total.to_string().len();
                 format!("{done_kb:>width$}/{total} kB ({pct}%)")
             }

@@ -17,7 +17,20 @@ fn primary(major: u32, hba: &[&str]) -> Cluster {
 }
 
 fn args<'a>(port: &'a str, user: &'a str, dest: &'a str) -> Vec<&'a str> {
-    vec!["-h", "127.0.0.1", "-p", port, "-U", user, "-D", dest, "-X", "fetch", "-c", "fast"]
+    vec![
+        "-h",
+        "127.0.0.1",
+        "-p",
+        port,
+        "-U",
+        user,
+        "-D",
+        dest,
+        "-X",
+        "fetch",
+        "-c",
+        "fast",
+    ]
 }
 
 #[test]
@@ -49,15 +62,21 @@ fn wrong_password_no_password_and_missing_hba_entry() {
 #[test]
 fn role_without_replication_attribute() {
     for (major, text) in [
-        (14, "must be superuser or replication role to start walsender"),
+        (
+            14,
+            "must be superuser or replication role to start walsender",
+        ),
         (16, "permission denied to start WAL sender"),
     ] {
         let p = primary(major, &["host replication norep 127.0.0.1/32 trust"]);
         p.psql("CREATE ROLE norep LOGIN");
         let work = TestDir::new("bad");
         let dest = work.join("copy");
-        pgclone(&args(&p.port.to_string(), "norep", dest.to_str().expect("utf8")), &[])
-            .assert_error(text);
+        pgclone(
+            &args(&p.port.to_string(), "norep", dest.to_str().expect("utf8")),
+            &[],
+        )
+        .assert_error(text);
         assert!(!dest.exists());
     }
 }
@@ -68,7 +87,9 @@ fn nothing_listening() {
     let dest = work.join("copy");
     let port = free_port().to_string();
     let run = pgclone(&args(&port, "x", dest.to_str().expect("utf8")), &[]);
-    run.assert_error(&format!("connection to server at \"127.0.0.1\", port {port} failed: Connection refused"));
+    run.assert_error(&format!(
+        "connection to server at \"127.0.0.1\", port {port} failed: Connection refused"
+    ));
     assert!(!dest.exists());
 }
 
@@ -81,8 +102,10 @@ fn destination_not_empty_or_not_writable() {
     let full = work.mkdir("full");
     fs::write(full.join("keep.txt"), b"mine").expect("write");
     support::chown_to_pg_user(&full);
-    pgclone(&args(&port, "postgres", full.to_str().expect("utf8")), &[])
-        .assert_error(&format!("directory \"{}\" exists but is not empty", full.display()));
+    pgclone(&args(&port, "postgres", full.to_str().expect("utf8")), &[]).assert_error(&format!(
+        "directory \"{}\" exists but is not empty",
+        full.display()
+    ));
     assert_eq!(fs::read(full.join("keep.txt")).expect("kept"), b"mine");
     assert_eq!(fs::read_dir(&full).expect("read").count(), 1);
 
@@ -96,8 +119,7 @@ fn destination_not_empty_or_not_writable() {
     // A file where the directory should be.
     let file = work.join("afile");
     fs::write(&file, b"x").expect("write");
-    pgclone(&args(&port, "postgres", file.to_str().expect("utf8")), &[])
-        .assert_error("afile");
+    pgclone(&args(&port, "postgres", file.to_str().expect("utf8")), &[]).assert_error("afile");
     assert_eq!(fs::read(&file).expect("kept"), b"x");
 }
 
@@ -149,15 +171,34 @@ fn usage_errors_exit_1_with_a_hint() {
     let d = dest.to_str().expect("utf8");
     for (argv, needle) in [
         (vec!["--bogus"], "--bogus"),
-        (vec!["-U", "x"], "must specify output directory or backup target"),
-        (vec!["-D", d, "-U", "x", "-X", "stream"], "not supported yet"),
-        (vec!["-D", d, "-U", "x", "-T", "a=b"], "old directory is not an absolute path"),
-        (vec!["-D", d, "-U", "x", "-r", "10"], "transfer rate \"10\" is out of range"),
-        (vec!["-D", d, "-U", "x", "-d", "bogus=1"], "invalid connection option \"bogus\""),
+        (
+            vec!["-U", "x"],
+            "must specify output directory or backup target",
+        ),
+        (
+            vec!["-D", d, "-U", "x", "-X", "stream"],
+            "not supported yet",
+        ),
+        (
+            vec!["-D", d, "-U", "x", "-T", "a=b"],
+            "old directory is not an absolute path",
+        ),
+        (
+            vec!["-D", d, "-U", "x", "-r", "10"],
+            "transfer rate \"10\" is out of range",
+        ),
+        (
+            vec!["-D", d, "-U", "x", "-d", "bogus=1"],
+            "invalid connection option \"bogus\"",
+        ),
     ] {
         let run = pgclone(&argv, &[]);
         run.assert_error(needle);
-        assert!(run.stderr.contains("hint:") || needle.contains("supported"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("hint:") || needle.contains("supported"),
+            "{}",
+            run.stderr
+        );
         assert!(!dest.exists());
     }
     let run = pgclone(&["--version"], &[]);
@@ -185,8 +226,23 @@ fn checksum_failure_keeps_the_directory_and_exits_1() {
     let p = Cluster::start_existing(15, &p.data.clone(), &[]);
     let work = TestDir::new("bad");
     let dest = work.join("copy");
-    let run = pgclone(&args(&p.port.to_string(), "postgres", dest.to_str().expect("utf8")), &[]);
+    let run = pgclone(
+        &args(
+            &p.port.to_string(),
+            "postgres",
+            dest.to_str().expect("utf8"),
+        ),
+        &[],
+    );
     run.assert_error("checksum error occurred");
-    assert!(run.stderr.contains("WARNING:  checksum verification failed"), "{}", run.stderr);
-    assert!(dest.join("PG_VERSION").is_file(), "the data is kept for examination");
+    assert!(
+        run.stderr
+            .contains("WARNING:  checksum verification failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        dest.join("PG_VERSION").is_file(),
+        "the data is kept for examination"
+    );
 }

@@ -22,7 +22,10 @@ struct Case {
 
 fn clone_and_check(case: Case) {
     let mut opts = ClusterOptions::new(case.major);
-    opts.hba = vec![format!("host replication replication 127.0.0.1/32 {}", case.auth)];
+    opts.hba = vec![format!(
+        "host replication replication 127.0.0.1/32 {}",
+        case.auth
+    )];
     opts.group_access = case.group_access;
     let primary = Cluster::start(&opts);
     if case.auth == "trust" {
@@ -34,7 +37,10 @@ fn clone_and_check(case: Case) {
     let ts_dir = work.mkdir("ts-primary");
     let ts_copy = work.join("ts-copy");
     let table_ts = if case.tablespace {
-        primary.psql(&format!("CREATE TABLESPACE ts LOCATION '{}'", ts_dir.display()));
+        primary.psql(&format!(
+            "CREATE TABLESPACE ts LOCATION '{}'",
+            ts_dir.display()
+        ));
         " TABLESPACE ts"
     } else {
         ""
@@ -49,15 +55,28 @@ fn clone_and_check(case: Case) {
     let port = primary.port.to_string();
     let mapping = format!("{}={}", ts_dir.display(), ts_copy.display());
     let mut args = vec![
-        "-h", "127.0.0.1", "-p", &port, "-U", "replication", "-D", dest.to_str().expect("utf8"),
-        "-X", "fetch", "-c", "fast",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-U",
+        "replication",
+        "-D",
+        dest.to_str().expect("utf8"),
+        "-X",
+        "fetch",
+        "-c",
+        "fast",
     ];
     if case.tablespace {
         args.extend(["-T", &mapping]);
     }
     let run = pgclone(&args, &[("PGPASSWORD", PASSWORD)]);
     run.assert_ok();
-    assert_eq!(run.stderr, "", "a successful run prints nothing without -v/-P");
+    assert_eq!(
+        run.stderr, "",
+        "a successful run prints nothing without -v/-P"
+    );
     assert_eq!(run.stdout, "");
 
     if case.tablespace {
@@ -71,7 +90,11 @@ fn clone_and_check(case: Case) {
             let mode = fs::metadata(&dir).expect("stat").permissions().mode() & 0o777;
             assert_eq!(mode, 0o750, "{}", dir.display());
         }
-        let mode = fs::metadata(dest.join("PG_VERSION")).expect("stat").permissions().mode() & 0o777;
+        let mode = fs::metadata(dest.join("PG_VERSION"))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o640);
     } else {
         let mode = fs::metadata(&dest).expect("stat").permissions().mode() & 0o777;
@@ -96,45 +119,90 @@ fn clone_and_check(case: Case) {
 
 #[test]
 fn pg10_trust() {
-    clone_and_check(Case { major: 10, auth: "trust", tablespace: false, group_access: false });
+    clone_and_check(Case {
+        major: 10,
+        auth: "trust",
+        tablespace: false,
+        group_access: false,
+    });
 }
 
 #[test]
 fn pg11_md5_group_access() {
-    clone_and_check(Case { major: 11, auth: "md5", tablespace: false, group_access: true });
+    clone_and_check(Case {
+        major: 11,
+        auth: "md5",
+        tablespace: false,
+        group_access: true,
+    });
 }
 
 #[test]
 fn pg12_scram_tablespace() {
-    clone_and_check(Case { major: 12, auth: "scram-sha-256", tablespace: true, group_access: false });
+    clone_and_check(Case {
+        major: 12,
+        auth: "scram-sha-256",
+        tablespace: true,
+        group_access: false,
+    });
 }
 
 #[test]
 fn pg13_scram() {
-    clone_and_check(Case { major: 13, auth: "scram-sha-256", tablespace: false, group_access: false });
+    clone_and_check(Case {
+        major: 13,
+        auth: "scram-sha-256",
+        tablespace: false,
+        group_access: false,
+    });
 }
 
 #[test]
 fn pg14_scram() {
-    clone_and_check(Case { major: 14, auth: "scram-sha-256", tablespace: false, group_access: false });
+    clone_and_check(Case {
+        major: 14,
+        auth: "scram-sha-256",
+        tablespace: false,
+        group_access: false,
+    });
 }
 
 #[test]
 fn pg15_scram() {
-    clone_and_check(Case { major: 15, auth: "scram-sha-256", tablespace: false, group_access: false });
+    clone_and_check(Case {
+        major: 15,
+        auth: "scram-sha-256",
+        tablespace: false,
+        group_access: false,
+    });
 }
 
 #[test]
 fn pg16_scram() {
-    clone_and_check(Case { major: 16, auth: "scram-sha-256", tablespace: false, group_access: false });
+    clone_and_check(Case {
+        major: 16,
+        auth: "scram-sha-256",
+        tablespace: false,
+        group_access: false,
+    });
 }
 
 #[test]
 fn pg17_scram_tablespace() {
-    clone_and_check(Case { major: 17, auth: "scram-sha-256", tablespace: true, group_access: false });
+    clone_and_check(Case {
+        major: 17,
+        auth: "scram-sha-256",
+        tablespace: true,
+        group_access: false,
+    });
 }
 
 #[test]
 fn pg18_scram() {
-    clone_and_check(Case { major: 18, auth: "scram-sha-256", tablespace: false, group_access: false });
+    clone_and_check(Case {
+        major: 18,
+        auth: "scram-sha-256",
+        tablespace: false,
+        group_access: false,
+    });
 }

@@ -39,7 +39,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, log: Arc<Mutex<Vec<u8>>>) {
 
 /// Proxies one connection to `upstream`, returning the listening port and a handle giving
 /// (server→client, client→server) bytes.
-fn tee(upstream: u16) -> (u16, thread::JoinHandle<(Vec<u8>, Vec<u8>)>) {
+/// Bytes seen by the proxy: (server → client, client → server).
+type Recording = (Vec<u8>, Vec<u8>);
+
+fn tee(upstream: u16) -> (u16, thread::JoinHandle<Recording>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let handle = thread::spawn(move || {
@@ -48,7 +51,11 @@ fn tee(upstream: u16) -> (u16, thread::JoinHandle<(Vec<u8>, Vec<u8>)>) {
         let s2c = Arc::new(Mutex::new(Vec::new()));
         let c2s = Arc::new(Mutex::new(Vec::new()));
         let a = {
-            let (from, to, log) = (server.try_clone().expect("clone"), client.try_clone().expect("clone"), s2c.clone());
+            let (from, to, log) = (
+                server.try_clone().expect("clone"),
+                client.try_clone().expect("clone"),
+                s2c.clone(),
+            );
             thread::spawn(move || pump(from, to, log))
         };
         let b = {
@@ -81,7 +88,11 @@ fn record(major: u32) {
             .args(["-p", &primary.port.to_string(), "-c", sql])
             .output()
             .expect("psql");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     slim("DROP DATABASE template0");
     slim("DROP DATABASE postgres");
@@ -90,7 +101,21 @@ fn record(major: u32) {
     let work = TestDir::new("record");
     let dest = work.join("copy");
     pgclone(
-        &["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-D", dest.to_str().expect("utf8"), "-X", "none", "-c", "fast", "-N"],
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-D",
+            dest.to_str().expect("utf8"),
+            "-X",
+            "none",
+            "-c",
+            "fast",
+            "-N",
+        ],
         &[("PGAPPNAME", "pgclone-fixture")],
     )
     .assert_ok();
@@ -99,7 +124,11 @@ fn record(major: u32) {
     fs::create_dir_all(&dir).expect("fixture dir");
     write_gz(&dir.join("backup.server.bin.gz"), &server);
     write_gz(&dir.join("backup.client.bin.gz"), &client);
-    eprintln!("pg{major}: {} server bytes, {} client bytes", server.len(), client.len());
+    eprintln!(
+        "pg{major}: {} server bytes, {} client bytes",
+        server.len(),
+        client.len()
+    );
 }
 
 #[test]

@@ -26,6 +26,7 @@
 //! - `query.rs`: `SimpleQuery`, `ResultSet`
 //! - `basebackup.rs`: `BaseBackupOptions`, `BaseBackupDecoder`, `BackupEvent`
 //! - `tar.rs`: `TarSplitter`
+//! - `replication.rs`: `parse_copy_both`, `WalReceiver` (physical WAL streaming)
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod frontend;
 pub mod lsn;
 pub mod query;
 mod reader;
+pub mod replication;
 pub mod startup;
 pub mod tar;
 

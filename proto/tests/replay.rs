@@ -209,7 +209,7 @@ impl Replay {
                 assert!(text.contains("\"Manifest-Checksum\""));
                 self.summary.push(format!("manifest {} bytes", text.len()));
             }
-            BackupEvent::ArchiveData(_) | BackupEvent::Progress(_) => {}
+            BackupEvent::Progress(_) => {}
             other => self.summary.push(format!("{other:?}")),
         }
     }

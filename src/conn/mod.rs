@@ -113,7 +113,7 @@ impl Connection {
         }
         q.finish().map_err(|source| Error::Server {
             context: format!("could not send replication command \"{command}\""),
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -220,7 +220,10 @@ async fn connect_any(params: &ConnParams) -> Result<Connection, Attempt> {
         match host {
             Host::Unix(dir) => {
                 let path = Host::socket_path(dir, params.port);
-                let target = format!("connection to server on socket \"{}\" failed", path.display());
+                let target = format!(
+                    "connection to server on socket \"{}\" failed",
+                    path.display()
+                );
                 match UnixStream::connect(&path).await {
                     Ok(s) => match startup(Transport::Unix(s), params, host, &target).await {
                         Ok(c) => return Ok(c),

@@ -329,7 +329,9 @@ mod tests {
     use super::*;
     use pgclone_proto::tar::build_header;
 
-    fn tar(members: &[(&str, MemberKind, &[u8], Option<&str>)]) -> Bytes {
+    type Spec<'a> = (&'a str, MemberKind, &'a [u8], Option<&'a str>);
+
+    fn tar(members: &[Spec<'_>]) -> Bytes {
         let mut out = Vec::new();
         for (name, kind, data, link) in members {
             let mut h = build_header(name, *kind, 0o700, data.len() as u64, 0);
@@ -410,7 +412,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let outside = tmp.path().join("outside");
         fs::create_dir(&outside).expect("mkdir");
-        let cases: Vec<Vec<(&str, MemberKind, &[u8], Option<&str>)>> = vec![
+        let cases: Vec<Vec<Spec<'_>>> = vec![
             vec![(
                 "evil/",
                 MemberKind::Symlink,

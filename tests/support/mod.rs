@@ -31,7 +31,10 @@ fn testbed(args: &[&str]) -> String {
         "scripts/testbed {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).expect("utf8").trim().to_owned()
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
 }
 
 fn cached(kind: &str, major: u32) -> PathBuf {
@@ -78,8 +81,16 @@ pub fn as_pg_user(program: impl AsRef<Path>) -> Command {
         None => Command::new(program.as_ref()),
     };
     for var in [
-        "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGAPPNAME", "PGDATABASE", "PGPASSFILE",
-        "PGSSLMODE", "PGOPTIONS", "PGCONNECT_TIMEOUT",
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGAPPNAME",
+        "PGDATABASE",
+        "PGPASSFILE",
+        "PGSSLMODE",
+        "PGOPTIONS",
+        "PGCONNECT_TIMEOUT",
     ] {
         cmd.env_remove(var);
     }
@@ -215,10 +226,15 @@ impl Cluster {
         let data = dir.join("data");
         let bin = server_bin(opts.major);
         let mut initdb = as_pg_user(bin.join("initdb"));
-        initdb
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "-N"]);
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "-N",
+        ]);
         if opts.checksums {
             initdb.arg("-k");
         }
@@ -226,7 +242,11 @@ impl Cluster {
             initdb.arg("-g");
         }
         let out = initdb.output().expect("initdb");
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut hba = opts.hba.join("\n");
         hba.push_str(
             "\nlocal all all trust\nlocal replication all trust\n\
@@ -333,13 +353,25 @@ impl Cluster {
 
     /// Runs SQL as `postgres` through the Unix socket; panics on failure.
     pub fn psql(&self, sql: &str) -> String {
-        self.try_psql(sql).unwrap_or_else(|e| panic!("psql failed on {}: {e}\nSQL: {sql}", self.major))
+        self.try_psql(sql)
+            .unwrap_or_else(|e| panic!("psql failed on {}: {e}\nSQL: {sql}", self.major))
     }
 
     /// Runs SQL as `postgres`; stdout (unaligned, tuples only) or stderr.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
         let out = Command::new(tools_bin(18).join("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
             .arg("-h")
             .arg(&self.socket_dir)
             .arg("-p")
@@ -368,7 +400,11 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("timed out waiting for {sql:?} = {want:?} on {}; last: {last}\n{}", self.major, self.log_tail());
+        panic!(
+            "timed out waiting for {sql:?} = {want:?} on {}; last: {last}\n{}",
+            self.major,
+            self.log_tail()
+        );
     }
 
     /// The last lines of the server log.
@@ -414,7 +450,12 @@ pub struct Run {
 impl Run {
     /// Panics with the output unless it exited 0.
     pub fn assert_ok(&self) -> &Self {
-        assert!(self.status.success(), "pgclone failed ({}):\n{}", self.status, self.stderr);
+        assert!(
+            self.status.success(),
+            "pgclone failed ({}):\n{}",
+            self.status,
+            self.stderr
+        );
         self
     }
 
@@ -426,8 +467,18 @@ impl Run {
             .lines()
             .filter(|l| l.starts_with("pgclone: error:"))
             .collect();
-        assert_eq!(errors.len(), 1, "want one error line, got:\n{}", self.stderr);
-        assert!(errors[0].contains(needle), "error line {:?} lacks {needle:?}\n{}", errors[0], self.stderr);
+        assert_eq!(
+            errors.len(),
+            1,
+            "want one error line, got:\n{}",
+            self.stderr
+        );
+        assert!(
+            errors[0].contains(needle),
+            "error line {:?} lacks {needle:?}\n{}",
+            errors[0],
+            self.stderr
+        );
         assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
         self
     }
@@ -440,7 +491,11 @@ pub fn pgclone(args: &[&str], env: &[(&str, &str)]) -> Run {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let Output { status, stdout, stderr } = cmd.output().expect("run pgclone");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run pgclone");
     Run {
         status,
         stdout: String::from_utf8_lossy(&stdout).into_owned(),

@@ -1,0 +1,220 @@
+//! `-R`: the standby configuration written into the clone, as pure functions of what the
+//! connection actually used and the server version.
+//!
+//! - Servers 10–11: `recovery.conf` with `standby_mode = 'on'`, `primary_conninfo` and
+//!   `primary_slot_name` when a slot was named.
+//! - Servers 12+: the same settings (without `standby_mode`) appended to
+//!   `postgresql.auto.conf`, and an empty `standby.signal`.
+//!
+//! `primary_conninfo` holds only keys this standby's server understands and only what the
+//! connection used: host, port, user, password (if one was sent), application_name (if set),
+//! dbname (17+, if given). pg_basebackup instead writes every key its own libpq knows, which
+//! breaks standbys of older servers (`invalid connection option "channel_binding"`).
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use pgclone_proto::ServerVersion;
+
+use crate::conninfo::quote_value;
+use crate::error::Error;
+
+/// What the standby needs to know to connect to its primary.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PrimaryConnInfo {
+    /// Host name, address, or socket directory that answered.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Role.
+    pub user: String,
+    /// Password, if one was used to authenticate.
+    pub password: Option<String>,
+    /// `application_name`, if set explicitly.
+    pub application_name: Option<String>,
+    /// `dbname` from `-d` (written for 17+ servers, for slot synchronization).
+    pub dbname: Option<String>,
+}
+
+impl std::fmt::Debug for PrimaryConnInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrimaryConnInfo")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("application_name", &self.application_name)
+            .field("dbname", &self.dbname)
+            .finish()
+    }
+}
+
+impl PrimaryConnInfo {
+    /// The libpq connection string, with values quoted as libpq parses them.
+    pub fn conninfo(&self, version: ServerVersion) -> String {
+        let mut parts = vec![format!("user={}", quote_value(&self.user))];
+        if let Some(p) = &self.password {
+            parts.push(format!("password={}", quote_value(p)));
+        }
+        parts.push(format!("host={}", quote_value(&self.host)));
+        parts.push(format!("port={}", self.port));
+        if let Some(a) = &self.application_name {
+            parts.push(format!("application_name={}", quote_value(a)));
+        }
+        if let (Some(d), true) = (&self.dbname, version.is_at_least(17)) {
+            parts.push(format!("dbname={}", quote_value(d)));
+        }
+        parts.join(" ")
+    }
+}
+
+/// A value in a configuration file: single-quoted, with `'` and `\` doubled (what
+/// pg_basebackup's `escape_single_quotes_ascii` does; the server's parser undoes it).
+fn config_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c == '\'' || c == '\\' {
+            out.push(c);
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+/// The recovery settings text for a server of `version`.
+pub fn settings(info: &PrimaryConnInfo, slot: Option<&str>, version: ServerVersion) -> String {
+    let mut text = String::new();
+    if !version.is_at_least(12) {
+        text.push_str("standby_mode = 'on'\n");
+    }
+    text.push_str(&format!(
+        "primary_conninfo = {}\n",
+        config_string(&info.conninfo(version))
+    ));
+    if let Some(slot) = slot {
+        text.push_str(&format!("primary_slot_name = {}\n", config_string(slot)));
+    }
+    text
+}
+
+/// Writes the standby configuration into the data directory `dest`. Files holding a password
+/// are made 0600.
+pub fn write(
+    dest: &Path,
+    info: &PrimaryConnInfo,
+    slot: Option<&str>,
+    version: ServerVersion,
+) -> Result<(), Error> {
+    let text = settings(info, slot, version);
+    let secret = info.password.is_some();
+    if version.is_at_least(12) {
+        let auto = dest.join("postgresql.auto.conf");
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&auto)
+            .map_err(Error::fs("open", &auto))?;
+        f.write_all(text.as_bytes())
+            .map_err(Error::fs("write to file", &auto))?;
+        if secret {
+            f.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(Error::fs("set permissions of file", &auto))?;
+        }
+        let signal = dest.join("standby.signal");
+        write_new(&signal, b"", 0o600)?;
+    } else {
+        let conf = dest.join("recovery.conf");
+        write_new(&conf, text.as_bytes(), 0o600)?;
+    }
+    Ok(())
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(Error::fs("create file", path))?;
+    f.write_all(bytes).map_err(Error::fs("write to file", path))?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(Error::fs("set permissions of file", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conninfo;
+
+    fn info(password: Option<&str>) -> PrimaryConnInfo {
+        PrimaryConnInfo {
+            host: "master".into(),
+            port: 5432,
+            user: "replication".into(),
+            password: password.map(str::to_owned),
+            application_name: None,
+            dbname: Some("app".into()),
+        }
+    }
+
+    #[test]
+    fn settings_for_10_and_12() {
+        let v10 = ServerVersion(100023);
+        assert_eq!(
+            settings(&info(Some("replication")), None, v10),
+            "standby_mode = 'on'\nprimary_conninfo = 'user=replication password=replication host=master port=5432'\n"
+        );
+        let v12 = ServerVersion(120022);
+        assert_eq!(
+            settings(&info(None), Some("slot_1"), v12),
+            "primary_conninfo = 'user=replication host=master port=5432'\nprimary_slot_name = 'slot_1'\n"
+        );
+        assert!(settings(&info(None), None, ServerVersion(170000)).contains("dbname=app"));
+    }
+
+    #[test]
+    fn hostile_values_survive_both_layers_of_quoting() {
+        let pw = r"se'cr\et x=y";
+        let text = settings(&info(Some(pw)), None, ServerVersion(150000));
+        // Undo the configuration-file layer: strip the quotes, un-double ' and \.
+        let line = text.lines().next().expect("line");
+        let quoted = line.strip_prefix("primary_conninfo = ").expect("key");
+        let inner = &quoted[1..quoted.len() - 1];
+        let unescaped = inner.replace("''", "'").replace(r"\\", r"\");
+        let parsed = conninfo::parse(&unescaped).expect("libpq syntax");
+        assert_eq!(parsed.get("password").map(String::as_str), Some(pw));
+        assert_eq!(parsed.get("host").map(String::as_str), Some("master"));
+    }
+
+    #[test]
+    fn debug_hides_password() {
+        assert!(!format!("{:?}", info(Some("hunter2"))).contains("hunter2"));
+    }
+
+    #[test]
+    fn writes_files_with_safe_modes() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        fs::write(tmp.path().join("postgresql.auto.conf"), "# server's\n").expect("write");
+        fs::set_permissions(tmp.path().join("postgresql.auto.conf"), fs::Permissions::from_mode(0o640)).expect("chmod");
+        write(tmp.path(), &info(Some("pw")), Some("s"), ServerVersion(160000)).expect("write");
+        let auto = fs::read_to_string(tmp.path().join("postgresql.auto.conf")).expect("read");
+        assert!(auto.starts_with("# server's\nprimary_conninfo = "));
+        let mode = fs::metadata(tmp.path().join("postgresql.auto.conf")).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(tmp.path().join("standby.signal").is_file());
+
+        let tmp = tempfile::tempdir().expect("tmp");
+        write(tmp.path(), &info(None), None, ServerVersion(110000)).expect("write");
+        let conf = fs::read_to_string(tmp.path().join("recovery.conf")).expect("read");
+        assert!(conf.starts_with("standby_mode = 'on'\n"));
+        assert!(!tmp.path().join("standby.signal").exists());
+    }
+}
