@@ -9,8 +9,9 @@ use pgclone_proto::basebackup::{
     BackupEvent, BaseBackupDecoder, BaseBackupOptions, Dialect, TablespaceInfo,
 };
 use pgclone_proto::{Lsn, ServerError, TimelineId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::conn::Connection;
@@ -43,15 +44,42 @@ pub struct Outcome {
     pub bytes: u64,
 }
 
+/// How the backup task tells the WAL task where to start and where to stop.
+#[derive(Debug)]
+pub struct WalLink {
+    /// The start position and timeline, sent once the checkpoint is done.
+    pub start: Option<oneshot::Sender<(Lsn, TimelineId)>>,
+    /// The end position, published when the server reports it.
+    pub end: watch::Sender<Option<Lsn>>,
+}
+
+/// One BASE_BACKUP to run: the options sent, where the archives go, and the link to the WAL
+/// task when streaming.
+#[derive(Debug)]
+pub struct Job {
+    /// The command's options.
+    pub options: BaseBackupOptions,
+    /// Where the archives go.
+    pub layout: Layout,
+    /// The WAL task's start and end signals (`-X stream`).
+    pub wal: Option<WalLink>,
+}
+
 /// Runs BASE_BACKUP to the end. Tablespace directories it creates are recorded in `cleanup`.
+/// Returns `Cancelled` as soon as `abort` is cancelled (the WAL task failed).
 pub async fn run(
     conn: &mut Connection,
     cfg: &Config,
     facts: &ServerFacts,
-    options: &BaseBackupOptions,
-    layout: Layout,
+    job: Job,
     cleanup: &mut Cleanup,
+    abort: &CancellationToken,
 ) -> Result<Outcome, Error> {
+    let Job {
+        options,
+        layout,
+        wal,
+    } = job;
     let command = options.command(facts.version)?;
     tracing::debug!("sending {command}");
     tracing::info!("initiating base backup, waiting for checkpoint to complete");
@@ -67,15 +95,19 @@ pub async fn run(
         started: None,
         ended: None,
         manifest: false,
+        wal,
     };
-    let streamed = state.stream(conn, cfg, cleanup).await;
+    let streamed = tokio::select! {
+        r = state.stream(conn, cfg, cleanup) => r,
+        () = abort.cancelled() => Err(Error::Cancelled),
+    };
     let unpacked = match state.unpacker.take() {
         Some(u) => u.finish().await,
         None => Ok(Stats::default()),
     };
     // The unpacker's own error is the root cause when it stopped taking chunks.
     let stats = match (streamed, unpacked) {
-        (Err(Error::Internal(_)), Err(e)) | (Ok(()), Err(e)) => return Err(e),
+        (Err(Error::Internal(_) | Error::Cancelled), Err(e)) | (Ok(()), Err(e)) => return Err(e),
         (Err(e), _) => return Err(e),
         (Ok(()), Ok(stats)) => stats,
     };
@@ -132,6 +164,7 @@ struct State {
     started: Option<Lsn>,
     ended: Option<(Lsn, TimelineId)>,
     manifest: bool,
+    wal: Option<WalLink>,
 }
 
 impl State {
@@ -171,6 +204,12 @@ impl State {
                 tracing::info!("checkpoint completed");
                 tracing::info!("write-ahead log start point: {start} on timeline {timeline}");
                 self.started = Some(start);
+                if let Some(tx) = self.wal.as_mut().and_then(|w| w.start.take()) {
+                    tracing::info!("starting background WAL receiver");
+                    if tx.send((start, timeline)).is_err() {
+                        return Err(Error::Cancelled);
+                    }
+                }
             }
             BackupEvent::Tablespaces(list) => {
                 let mut layout = self
@@ -217,6 +256,10 @@ impl State {
             BackupEvent::Ended { end, timeline } => {
                 tracing::info!("write-ahead log end point: {end}");
                 self.ended = Some((end, timeline));
+                if let Some(w) = &self.wal {
+                    // A closed receiver means the WAL task already ended; its result says why.
+                    let _ = w.end.send(Some(end));
+                }
             }
             BackupEvent::ServerError(e) => return Err(self.server_error(e)),
             BackupEvent::Complete => {}

@@ -54,6 +54,27 @@ pub struct Args {
     )]
     pub write_recovery_conf: bool,
 
+    /// replication slot to use
+    #[arg(
+        short = 'S',
+        long = "slot",
+        value_name = "SLOTNAME",
+        help_heading = "Options controlling the output"
+    )]
+    pub slot: Option<String>,
+
+    /// create replication slot
+    #[arg(
+        short = 'C',
+        long = "create-slot",
+        help_heading = "Options controlling the output"
+    )]
+    pub create_slot: bool,
+
+    /// prevent creation of temporary replication slot
+    #[arg(long = "no-slot", help_heading = "Options controlling the output")]
+    pub no_slot: bool,
+
     /// relocate tablespace in OLDDIR to NEWDIR
     #[arg(
         short = 'T',
@@ -137,6 +158,15 @@ pub struct Args {
     /// hex encode all file names in manifest
     #[arg(long = "manifest-force-encode", help_heading = "General options")]
     pub manifest_force_encode: bool,
+
+    /// time between status packets sent to server (in seconds)
+    #[arg(
+        short = 's',
+        long = "status-interval",
+        value_name = "INTERVAL",
+        help_heading = "Connection options"
+    )]
+    pub status_interval: Option<String>,
 
     /// connection string
     #[arg(

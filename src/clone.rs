@@ -1,18 +1,28 @@
-//! One clone from start to finish: check the destination, connect, inspect the server, create
-//! the directories, run the backup, make it durable; on failure, undo what was created.
+//! One clone from start to finish: check the destination, connect (both connections), inspect
+//! the server, create the directories, run the backup and the WAL task side by side, write the
+//! recovery configuration, make it durable; on failure, undo what was created.
 
 use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::time::Duration;
 
 use pgclone_proto::basebackup::BaseBackupOptions;
+use pgclone_proto::frontend::quote_ident;
+use pgclone_proto::startup::AuthMethod;
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
-use crate::backup::{self, Outcome};
+use crate::backup::{self, Job, Outcome, WalLink};
 use crate::config::{Config, WalMethod};
-use crate::conn;
+use crate::conn::{self, ConnParams, Connection, Prompt};
 use crate::dest::{self, Cleanup};
 use crate::error::Error;
+use crate::recovery::{self, PrimaryConnInfo};
 use crate::server::{self, ServerFacts};
 use crate::sync;
 use crate::unpack::{Layout, MANIFEST_TMP};
+use crate::wal::{self, Slot, WalConfig};
 
 /// Runs the clone described by `cfg`.
 pub async fn run(cfg: Config) -> Result<(), Error> {
@@ -32,8 +42,18 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
     );
     let facts = server::inspect(&mut conn).await?;
 
+    // A slot made with -C exists before the backup starts, so its restart_lsn protects the
+    // WAL from before the checkpoint; it is dropped again if the clone fails.
+    let created_slot = match (&cfg.slot, cfg.create_slot) {
+        (Some(name), true) => {
+            create_permanent_slot(&mut conn, name).await?;
+            Some(name.clone())
+        }
+        _ => None,
+    };
+
     let mut cleanup = Cleanup::new();
-    let result = clone_into(&cfg, &mut conn, &facts, &mut cleanup).await;
+    let result = clone_into(&cfg, &mut conn, &params, &facts, &mut cleanup).await;
     match &result {
         Ok(outcome) => {
             cleanup.disarm();
@@ -51,6 +71,14 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
                 );
             }
             cleanup.run(cfg.no_clean || e.keeps_data());
+            if let (Some(name), false) = (&created_slot, cfg.no_clean) {
+                if let Err(e) = drop_slot(&params, name).await {
+                    tracing::warn!(
+                        "could not drop replication slot \"{name}\": {}",
+                        crate::error::chain(&e)
+                    );
+                }
+            }
         }
     }
     conn.close().await;
@@ -59,10 +87,37 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
 
 async fn clone_into(
     cfg: &Config,
-    conn: &mut conn::Connection,
+    conn: &mut Connection,
+    params: &ConnParams,
     facts: &ServerFacts,
     cleanup: &mut Cleanup,
 ) -> Result<Outcome, Error> {
+    let wal_dir = cfg
+        .waldir
+        .clone()
+        .unwrap_or_else(|| cfg.dest.join("pg_wal"));
+    let prepared = if cfg.wal_method == WalMethod::Stream {
+        let slot = match (&cfg.slot, cfg.no_slot) {
+            (Some(name), _) => Slot::Named(name.clone()),
+            (None, true) => Slot::None,
+            (None, false) => Slot::Temporary,
+        };
+        Some(
+            wal::prepare(WalConfig {
+                params: params.clone(),
+                dir: wal_dir.clone(),
+                seg_size: facts.wal_seg_size,
+                system_id: facts.system_id.clone(),
+                slot,
+                status_interval: cfg.status_interval,
+                sync: !cfg.no_sync,
+            })
+            .await?,
+        )
+    } else {
+        None
+    };
+
     cleanup.prepare_dir(&cfg.dest, facts.dir_mode, "data directory")?;
     let mut precreated = HashSet::new();
     if let Some(waldir) = &cfg.waldir {
@@ -71,6 +126,17 @@ async fn clone_into(
         std::os::unix::fs::symlink(waldir, &link)
             .map_err(Error::fs("create symbolic link", &link))?;
         precreated.insert(waldir.clone());
+    }
+    if prepared.is_some() {
+        // The WAL task writes here while the base archive is still arriving.
+        for dir in [wal_dir.clone(), wal_dir.join("archive_status")] {
+            match fs::DirBuilder::new().mode(facts.dir_mode).create(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::fs("create directory", &dir)(e)),
+            }
+            precreated.insert(dir);
+        }
     }
     let layout = Layout {
         dest: cfg.dest.clone(),
@@ -93,7 +159,67 @@ async fn clone_into(
         target: None,
         compression: None,
     };
-    let outcome = backup::run(conn, cfg, facts, &options, layout, cleanup).await?;
+
+    let abort = CancellationToken::new();
+    let (link, wal_task) = match prepared {
+        Some(prepared) => {
+            let (start_tx, start_rx) = oneshot::channel();
+            let (end_tx, end_rx) = watch::channel(None);
+            let task = tokio::spawn(wal::run(prepared, start_rx, end_rx, abort.clone()));
+            let link = WalLink {
+                start: Some(start_tx),
+                end: end_tx,
+            };
+            (Some(link), Some(task))
+        }
+        None => (None, None),
+    };
+    let job = Job {
+        options,
+        layout,
+        wal: link,
+    };
+    let backed = backup::run(conn, cfg, facts, job, cleanup, &abort).await;
+    if backed.is_err() {
+        abort.cancel();
+    }
+    let streamed = match wal_task {
+        Some(task) => {
+            if backed.is_ok() {
+                tracing::info!("waiting for background process to finish streaming ...");
+            }
+            Some(
+                task.await
+                    .map_err(|e| Error::Internal(format!("WAL task failed: {e}")))?,
+            )
+        }
+        None => None,
+    };
+    let outcome = match (backed, streamed) {
+        (Ok(outcome), None | Some(Ok(_))) => outcome,
+        (Ok(_), Some(Err(e))) => return Err(Error::WalReceiver(Box::new(e))),
+        (Err(Error::Cancelled), Some(Err(e))) if !matches!(e, Error::Cancelled) => {
+            return Err(Error::WalReceiver(Box::new(e)))
+        }
+        (Err(e), _) => return Err(e),
+    };
+
+    if cfg.write_recovery_conf {
+        let info = PrimaryConnInfo {
+            host: conn.info().host.as_conninfo_value(),
+            port: params.port,
+            user: params.user.clone(),
+            password: (conn.info().auth != AuthMethod::Trust)
+                .then(|| params.password.as_ref().map(|p| p.expose().to_owned()))
+                .flatten(),
+            application_name: params
+                .application_name_explicit
+                .then(|| params.application_name.clone()),
+            dbname: params.dbname.clone(),
+        };
+        tracing::info!("writing the standby configuration");
+        recovery::write(&cfg.dest, &info, cfg.slot.as_deref(), facts.version)?;
+    }
     finish(cfg, &outcome).await?;
     Ok(outcome)
 }
@@ -126,4 +252,45 @@ async fn finish(cfg: &Config, outcome: &Outcome) -> Result<(), Error> {
     })
     .await
     .map_err(|e| Error::Internal(format!("sync task failed: {e}")))?
+}
+
+/// `CREATE_REPLICATION_SLOT name PHYSICAL RESERVE_WAL` (permanent).
+async fn create_permanent_slot(conn: &mut Connection, name: &str) -> Result<(), Error> {
+    let reserve = if conn.info().version.is_at_least(15) {
+        "(RESERVE_WAL)"
+    } else {
+        "RESERVE_WAL"
+    };
+    let sql = format!(
+        "CREATE_REPLICATION_SLOT {} PHYSICAL {reserve}",
+        quote_ident(name)
+    );
+    conn.simple_query("CREATE_REPLICATION_SLOT", &sql).await?;
+    tracing::info!("created replication slot \"{name}\"");
+    Ok(())
+}
+
+/// Drops a slot pgclone created, on a fresh connection, waiting briefly for the WAL
+/// connection's walsender to let go of it.
+async fn drop_slot(params: &ConnParams, name: &str) -> Result<(), Error> {
+    tracing::info!("dropping replication slot \"{name}\"");
+    let mut params = params.clone();
+    params.prompt = Prompt::Never;
+    let mut conn = conn::connect(&mut params).await?;
+    let sql = format!("DROP_REPLICATION_SLOT {}", quote_ident(name));
+    let mut last = None;
+    for _ in 0..40 {
+        match conn.simple_query("DROP_REPLICATION_SLOT", &sql).await {
+            Ok(_) => {
+                conn.close().await;
+                return Ok(());
+            }
+            Err(Error::Server { source, context }) if source.message.contains("is active") => {
+                last = Some(Error::Server { source, context });
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or(Error::Cancelled))
 }

@@ -2,6 +2,7 @@
 //! pg_basebackup's messages for bad values and bad combinations.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use pgclone_proto::basebackup::{Checkpoint, ManifestOption, MAX_RATE_RANGE};
 
@@ -54,6 +55,16 @@ pub struct Config {
     pub no_sync: bool,
     /// `-P`.
     pub progress: bool,
+    /// `-R`.
+    pub write_recovery_conf: bool,
+    /// `-S`.
+    pub slot: Option<String>,
+    /// `-C`.
+    pub create_slot: bool,
+    /// `--no-slot`.
+    pub no_slot: bool,
+    /// `-s` (`None` for 0: never).
+    pub status_interval: Option<Duration>,
 }
 
 const MANIFEST_ALGORITHMS: &[&str] = &["NONE", "CRC32C", "SHA224", "SHA256", "SHA384", "SHA512"];
@@ -81,7 +92,7 @@ impl Config {
             }
         }
         let wal_method = match args.wal_method.as_deref() {
-            None => WalMethod::Fetch,
+            None => WalMethod::Stream,
             Some("n" | "none") => WalMethod::None,
             Some("f" | "fetch") => WalMethod::Fetch,
             Some("s" | "stream") => WalMethod::Stream,
@@ -91,14 +102,44 @@ impl Config {
             )))
             }
         };
-        if wal_method == WalMethod::Stream {
-            return Err(Error::NotSupportedYet("WAL streaming (-X stream)"));
+        if let Some(slot) = &args.slot {
+            check_slot_name(slot)?;
+            if wal_method != WalMethod::Stream {
+                return Err(usage(
+                    "replication slots can only be used with WAL streaming",
+                ));
+            }
+            if args.no_slot {
+                return Err(usage("--no-slot cannot be used with slot name"));
+            }
         }
-        if args.write_recovery_conf {
-            return Err(Error::NotSupportedYet(
-                "writing the recovery configuration (-R)",
-            ));
+        if args.no_slot && wal_method != WalMethod::Stream {
+            return Err(usage("--no-slot can only be used with WAL streaming"));
         }
+        if args.create_slot {
+            if args.slot.is_none() {
+                return Err(usage(
+                    "--create-slot needs a slot to be specified using --slot",
+                ));
+            }
+            if args.no_slot {
+                return Err(usage(
+                    "--create-slot and --no-slot are incompatible options",
+                ));
+            }
+        }
+        let status_interval = match args.status_interval.as_deref() {
+            None => Some(Duration::from_secs(10)),
+            Some(s) => match s.trim().parse::<u64>() {
+                Ok(0) => None,
+                Ok(n) if n <= 2_147_483 => Some(Duration::from_secs(n)),
+                _ => {
+                    return Err(Error::Usage(format!(
+                        "invalid status interval \"{s}\": must be an integer between 0 and 2147483"
+                    )))
+                }
+            },
+        };
         let checkpoint = match args
             .checkpoint
             .as_deref()
@@ -190,8 +231,31 @@ impl Config {
             no_clean: args.no_clean,
             no_sync: args.no_sync,
             progress: args.progress,
+            write_recovery_conf: args.write_recovery_conf,
+            slot: args.slot.clone(),
+            create_slot: args.create_slot,
+            no_slot: args.no_slot,
+            status_interval,
         })
     }
+}
+
+/// Slot names are what the server accepts: lower-case letters, digits and `_`, at most 63 bytes.
+fn check_slot_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(Error::Usage(format!(
+            "replication slot name \"{name}\" is too short or too long (1 to 63 characters)"
+        )));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(Error::Usage(format!(
+            "replication slot name \"{name}\" contains invalid character (only lower case letters, numbers, and the underscore character are allowed)"
+        )));
+    }
+    Ok(())
 }
 
 /// `-r`: kB/s with an optional `k` or `M` suffix, 32 kB/s to 1 GB/s (pg_basebackup's
@@ -306,11 +370,45 @@ mod tests {
     }
 
     #[test]
-    fn stream_is_not_supported_yet() {
-        assert!(matches!(
-            config(&["-D", "/x", "-U", "u", "-X", "stream"]),
-            Err(Error::NotSupportedYet(_))
-        ));
+    fn slot_options_like_pg_basebackup() {
+        for (argv, msg) in [
+            (
+                &["-S", "s", "-X", "fetch"][..],
+                "replication slots can only be used with WAL streaming",
+            ),
+            (
+                &["-C"][..],
+                "--create-slot needs a slot to be specified using --slot",
+            ),
+            (
+                &["-S", "s", "--no-slot"][..],
+                "--no-slot cannot be used with slot name",
+            ),
+            (
+                &["--no-slot", "-X", "none"][..],
+                "--no-slot can only be used with WAL streaming",
+            ),
+        ] {
+            let mut full = vec!["-D", "/x", "-U", "u"];
+            full.extend_from_slice(argv);
+            assert_eq!(usage_message(&full), msg);
+        }
+        assert!(
+            usage_message(&["-D", "/x", "-U", "u", "-S", "Bad-Name"]).contains("invalid character")
+        );
+        assert!(
+            usage_message(&["-D", "/x", "-U", "u", "-s", "x"]).contains("invalid status interval")
+        );
+        let c =
+            config(&["-D", "/x", "-U", "u", "-S", "slot_1", "-C", "-R", "-s", "0"]).expect("valid");
+        assert_eq!(
+            (c.slot.as_deref(), c.create_slot, c.status_interval),
+            (Some("slot_1"), true, None)
+        );
+    }
+
+    #[test]
+    fn defaults() {
         let c = config(&[
             "-D",
             "/x",
@@ -322,7 +420,8 @@ mod tests {
             "sha256",
         ])
         .expect("valid");
-        assert_eq!(c.wal_method, WalMethod::Fetch);
+        assert_eq!(c.wal_method, WalMethod::Stream);
+        assert_eq!(c.status_interval, Some(Duration::from_secs(10)));
         assert_eq!(c.checkpoint, Checkpoint::Fast);
         assert_eq!(c.manifest_checksums.as_deref(), Some("SHA256"));
     }

@@ -105,6 +105,12 @@ pub enum Error {
     /// A feature not built yet.
     #[error("{0} is not supported yet")]
     NotSupportedYet(&'static str),
+    /// The WAL task failed; the source says why.
+    #[error("background WAL receiver terminated unexpectedly")]
+    WalReceiver(#[source] Box<Self>),
+    /// Another task failed first, or the user interrupted; not a root cause by itself.
+    #[error("cancelled")]
+    Cancelled,
     /// An internal task ended without saying why (a bug).
     #[error("internal error: {0}")]
     Internal(String),

@@ -7,6 +7,7 @@
 //! - `server.rs`: version checks and the server facts the clone needs
 //! - `clone.rs`: one clone, start to finish; `backup.rs`: the BASE_BACKUP task
 //! - `unpack/`: the plain-format writer and its path policy
+//! - `wal/`: the WAL task (`-X stream`) and segment files; `recovery.rs`: `-R`
 //! - `dest.rs`: destination checks and cleanup; `sync.rs`: fsync
 //! - `tablespace.rs`: `-T` mappings; `progress.rs`: `-P`; `output.rs`: stderr
 //! - `error.rs`: the error type and exit codes
@@ -21,10 +22,12 @@ pub mod dest;
 pub mod error;
 pub mod output;
 pub mod progress;
+pub mod recovery;
 pub mod server;
 pub mod sync;
 pub mod tablespace;
 pub mod unpack;
+pub mod wal;
 
 use std::process::ExitCode;
 

@@ -144,7 +144,8 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(Error::fs("create file", path))?;
-    f.write_all(bytes).map_err(Error::fs("write to file", path))?;
+    f.write_all(bytes)
+        .map_err(Error::fs("write to file", path))?;
     f.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(Error::fs("set permissions of file", path))
 }
@@ -203,11 +204,24 @@ mod tests {
     fn writes_files_with_safe_modes() {
         let tmp = tempfile::tempdir().expect("tmp");
         fs::write(tmp.path().join("postgresql.auto.conf"), "# server's\n").expect("write");
-        fs::set_permissions(tmp.path().join("postgresql.auto.conf"), fs::Permissions::from_mode(0o640)).expect("chmod");
-        write(tmp.path(), &info(Some("pw")), Some("s"), ServerVersion(160000)).expect("write");
+        fs::set_permissions(
+            tmp.path().join("postgresql.auto.conf"),
+            fs::Permissions::from_mode(0o640),
+        )
+        .expect("chmod");
+        write(
+            tmp.path(),
+            &info(Some("pw")),
+            Some("s"),
+            ServerVersion(160000),
+        )
+        .expect("write");
         let auto = fs::read_to_string(tmp.path().join("postgresql.auto.conf")).expect("read");
         assert!(auto.starts_with("# server's\nprimary_conninfo = "));
-        let mode = fs::metadata(tmp.path().join("postgresql.auto.conf")).expect("stat").permissions().mode();
+        let mode = fs::metadata(tmp.path().join("postgresql.auto.conf"))
+            .expect("stat")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(tmp.path().join("standby.signal").is_file());
 

@@ -318,8 +318,14 @@ fn parse_header(block: &[u8; BLOCK], offset: u64) -> Result<Member, TarError> {
 /// for files pgclone adds to archives and for tests.
 pub fn build_header(name: &str, kind: MemberKind, mode: u32, size: u64, mtime: u64) -> Header {
     let mut h = Header::new_ustar();
-    // Names longer than the field are the caller's bug; PostgreSQL's limit is 99 bytes.
-    let _ = h.set_path(name);
+    // The name is copied as is, like tarCreateHeader does (PostgreSQL's limit is 99 bytes;
+    // longer names are cut): no validation, so tests can build hostile archives too.
+    let field = &mut h.as_old_mut().name;
+    let n = name.len().min(field.len() - 1);
+    field.fill(0);
+    if let (Some(dst), Some(src)) = (field.get_mut(..n), name.as_bytes().get(..n)) {
+        dst.copy_from_slice(src);
+    }
     h.set_mode(mode);
     h.set_size(size);
     h.set_mtime(mtime);

@@ -1,0 +1,315 @@
+//! The WAL task: a second replication connection that streams the WAL written during the
+//! backup into `pg_wal` (`-X stream`), driving the sans-IO [`WalReceiver`].
+//!
+//! [`prepare`] opens the connection and creates the temporary slot before BASE_BACKUP starts,
+//! so WAL from before the backup's checkpoint is already reserved; [`run`] waits for the start
+//! position, streams, and stops once the end position (published by the backup task) is
+//! received and flushed. It runs as its own tokio task on its own connection, so a slow disk
+//! under the base archive never delays its replies to the server's keepalives.
+
+pub mod segment;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use pgclone_proto::frontend::quote_ident;
+use pgclone_proto::replication::{pg_epoch_micros, ReceiverConfig, WalReceiver};
+use pgclone_proto::{Lsn, ProtocolError, TimelineId, WalSegSize};
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::conn::{self, ConnParams, Connection};
+use crate::error::Error;
+use segment::SegmentWriter;
+
+/// Which replication slot the stream uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slot {
+    /// `--no-slot`.
+    None,
+    /// A temporary slot, created on the WAL connection and gone with it (the default).
+    Temporary,
+    /// A named, permanent slot (`-S`, created beforehand with `-C`).
+    Named(String),
+}
+
+/// What the WAL task needs to know.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    /// Connection parameters (with the password, if one was prompted for).
+    pub params: ConnParams,
+    /// The directory segments go into (`pg_wal`, or `--waldir`).
+    pub dir: PathBuf,
+    /// The server's segment size.
+    pub seg_size: WalSegSize,
+    /// The system identifier of the main connection, to check the second one against.
+    pub system_id: String,
+    /// Slot to stream from.
+    pub slot: Slot,
+    /// Standby status update interval (`-s`; `None` for never).
+    pub status_interval: Option<Duration>,
+    /// fsync segments as they complete.
+    pub sync: bool,
+}
+
+/// An open WAL connection, ready to stream once the backup start is known.
+pub struct Prepared {
+    conn: Connection,
+    cfg: WalConfig,
+    slot_name: Option<String>,
+}
+
+/// Opens the WAL connection, checks it reaches the same system, and creates the temporary
+/// slot if one is used.
+pub async fn prepare(mut cfg: WalConfig) -> Result<Prepared, Error> {
+    let mut conn = conn::connect(&mut cfg.params).await?;
+    let system_id = identify(&mut conn).await?.0;
+    if system_id != cfg.system_id {
+        return Err(Error::IncompatibleServer(
+            "system identifier does not match between base backup and streaming connection".into(),
+        ));
+    }
+    let slot_name = match &cfg.slot {
+        Slot::None => None,
+        Slot::Named(name) => Some(name.clone()),
+        Slot::Temporary => {
+            let pid = conn
+                .info()
+                .backend_pid
+                .unwrap_or_else(|| std::process::id() as i32);
+            let name = format!("pgclone_{pid}");
+            let version = conn.info().version;
+            let sql = if version.is_at_least(15) {
+                format!(
+                    "CREATE_REPLICATION_SLOT {} TEMPORARY PHYSICAL (RESERVE_WAL)",
+                    quote_ident(&name)
+                )
+            } else {
+                format!(
+                    "CREATE_REPLICATION_SLOT {} TEMPORARY PHYSICAL RESERVE_WAL",
+                    quote_ident(&name)
+                )
+            };
+            conn.simple_query("CREATE_REPLICATION_SLOT", &sql).await?;
+            tracing::info!("created temporary replication slot \"{name}\"");
+            Some(name)
+        }
+    };
+    Ok(Prepared {
+        conn,
+        cfg,
+        slot_name,
+    })
+}
+
+/// What streaming did.
+#[derive(Debug, Clone, Copy)]
+pub struct Streamed {
+    /// End of WAL written.
+    pub end: Lsn,
+    /// Segments completed.
+    pub segments: u64,
+    /// The timeline streaming ended on.
+    pub timeline: TimelineId,
+}
+
+/// IDENTIFY_SYSTEM: (systemid, timeline).
+async fn identify(conn: &mut Connection) -> Result<(String, TimelineId), Error> {
+    const CMD: &str = "IDENTIFY_SYSTEM";
+    let sets = conn.simple_query(CMD, CMD).await?;
+    let parse = || -> Result<(String, TimelineId), ProtocolError> {
+        let set = sets
+            .first()
+            .ok_or(ProtocolError::Truncated("IDENTIFY_SYSTEM result"))?;
+        Ok((
+            set.required_text(CMD, 0, 0)?.to_owned(),
+            set.required_text(CMD, 0, 1)?.parse()?,
+        ))
+    };
+    parse().map_err(Error::protocol(CMD))
+}
+
+/// Streams WAL from the start position received on `start` until the end position published
+/// on `end` has been received and flushed. `abort` is cancelled by whichever task fails first;
+/// this task cancels it on its own failure.
+pub async fn run(
+    prepared: Prepared,
+    start: oneshot::Receiver<(Lsn, TimelineId)>,
+    end: watch::Receiver<Option<Lsn>>,
+    abort: CancellationToken,
+) -> Result<Streamed, Error> {
+    let result = tokio::select! {
+        r = stream(prepared, start, end) => r,
+        () = abort.cancelled() => Err(Error::Cancelled),
+    };
+    if result.is_err() {
+        abort.cancel();
+    }
+    result
+}
+
+async fn stream(
+    prepared: Prepared,
+    start: oneshot::Receiver<(Lsn, TimelineId)>,
+    mut end: watch::Receiver<Option<Lsn>>,
+) -> Result<Streamed, Error> {
+    let Prepared {
+        mut conn,
+        cfg,
+        slot_name,
+    } = prepared;
+    let Ok((start_lsn, mut timeline)) = start.await else {
+        return Err(Error::Cancelled);
+    };
+    let server_tli = identify(&mut conn).await?.1;
+    if timeline > server_tli {
+        return Err(Error::IncompatibleServer(format!(
+            "starting timeline {timeline} is not present in the server"
+        )));
+    }
+    let mut pos = start_lsn.segment_start(cfg.seg_size);
+    let mut writer = SegmentWriter::new(cfg.dir.clone(), cfg.seg_size, timeline, cfg.sync);
+    let receiver_cfg = ReceiverConfig {
+        status_interval: cfg.status_interval,
+        report_flush: slot_name.is_some(),
+    };
+    let mut out = BytesMut::new();
+    loop {
+        if timeline.0 > 1 {
+            fetch_history(&mut conn, &cfg, timeline).await?;
+        }
+        writer.set_timeline(timeline, pos)?;
+        let slot = slot_name
+            .as_deref()
+            .map(|s| format!("SLOT {} ", quote_ident(s)))
+            .unwrap_or_default();
+        let sql = format!("START_REPLICATION {slot}PHYSICAL {pos} TIMELINE {timeline}");
+        tracing::debug!("sending {sql}");
+        conn.send_query(&sql, "START_REPLICATION").await?;
+        let mut rx = WalReceiver::new(pos, timeline, cfg.seg_size, receiver_cfg, Instant::now());
+        let mut end_known = end.borrow().is_some();
+        if let Some(e) = *end.borrow() {
+            rx.stop_at(e);
+        }
+        loop {
+            if let Some(e) = rx.poll_server_error() {
+                return Err(Error::Server {
+                    context: "could not stream write-ahead log".into(),
+                    source: Box::new(e),
+                });
+            }
+            while let Some(chunk) = rx.poll_write() {
+                tokio::task::block_in_place(|| writer.write(chunk))?;
+            }
+            if end_known
+                && end.borrow().is_some_and(|e| writer.written() >= e)
+                && writer.flushed() < writer.written()
+            {
+                tokio::task::block_in_place(|| writer.flush())?;
+            }
+            rx.handle_flushed(writer.flushed());
+            if rx.poll_transmit(pg_now(), &mut out) {
+                conn.send_raw(&out, "WAL streaming").await?;
+                out.clear();
+            }
+            if rx.is_done() {
+                break;
+            }
+            let wake = rx.poll_timeout();
+            tokio::select! {
+                msg = conn.read_message("WAL streaming") => {
+                    rx.handle_message(Instant::now(), msg?).map_err(Error::protocol("WAL streaming"))?;
+                }
+                () = sleep_until(wake) => rx.handle_timeout(Instant::now()),
+                changed = end.changed(), if !end_known => {
+                    if changed.is_err() {
+                        return Err(Error::Cancelled);
+                    }
+                    if let Some(e) = *end.borrow() {
+                        tracing::debug!("WAL streaming will stop at {e}");
+                        rx.stop_at(e);
+                        end_known = true;
+                    }
+                }
+            }
+        }
+        match rx.poll_timeline_switch() {
+            Some((next, next_pos)) => {
+                tracing::info!("switched to timeline {next} at {next_pos}");
+                timeline = next;
+                pos = next_pos;
+            }
+            None => break,
+        }
+    }
+    writer.flush()?;
+    tracing::info!(
+        "WAL streaming done: {} segment{} up to {}",
+        writer.completed(),
+        if writer.completed() == 1 { "" } else { "s" },
+        writer.written()
+    );
+    let streamed = Streamed {
+        end: writer.written(),
+        segments: writer.completed(),
+        timeline,
+    };
+    conn.close().await;
+    Ok(streamed)
+}
+
+/// TIMELINE_HISTORY for `timeline`, written into the WAL directory unless it is there.
+async fn fetch_history(
+    conn: &mut Connection,
+    cfg: &WalConfig,
+    timeline: TimelineId,
+) -> Result<(), Error> {
+    const CMD: &str = "TIMELINE_HISTORY";
+    let name = timeline.history_file_name();
+    if cfg.dir.join(&name).exists() {
+        return Ok(());
+    }
+    let sets = conn
+        .simple_query(CMD, &format!("TIMELINE_HISTORY {timeline}"))
+        .await?;
+    let parse = || -> Result<(String, bytes::Bytes), ProtocolError> {
+        let set = sets
+            .first()
+            .ok_or(ProtocolError::Truncated("TIMELINE_HISTORY result"))?;
+        set.expect_shape(CMD, Some(1), 2)?;
+        let got = set.required_text(CMD, 0, 0)?.to_owned();
+        let content = set
+            .bytes(CMD, 0, 1)?
+            .cloned()
+            .ok_or(ProtocolError::Truncated("history file content"))?;
+        Ok((got, content))
+    };
+    let (got, content) = parse().map_err(Error::protocol(CMD))?;
+    if got != name {
+        return Err(Error::Protocol {
+            phase: CMD,
+            source: ProtocolError::BadValue {
+                what: "history file name",
+                value: got.chars().take(64).collect(),
+            },
+        });
+    }
+    tracing::info!("fetched timeline history file {name}");
+    tokio::task::block_in_place(|| segment::write_history(&cfg.dir, &name, &content))
+}
+
+fn pg_now() -> i64 {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    pg_epoch_micros(micros)
+}
+
+async fn sleep_until(when: Option<Instant>) {
+    match when {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,286 @@
+//! Streamed WAL on disk: one file per segment, named as PostgreSQL names them, preallocated to
+//! the full segment size, fsynced and marked `.done` in `archive_status` when complete.
+//!
+//! Like pg_basebackup (and unlike pg_receivewal), the last, incomplete segment keeps its final
+//! name: the clone needs it under that name to start.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use pgclone_proto::replication::WalChunk;
+use pgclone_proto::{Lsn, SegNo, TimelineId, WalSegSize};
+
+use crate::error::Error;
+
+struct OpenSegment {
+    segno: SegNo,
+    file: File,
+    path: PathBuf,
+}
+
+/// Writes WAL chunks into segment files under one directory (`pg_wal` or `--waldir`).
+pub struct SegmentWriter {
+    dir: PathBuf,
+    seg_size: WalSegSize,
+    timeline: TimelineId,
+    sync: bool,
+    current: Option<OpenSegment>,
+    written: Lsn,
+    flushed: Lsn,
+    completed: u64,
+}
+
+impl SegmentWriter {
+    /// A writer into `dir` (which must exist, with `archive_status` inside); `sync` fsyncs each
+    /// segment as it completes and on [`Self::flush`].
+    pub fn new(dir: PathBuf, seg_size: WalSegSize, timeline: TimelineId, sync: bool) -> Self {
+        Self {
+            dir,
+            seg_size,
+            timeline,
+            sync,
+            current: None,
+            written: Lsn::INVALID,
+            flushed: Lsn::INVALID,
+            completed: 0,
+        }
+    }
+
+    /// Starts (or continues, after a timeline switch) streaming on `timeline` from `start`,
+    /// a segment boundary; the open segment of the previous timeline is flushed and closed.
+    pub fn set_timeline(&mut self, timeline: TimelineId, start: Lsn) -> Result<(), Error> {
+        if self.current.is_some() {
+            self.flush()?;
+            self.current = None;
+        }
+        self.timeline = timeline;
+        self.written = start;
+        self.flushed = start;
+        Ok(())
+    }
+
+    /// End of WAL written.
+    pub fn written(&self) -> Lsn {
+        self.written
+    }
+
+    /// End of WAL made durable (or, without sync, written and closed or flushed).
+    pub fn flushed(&self) -> Lsn {
+        self.flushed
+    }
+
+    /// Segments completed so far.
+    pub fn completed(&self) -> u64 {
+        self.completed
+    }
+
+    /// Appends a chunk (the receiver guarantees chunks are contiguous).
+    pub fn write(&mut self, chunk: WalChunk) -> Result<(), Error> {
+        let end = chunk.end();
+        for (segno, offset, bytes) in chunk.split_at_segments(self.seg_size) {
+            self.write_piece(segno, offset, &bytes)?;
+        }
+        self.written = end;
+        Ok(())
+    }
+
+    fn write_piece(&mut self, segno: SegNo, offset: u64, bytes: &Bytes) -> Result<(), Error> {
+        if self.current.as_ref().map(|s| s.segno) != Some(segno) {
+            self.current = Some(self.open(segno)?);
+        }
+        let Some(seg) = self.current.as_ref() else {
+            return Err(Error::Internal("no open WAL segment".into()));
+        };
+        seg.file
+            .write_all_at(bytes, offset)
+            .map_err(Error::fs("write to file", &seg.path))?;
+        let seg_bytes = u64::from(self.seg_size.bytes());
+        if offset + bytes.len() as u64 == seg_bytes {
+            self.complete()?;
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, segno: SegNo) -> Result<OpenSegment, Error> {
+        let name = segno.file_name(self.timeline, self.seg_size);
+        let path = self.dir.join(&name);
+        let size = u64::from(self.seg_size.bytes());
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(Error::fs("open WAL segment", &path))?;
+        let existing = file.metadata().map_err(Error::fs("stat", &path))?.len();
+        match existing {
+            0 => preallocate(&file, size).map_err(Error::fs("preallocate WAL segment", &path))?,
+            n if n == size => {}
+            n => {
+                return Err(Error::Fs {
+                    op: "reuse WAL segment",
+                    path,
+                    source: io::Error::other(format!("it has {n} bytes, expected 0 or {size}")),
+                })
+            }
+        }
+        Ok(OpenSegment { segno, file, path })
+    }
+
+    fn complete(&mut self) -> Result<(), Error> {
+        let Some(seg) = self.current.take() else {
+            return Ok(());
+        };
+        if self.sync {
+            seg.file.sync_all().map_err(Error::fs("fsync", &seg.path))?;
+        }
+        let name = seg
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        mark_done(&self.dir, &name)?;
+        self.completed += 1;
+        let seg_end = seg
+            .segno
+            .start_lsn(self.seg_size)
+            .checked_add(u64::from(self.seg_size.bytes()));
+        self.flushed = seg_end.unwrap_or(self.written);
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (fsyncs the open segment).
+    pub fn flush(&mut self) -> Result<Lsn, Error> {
+        if let (Some(seg), true) = (self.current.as_ref(), self.sync) {
+            seg.file.sync_all().map_err(Error::fs("fsync", &seg.path))?;
+        }
+        self.flushed = self.written;
+        Ok(self.flushed)
+    }
+
+    /// The directory written into.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Creates `archive_status/<name>.done`, so the clone does not archive what it received.
+pub fn mark_done(dir: &Path, name: &str) -> Result<(), Error> {
+    let path = dir.join("archive_status").join(format!("{name}.done"));
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map(drop)
+        .map_err(Error::fs("create file", &path))
+}
+
+/// Gives the file `size` bytes of real (zeroed) blocks: posix_fallocate where the file system
+/// supports it, else writing zeros.
+fn preallocate(file: &File, size: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(size).map_err(io::Error::other)?;
+    // SAFETY: the descriptor is valid for the lifetime of `file`; posix_fallocate only changes
+    // the file's allocation.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    if rc != libc::EOPNOTSUPP && rc != libc::EINVAL {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    let zeros = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < size {
+        let n = (size - done).min(zeros.len() as u64) as usize;
+        file.write_all_at(zeros.get(..n).unwrap_or_default(), done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Writes a timeline history file and marks it done.
+pub fn write_history(dir: &Path, name: &str, content: &[u8]) -> Result<(), Error> {
+    let path = dir.join(name);
+    fs::write(&path, content).map_err(Error::fs("write", &path))?;
+    mark_done(dir, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_segments_across_boundaries_and_marks_them_done() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        fs::create_dir(tmp.path().join("archive_status")).expect("mkdir");
+        let seg = WalSegSize::from_bytes(1 << 20).expect("1MB");
+        let mut w = SegmentWriter::new(tmp.path().to_path_buf(), seg, TimelineId(1), true);
+        let start = Lsn(3 << 20);
+        w.set_timeline(TimelineId(1), start).expect("tli");
+        let first = vec![1u8; (1 << 20) - 100];
+        w.write(WalChunk {
+            start,
+            data: Bytes::from(first),
+        })
+        .expect("write");
+        assert_eq!(w.completed(), 0);
+        w.write(WalChunk {
+            start: Lsn(start.0 + (1 << 20) - 100),
+            data: Bytes::from(vec![2u8; 300]),
+        })
+        .expect("write");
+        assert_eq!(w.completed(), 1);
+        assert_eq!(w.flushed(), Lsn(4 << 20));
+        assert_eq!(w.written(), Lsn((4 << 20) + 200));
+        let full = tmp.path().join("000000010000000000000003");
+        let partial = tmp.path().join("000000010000000000000004");
+        assert_eq!(fs::metadata(&full).expect("full").len(), 1 << 20);
+        assert_eq!(
+            fs::metadata(&partial).expect("partial").len(),
+            1 << 20,
+            "preallocated"
+        );
+        assert!(tmp
+            .path()
+            .join("archive_status/000000010000000000000003.done")
+            .exists());
+        assert!(!tmp
+            .path()
+            .join("archive_status/000000010000000000000004.done")
+            .exists());
+        let bytes = fs::read(&partial).expect("read");
+        assert_eq!(&bytes[..200], &[2u8; 200][..]);
+        assert!(bytes[200..].iter().all(|&b| b == 0));
+        assert_eq!(w.flush().expect("flush"), Lsn((4 << 20) + 200));
+    }
+
+    #[test]
+    fn refuses_a_segment_of_the_wrong_size() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        fs::create_dir(tmp.path().join("archive_status")).expect("mkdir");
+        fs::write(tmp.path().join("000000010000000000000001"), b"short").expect("write");
+        let seg = WalSegSize::from_bytes(1 << 20).expect("1MB");
+        let mut w = SegmentWriter::new(tmp.path().to_path_buf(), seg, TimelineId(1), false);
+        let err = w
+            .write(WalChunk {
+                start: Lsn(1 << 20),
+                data: Bytes::from_static(b"x"),
+            })
+            .expect_err("wrong size");
+        assert!(matches!(
+            err,
+            Error::Fs {
+                op: "reuse WAL segment",
+                ..
+            }
+        ));
+    }
+}
