@@ -105,11 +105,11 @@ pub async fn run(
         Some(u) => u.finish().await,
         None => Ok(Stats::default()),
     };
-    // The unpacker's own error is the root cause when it stopped taking chunks.
     let stats = match (streamed, unpacked) {
-        (Err(Error::Internal(_) | Error::Cancelled), Err(e)) | (Ok(()), Err(e)) => return Err(e),
-        (Err(e), _) => return Err(e),
         (Ok(()), Ok(stats)) => stats,
+        // The unpacker's own error is the root cause when it stopped taking chunks.
+        (Ok(()) | Err(Error::UnpackerStopped), Err(e)) => return Err(e),
+        (Err(e), _) => return Err(e),
     };
     state.progress.finish();
     let (start, (end, timeline)) = state
@@ -143,7 +143,7 @@ impl Unpacker {
         self.tx
             .send(chunk)
             .await
-            .map_err(|_| Error::Internal("the unpacker stopped".into()))
+            .map_err(|_| Error::UnpackerStopped)
     }
 
     async fn finish(self) -> Result<Stats, Error> {

@@ -111,6 +111,9 @@ pub enum Error {
     /// Another task failed first, or the user interrupted; not a root cause by itself.
     #[error("cancelled")]
     Cancelled,
+    /// The unpacker stopped taking chunks; its own result holds the root cause.
+    #[error("the unpacker stopped")]
+    UnpackerStopped,
     /// An internal task ended without saying why (a bug).
     #[error("internal error: {0}")]
     Internal(String),

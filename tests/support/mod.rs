@@ -388,6 +388,22 @@ impl Cluster {
         }
     }
 
+    /// The server's current WAL insert position (on a standby: the last replayed position).
+    pub fn current_lsn(&self) -> String {
+        self.psql(
+            "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END",
+        )
+    }
+
+    /// Waits until this standby has replayed up to `lsn`.
+    pub fn wait_for_replay(&self, lsn: &str) {
+        self.wait_for(
+            &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"),
+            "t",
+            Duration::from_secs(60),
+        );
+    }
+
     /// Waits until `sql` returns `want`, or panics after `timeout`.
     pub fn wait_for(&self, sql: &str, want: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -500,6 +516,82 @@ pub fn pgclone(args: &[&str], env: &[(&str, &str)]) -> Run {
         status,
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Starts pgclone as the unprivileged account without waiting for it.
+pub fn pgclone_spawn(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = as_pg_user(pgclone_exe());
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn pgclone")
+}
+
+/// Waits for a spawned pgclone and collects its output.
+pub fn pgclone_wait(child: std::process::Child) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("wait for pgclone");
+    Run {
+        status,
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Inserts rows into `load(id, v)` from another connection until stopped.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Load {
+    /// Creates the table and starts inserting.
+    pub fn start(cluster: &Cluster) -> Self {
+        cluster.psql("CREATE TABLE IF NOT EXISTS load(id bigserial PRIMARY KEY, v text)");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (socket, port) = (cluster.socket_dir.clone(), cluster.port);
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut batches = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let ok = Command::new(tools_bin(18).join("psql"))
+                    .args(["-X", "-q", "-U", "postgres", "-d", "postgres", "-h"])
+                    .arg(&socket)
+                    .args(["-p", &port.to_string(), "-c"])
+                    .arg("INSERT INTO load(v) SELECT md5(random()::text) FROM generate_series(1, 200)")
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false);
+                if ok {
+                    batches += 1;
+                }
+            }
+            batches
+        });
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops inserting; returns the number of batches inserted.
+    pub fn stop(&mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle
+            .take()
+            .map(|h| h.join().expect("load thread"))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
