@@ -176,8 +176,8 @@ fn usage_errors_exit_1_with_a_hint() {
             "must specify output directory or backup target",
         ),
         (
-            vec!["-D", d, "-U", "x", "-X", "stream"],
-            "not supported yet",
+            vec!["-D", d, "-U", "x", "-S", "s1", "-X", "fetch"],
+            "replication slots can only be used with WAL streaming",
         ),
         (
             vec!["-D", d, "-U", "x", "-T", "a=b"],

@@ -256,10 +256,13 @@ async fn connect_any(params: &ConnParams) -> Result<Connection, Attempt> {
                 for addr in addrs {
                     let ip = addr.ip().to_string();
                     let target = if *name == ip {
-                        format!("connection to server at \"{ip}\", port {}", params.port)
+                        format!(
+                            "connection to server at \"{ip}\", port {} failed",
+                            params.port
+                        )
                     } else {
                         format!(
-                            "connection to server at \"{name}\" ({ip}), port {}",
+                            "connection to server at \"{name}\" ({ip}), port {} failed",
                             params.port
                         )
                     };
