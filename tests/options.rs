@@ -17,9 +17,24 @@ fn label_checksums_manifest_and_progress_options() {
         let d = dest.to_str().expect("utf8");
         let run = pgclone(
             &[
-                "-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-D", d, "-X", "none",
-                "-l", "label with 'quotes'", "--no-verify-checksums", "--manifest-checksums",
-                "sha256", "-P", "-c", "fast",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                d,
+                "-X",
+                "none",
+                "-l",
+                "label with 'quotes'",
+                "--no-verify-checksums",
+                "--manifest-checksums",
+                "sha256",
+                "-P",
+                "-c",
+                "fast",
             ],
             &[],
         );
@@ -27,12 +42,23 @@ fn label_checksums_manifest_and_progress_options() {
         let label = fs::read_to_string(dest.join("backup_label")).expect("backup_label");
         assert!(label.contains("LABEL: label with 'quotes'"), "{label}");
         // -P: one line at a time when stderr is not a terminal, ending at 100%.
-        assert!(run.stderr.lines().any(|l| l.contains("kB (100%)")), "{}", run.stderr);
-        assert!(!run.stderr.contains('\r'), "no carriage returns off a terminal");
+        assert!(
+            run.stderr.lines().any(|l| l.contains("kB (100%)")),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains('\r'),
+            "no carriage returns off a terminal"
+        );
         // -X none: no WAL segment in pg_wal, and the server's NOTICE about archiving shown.
         let segments = fs::read_dir(dest.join("pg_wal"))
             .expect("pg_wal")
-            .filter(|e| e.as_ref().map(|e| e.file_name().len() == 24).unwrap_or(false))
+            .filter(|e| {
+                e.as_ref()
+                    .map(|e| e.file_name().len() == 24)
+                    .unwrap_or(false)
+            })
             .count();
         assert_eq!(segments, 0);
         assert!(run.stderr.contains("NOTICE:  "), "{}", run.stderr);
@@ -45,7 +71,20 @@ fn label_checksums_manifest_and_progress_options() {
 
         let dest = work.join("nomanifest");
         pgclone(
-            &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-D", dest.to_str().expect("utf8"), "--no-manifest", "--no-estimate-size", "-X", "fetch"],
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                dest.to_str().expect("utf8"),
+                "--no-manifest",
+                "--no-estimate-size",
+                "-X",
+                "fetch",
+            ],
             &[],
         )
         .assert_ok();
@@ -67,7 +106,19 @@ fn unix_socket_cleartext_password_and_application_name() {
     let dest = work.join("copy");
     let socket = p.socket_dir.to_str().expect("utf8").to_owned();
     pgclone(
-        &["-h", &socket, "-p", &p.port.to_string(), "-U", "replication", "-D", dest.to_str().expect("utf8"), "-R", "-c", "fast"],
+        &[
+            "-h",
+            &socket,
+            "-p",
+            &p.port.to_string(),
+            "-U",
+            "replication",
+            "-D",
+            dest.to_str().expect("utf8"),
+            "-R",
+            "-c",
+            "fast",
+        ],
         &[("PGPASSWORD", "clear text"), ("PGAPPNAME", "standby one")],
     )
     .assert_ok();
@@ -76,7 +127,11 @@ fn unix_socket_cleartext_password_and_application_name() {
     assert!(auto.contains("application_name=''standby one''"), "{auto}");
     assert!(auto.contains("password=''clear text''"), "{auto}");
     let replica = Cluster::start_existing(14, &dest, &[]);
-    replica.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", std::time::Duration::from_secs(60));
+    replica.wait_for(
+        "SELECT status FROM pg_stat_wal_receiver",
+        "streaming",
+        std::time::Duration::from_secs(60),
+    );
     assert_eq!(
         p.psql("SELECT application_name FROM pg_stat_replication"),
         "standby one"

@@ -430,3 +430,67 @@ fn waldir_with_streaming() {
     let replica = Cluster::start_existing(12, &dest, &[]);
     assert_streaming_replica(&p, &replica, &p, &mut load);
 }
+
+/// A clone of a cascading standby whose upstream is promoted during the backup: the standby
+/// follows the new timeline, and so must pgclone's WAL stream (TIMELINE_HISTORY, history file,
+/// START_REPLICATION on the new timeline).
+#[test]
+fn pg16_wal_stream_follows_a_timeline_switch() {
+    let p = primary(16, "scram-sha-256", &[]);
+    p.psql(
+        "CREATE TABLE filler AS SELECT g, repeat('x', 500) AS v FROM generate_series(1, 20000) g",
+    );
+    let work = TestDir::new("tli");
+    let env = [("PGPASSWORD", PASSWORD)];
+    let s1_dir = work.join("standby1");
+    pgclone(
+        &clone_args(&p.port.to_string(), s1_dir.to_str().expect("utf8"), &["-R"]),
+        &env,
+    )
+    .assert_ok();
+    let s1 = Cluster::start_existing(16, &s1_dir, &[]);
+    s1.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
+    let s2_dir = work.join("standby2");
+    pgclone(
+        &clone_args(
+            &s1.port.to_string(),
+            s2_dir.to_str().expect("utf8"),
+            &["-R"],
+        ),
+        &env,
+    )
+    .assert_ok();
+    let s2 = Cluster::start_existing(16, &s2_dir, &[]);
+    s2.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
+
+    let s3_dir = work.join("standby3");
+    let child = pgclone_spawn(
+        &clone_args(
+            &s2.port.to_string(),
+            s3_dir.to_str().expect("utf8"),
+            &["-R", "-r", "4M", "-v"],
+        ),
+        &env,
+    );
+    s2.wait_for(
+        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+        "1",
+        WAIT,
+    );
+    assert_eq!(s1.psql("SELECT pg_promote()"), "t");
+    s1.wait_for("SELECT pg_is_in_recovery()", "f", WAIT);
+    s1.psql("CREATE TABLE on_new_timeline AS SELECT 42 AS answer; SELECT pg_switch_wal()");
+    s2.wait_for("SELECT received_tli FROM pg_stat_wal_receiver", "2", WAIT);
+    let run = pgclone_wait(child);
+    run.assert_ok();
+    assert!(
+        run.stderr.contains("switched to timeline 2"),
+        "{}",
+        run.stderr
+    );
+    assert!(s3_dir.join("pg_wal/00000002.history").is_file());
+    let s3 = Cluster::start_existing(16, &s3_dir, &[]);
+    s3.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
+    s1.psql("INSERT INTO on_new_timeline VALUES (43)");
+    s3.wait_for("SELECT count(*) FROM on_new_timeline", "2", WAIT);
+}
