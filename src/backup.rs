@@ -180,6 +180,9 @@ impl State {
             } else {
                 "base backup start"
             };
+            if self.started.is_some() {
+                conn.set_read_timeout(cfg.timeout);
+            }
             let msg = conn.read_message(phase).await?;
             self.decoder
                 .handle_message(msg)

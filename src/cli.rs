@@ -135,6 +135,10 @@ pub struct Args {
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count, help_heading = "General options")]
     pub verbose: u8,
 
+    /// give up when the server sends nothing for SECS seconds (0 = never; default 300)
+    #[arg(long = "timeout", value_name = "SECS", help_heading = "General options")]
+    pub timeout: Option<String>,
+
     /// do not verify checksums
     #[arg(long = "no-verify-checksums", help_heading = "General options")]
     pub no_verify_checksums: bool,

@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::time::Duration;
 
-use pgclone_proto::basebackup::BaseBackupOptions;
+use pgclone_proto::basebackup::{BaseBackupOptions, Checkpoint};
 use pgclone_proto::frontend::quote_ident;
 use pgclone_proto::startup::AuthMethod;
 use tokio::sync::{oneshot, watch};
@@ -24,8 +24,9 @@ use crate::sync;
 use crate::unpack::{Layout, MANIFEST_TMP};
 use crate::wal::{self, Slot, WalConfig};
 
-/// Runs the clone described by `cfg`.
-pub async fn run(cfg: Config) -> Result<(), Error> {
+/// Runs the clone described by `cfg`. Cancelling `interrupt` (a signal) stops every task and
+/// undoes what was created; the result is then `Err(Cancelled)`.
+pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error> {
     // Refuse a non-empty destination before anything else, and connect before creating
     // anything, so that these failures leave nothing behind.
     dest::check_usable(&cfg.dest)?;
@@ -33,14 +34,10 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
         dest::check_usable(waldir)?;
     }
     let mut params = cfg.conn.clone();
-    let mut conn = conn::connect(&mut params).await?;
-    tracing::debug!(
-        "connected to PostgreSQL {} as {} ({:?} authentication)",
-        conn.info().version_text,
-        params.user,
-        conn.info().auth
-    );
-    let facts = server::inspect(&mut conn).await?;
+    let (mut conn, facts) = tokio::select! {
+        r = connect_and_inspect(&mut params) => r?,
+        () = interrupt.cancelled() => return Err(Error::Cancelled),
+    };
 
     // A slot made with -C exists before the backup starts, so its restart_lsn protects the
     // WAL from before the checkpoint; it is dropped again if the clone fails.
@@ -53,7 +50,8 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
     };
 
     let mut cleanup = Cleanup::new();
-    let result = clone_into(&cfg, &mut conn, &params, &facts, &mut cleanup).await;
+    let abort = interrupt.child_token();
+    let result = clone_into(&cfg, &mut conn, &params, &facts, &mut cleanup, &abort).await;
     match &result {
         Ok(outcome) => {
             cleanup.disarm();
@@ -85,12 +83,27 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
     result.map(|_| ())
 }
 
+async fn connect_and_inspect(params: &mut ConnParams) -> Result<(Connection, ServerFacts), Error> {
+    let mut conn = conn::connect(params).await?;
+    tracing::debug!(
+        "connected to PostgreSQL {} as {} ({:?} authentication)",
+        conn.info().version_text,
+        params.user,
+        conn.info().auth
+    );
+    let facts = server::inspect(&mut conn).await?;
+    Ok((conn, facts))
+}
+
+/// Everything after the first connection: on error, the caller undoes what `cleanup` records.
+/// `abort` is cancelled by a signal, or by whichever task fails first.
 async fn clone_into(
     cfg: &Config,
     conn: &mut Connection,
     params: &ConnParams,
     facts: &ServerFacts,
     cleanup: &mut Cleanup,
+    abort: &CancellationToken,
 ) -> Result<Outcome, Error> {
     let wal_dir = cfg
         .waldir
@@ -102,18 +115,19 @@ async fn clone_into(
             (None, true) => Slot::None,
             (None, false) => Slot::Temporary,
         };
-        Some(
-            wal::prepare(WalConfig {
-                params: params.clone(),
-                dir: wal_dir.clone(),
-                seg_size: facts.wal_seg_size,
-                system_id: facts.system_id.clone(),
-                slot,
-                status_interval: cfg.status_interval,
-                sync: !cfg.no_sync,
-            })
-            .await?,
-        )
+        let wal_cfg = WalConfig {
+            params: params.clone(),
+            dir: wal_dir.clone(),
+            seg_size: facts.wal_seg_size,
+            system_id: facts.system_id.clone(),
+            slot,
+            status_interval: cfg.status_interval,
+            sync: !cfg.no_sync,
+        };
+        tokio::select! {
+            r = wal::prepare(wal_cfg) => Some(r?),
+            () = abort.cancelled() => return Err(Error::Cancelled),
+        }
     } else {
         None
     };
@@ -160,7 +174,16 @@ async fn clone_into(
         compression: None,
     };
 
-    let abort = CancellationToken::new();
+    // The checkpoint before the first data is legitimately silent: with a spread checkpoint,
+    // allow checkpoint_timeout on top of --timeout.
+    let first_data = match (cfg.timeout, cfg.checkpoint) {
+        (Some(t), Checkpoint::Spread) => Some(t + server::checkpoint_timeout(conn).await?),
+        (t, _) => t,
+    };
+    if let Some(t) = first_data {
+        tracing::info!("waiting up to {} s for the checkpoint and the first data", t.as_secs());
+    }
+    conn.set_read_timeout(first_data);
     let (link, wal_task) = match prepared {
         Some(prepared) => {
             let (start_tx, start_rx) = oneshot::channel();
@@ -179,7 +202,7 @@ async fn clone_into(
         layout,
         wal: link,
     };
-    let backed = backup::run(conn, cfg, facts, job, cleanup, &abort).await;
+    let backed = backup::run(conn, cfg, facts, job, cleanup, abort).await;
     if backed.is_err() {
         abort.cancel();
     }

@@ -65,7 +65,12 @@ pub struct Config {
     pub no_slot: bool,
     /// `-s` (`None` for 0: never).
     pub status_interval: Option<Duration>,
+    /// `--timeout`: longest silence accepted from the server (`None` for 0: never).
+    pub timeout: Option<Duration>,
 }
+
+/// Default `--timeout`: five minutes of silence.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 const MANIFEST_ALGORITHMS: &[&str] = &["NONE", "CRC32C", "SHA224", "SHA256", "SHA384", "SHA512"];
 
@@ -201,7 +206,19 @@ impl Config {
                 "-W/--password and -w/--no-password cannot be used together",
             ));
         }
-        let conn = ConnParams::resolve(
+        let timeout = match args.timeout.as_deref() {
+            None => Some(DEFAULT_TIMEOUT),
+            Some(s) => match s.trim().parse::<u64>() {
+                Ok(0) => None,
+                Ok(n) if n <= 86_400 * 365 => Some(Duration::from_secs(n)),
+                _ => {
+                    return Err(Error::Usage(format!(
+                        "invalid timeout \"{s}\": must be a number of seconds (0 for none)"
+                    )))
+                }
+            },
+        };
+        let mut conn = ConnParams::resolve(
             &ConnFlags {
                 host: args.host.as_deref(),
                 port: args.port.as_deref(),
@@ -212,6 +229,7 @@ impl Config {
             },
             env,
         )?;
+        conn.timeout = timeout;
         Ok(Self {
             conn,
             dest,
@@ -236,6 +254,7 @@ impl Config {
             create_slot: args.create_slot,
             no_slot: args.no_slot,
             status_interval,
+            timeout,
         })
     }
 }

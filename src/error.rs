@@ -108,6 +108,19 @@ pub enum Error {
     /// The WAL task failed; the source says why.
     #[error("background WAL receiver terminated unexpectedly")]
     WalReceiver(#[source] Box<Self>),
+    /// A termination signal arrived; what was created has been removed.
+    #[error("interrupted by {}", crate::signals::name(*.0))]
+    Interrupted(i32),
+    /// The server sent nothing for too long.
+    #[error("no data received from the server for {secs} s on the {connection} connection during {phase}; giving up (see --timeout)")]
+    Stalled {
+        /// Which connection (`main` or `WAL`).
+        connection: &'static str,
+        /// How long it was silent.
+        secs: u64,
+        /// What we were doing.
+        phase: &'static str,
+    },
     /// Another task failed first, or the user interrupted; not a root cause by itself.
     #[error("cancelled")]
     Cancelled,
@@ -122,7 +135,10 @@ pub enum Error {
 impl Error {
     /// The process exit status for this error.
     pub fn exit_code(&self) -> u8 {
-        1
+        match self {
+            Self::Interrupted(signo) => u8::try_from(128 + signo).unwrap_or(1),
+            _ => 1,
+        }
     }
 
     /// Whether a `--help` hint should follow the message.

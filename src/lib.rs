@@ -10,7 +10,7 @@
 //! - `wal/`: the WAL task (`-X stream`) and segment files; `recovery.rs`: `-R`
 //! - `dest.rs`: destination checks and cleanup; `sync.rs`: fsync
 //! - `tablespace.rs`: `-T` mappings; `progress.rs`: `-P`; `output.rs`: stderr
-//! - `error.rs`: the error type and exit codes
+//! - `signals.rs`: SIGINT/SIGTERM/SIGHUP; `error.rs`: the error type and exit codes
 
 pub mod backup;
 pub mod cli;
@@ -24,6 +24,7 @@ pub mod output;
 pub mod progress;
 pub mod recovery;
 pub mod server;
+pub mod signals;
 pub mod sync;
 pub mod tablespace;
 pub mod unpack;
@@ -50,7 +51,15 @@ pub fn main_with_args(argv: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
             .enable_all()
             .build()
             .map_err(|e| error::Error::Internal(format!("could not start the runtime: {e}")))?;
-        runtime.block_on(clone::run(cfg))
+        runtime.block_on(async {
+            let interrupt = signals::Interrupt::install()
+                .map_err(|e| error::Error::Internal(format!("could not install signal handlers: {e}")))?;
+            let result = clone::run(cfg, interrupt.token()).await;
+            match (result, interrupt.received()) {
+                (Err(_), Some(signo)) => Err(error::Error::Interrupted(signo)),
+                (result, _) => result,
+            }
+        })
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

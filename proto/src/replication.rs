@@ -280,6 +280,8 @@ pub struct WalReceiver {
     stop: Option<Lsn>,
     chunks: VecDeque<WalChunk>,
     status_due: bool,
+    /// Whether the next status update asks the server to answer at once.
+    reply_wanted: bool,
     next_status: Option<Instant>,
     /// Whether our CopyDone has been written.
     sent_copy_done: bool,
@@ -318,6 +320,7 @@ impl WalReceiver {
             stop: None,
             chunks: VecDeque::new(),
             status_due: config.status_interval.is_some(),
+            reply_wanted: false,
             next_status: None,
             sent_copy_done: false,
             builder: ResultSetBuilder::default(),
@@ -393,6 +396,15 @@ impl WalReceiver {
         }
     }
 
+    /// Makes a status update due that asks the server to reply at once: a probe for a server
+    /// that has been silent (the reply is a keepalive). Does nothing once streaming is over.
+    pub fn request_reply(&mut self) {
+        if self.streaming() {
+            self.status_due = true;
+            self.reply_wanted = true;
+        }
+    }
+
     /// The backup's end position (from BASE_BACKUP's last result set). The stream stops once
     /// WAL up to `end` has been received and reported flushed. A later call replaces it.
     pub fn stop_at(&mut self, end: Lsn) {
@@ -418,10 +430,11 @@ impl WalReceiver {
                         self.reported_flush(),
                         Lsn::INVALID,
                         now_pg_micros,
-                        false,
+                        self.reply_wanted,
                         out,
                     );
                     self.status_due = false;
+                    self.reply_wanted = false;
                 }
                 if stopping {
                     frontend::copy_done(out);
@@ -1232,6 +1245,24 @@ mod tests {
         feed(&mut rx, now, vec![BackendMessage::ReadyForQuery(b'I')]);
         assert!(!rx.is_done());
         assert_eq!(rx.poll_timeline_switch(), None);
+    }
+
+    #[test]
+    fn request_reply_sends_an_update_asking_for_an_answer() {
+        let now = Instant::now();
+        let cfg = ReceiverConfig {
+            status_interval: None,
+            report_flush: true,
+        };
+        let mut rx = WalReceiver::new(Lsn(0x100_0000), TimelineId(1), WalSegSize::DEFAULT, cfg, now);
+        let mut out = BytesMut::new();
+        assert!(!rx.poll_transmit(0, &mut out));
+        rx.request_reply();
+        assert!(rx.poll_transmit(0, &mut out));
+        assert_eq!(out.len(), 39);
+        assert_eq!(out.last(), Some(&1), "reply requested");
+        out.clear();
+        assert!(!rx.poll_transmit(0, &mut out), "only once");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod transport;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use pgclone_proto::backend::{self, BackendMessage, DEFAULT_MAX_MESSAGE_LEN};
@@ -51,9 +52,22 @@ pub struct Connection {
     rbuf: BytesMut,
     wbuf: BytesMut,
     info: ServerInfo,
+    label: &'static str,
+    read_timeout: Option<Duration>,
 }
 
 impl Connection {
+    /// Names the connection in stall errors (`main`, `WAL`).
+    pub fn set_label(&mut self, label: &'static str) {
+        self.label = label;
+    }
+
+    /// Longest silence accepted from the server before a read fails with
+    /// [`Error::Stalled`]; `None` waits forever. Any byte received resets the clock.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
+    }
+
     /// What the server told us at startup.
     pub fn info(&self) -> &ServerInfo {
         &self.info
@@ -66,7 +80,11 @@ impl Connection {
     /// completed by the next call.
     pub async fn read_message(&mut self, phase: &'static str) -> Result<BackendMessage, Error> {
         loop {
-            match read_raw(&mut self.io, &mut self.rbuf, phase).await? {
+            let limit = Limit {
+                timeout: self.read_timeout,
+                label: self.label,
+            };
+            match read_raw(&mut self.io, &mut self.rbuf, phase, limit).await? {
                 BackendMessage::NoticeResponse(n) => output::notice(&n),
                 BackendMessage::ParameterStatus { name, value } => {
                     self.info.params.insert(name, value);
@@ -141,11 +159,19 @@ impl Connection {
     }
 }
 
+/// How long a read may wait, and the connection's name for the error.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    timeout: Option<Duration>,
+    label: &'static str,
+}
+
 /// Reads one raw message into/out of `rbuf`.
 async fn read_raw(
     io: &mut Transport,
     rbuf: &mut BytesMut,
     phase: &'static str,
+    limit: Limit,
 ) -> Result<BackendMessage, Error> {
     loop {
         if let Some(msg) =
@@ -156,10 +182,18 @@ async fn read_raw(
         if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
             rbuf.reserve(READ_CHUNK);
         }
-        let n = io
-            .read_buf(rbuf)
-            .await
-            .map_err(|source| Error::ConnectionLost { phase, source })?;
+        let read = io.read_buf(rbuf);
+        let n = match limit.timeout {
+            None => read.await,
+            Some(t) => tokio::time::timeout(t, read)
+                .await
+                .map_err(|_| Error::Stalled {
+                    connection: limit.label,
+                    secs: t.as_secs(),
+                    phase,
+                })?,
+        }
+        .map_err(|source| Error::ConnectionLost { phase, source })?;
         if n == 0 {
             let what = if rbuf.is_empty() {
                 "server closed the connection unexpectedly"
@@ -266,9 +300,8 @@ async fn connect_any(params: &ConnParams) -> Result<Connection, Attempt> {
                             params.port
                         )
                     };
-                    match TcpStream::connect(addr).await {
+                    match connect_tcp(addr, params.timeout).await {
                         Ok(s) => {
-                            let _ = s.set_nodelay(true);
                             match startup(Transport::Tcp(s), params, host, &target).await {
                                 Ok(c) => return Ok(c),
                                 Err(e) => last = Some(e),
@@ -290,6 +323,25 @@ async fn connect_any(params: &ConnParams) -> Result<Connection, Attempt> {
         }
     }
     Err(last.unwrap_or_else(|| Attempt::Failed(Error::Usage("no host to connect to".into()))))
+}
+
+/// TCP connect bounded by `timeout`, with TCP_NODELAY and keepalives (idle 60 s, then every
+/// 10 s, 6 probes): a peer that vanished without FIN or RST is noticed even while idle.
+async fn connect_tcp(addr: std::net::SocketAddr, timeout: Option<Duration>) -> std::io::Result<TcpStream> {
+    let connect = TcpStream::connect(addr);
+    let stream = match timeout {
+        Some(t) => tokio::time::timeout(t, connect).await.map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout expired")
+        })??,
+        None => connect.await?,
+    };
+    stream.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+    Ok(stream)
 }
 
 /// The system error text without Rust's " (os error N)" suffix and resolver prefix,
@@ -343,7 +395,11 @@ async fn startup(
                 .map_err(|e| fail(io_reason(&e), false))?;
             out.clear();
         }
-        let msg = read_raw(&mut io, &mut rbuf, "startup")
+        let limit = Limit {
+            timeout: params.timeout,
+            label: "main",
+        };
+        let msg = read_raw(&mut io, &mut rbuf, "startup", limit)
             .await
             .map_err(|e| fail(crate::error::chain(&e), false))?;
         if let BackendMessage::NoticeResponse(n) = &msg {
@@ -372,6 +428,8 @@ async fn startup(
     Ok(Connection {
         io,
         rbuf,
+        label: "main",
+        read_timeout: params.timeout,
         wbuf: BytesMut::new(),
         info: ServerInfo {
             version,

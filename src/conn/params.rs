@@ -96,6 +96,8 @@ pub struct ConnParams {
     pub application_name_explicit: bool,
     /// `dbname` from `-d`, kept for `-R` on 17+ (physical replication ignores it).
     pub dbname: Option<String>,
+    /// Longest silence accepted from the server (connecting included); `None` waits forever.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// What the command line said about connecting.
@@ -186,6 +188,7 @@ impl ConnParams {
             application_name,
             application_name_explicit: explicit_app.is_some(),
             dbname: cs.get("dbname").cloned(),
+            timeout: None,
         })
     }
 }

@@ -64,6 +64,7 @@ pub struct Prepared {
 /// slot if one is used.
 pub async fn prepare(mut cfg: WalConfig) -> Result<Prepared, Error> {
     let mut conn = conn::connect(&mut cfg.params).await?;
+    conn.set_label("WAL");
     let system_id = identify(&mut conn).await?.0;
     if system_id != cfg.system_id {
         return Err(Error::IncompatibleServer(
@@ -189,6 +190,13 @@ async fn stream(
         conn.send_query(&sql, "START_REPLICATION").await?;
         let mut rx = WalReceiver::new(pos, timeline, cfg.seg_size, receiver_cfg, Instant::now());
         let mut end_known = end.borrow().is_some();
+        // Silence is checked here rather than per read: after half the timeout a status update
+        // asks the server for a reply (a keepalive comes back at once from a live server);
+        // after the whole timeout the stream has stalled.
+        let timeout = cfg.params.timeout;
+        conn.set_read_timeout(None);
+        let mut last_heard = Instant::now();
+        let mut probed = false;
         if let Some(e) = *end.borrow() {
             rx.stop_at(e);
         }
@@ -217,9 +225,24 @@ async fn stream(
                 break;
             }
             let wake = rx.poll_timeout();
+            let silence = timeout.map(|t| last_heard + if probed { t } else { t / 2 });
             tokio::select! {
                 msg = conn.read_message("WAL streaming") => {
-                    rx.handle_message(Instant::now(), msg?).map_err(Error::protocol("WAL streaming"))?;
+                    last_heard = Instant::now();
+                    probed = false;
+                    rx.handle_message(last_heard, msg?).map_err(Error::protocol("WAL streaming"))?;
+                }
+                () = sleep_until(silence), if timeout.is_some() => {
+                    if probed {
+                        return Err(Error::Stalled {
+                            connection: "WAL",
+                            secs: timeout.map_or(0, |t| t.as_secs()),
+                            phase: "WAL streaming",
+                        });
+                    }
+                    tracing::debug!("the WAL connection is silent; asking the server for a reply");
+                    rx.request_reply();
+                    probed = true;
                 }
                 () = sleep_until(wake) => rx.handle_timeout(Instant::now()),
                 changed = end.changed(), if !end_known => {
@@ -234,6 +257,7 @@ async fn stream(
                 }
             }
         }
+        conn.set_read_timeout(timeout);
         match rx.poll_timeline_switch() {
             Some((next, next_pos)) => {
                 tracing::info!("switched to timeline {next} at {next_pos}");
