@@ -331,10 +331,9 @@ fn prepare_tablespaces(
         } else {
             // 16+ in-place tablespace: exactly pg_tblspc/<oid>, nothing else.
             if path != Path::new("pg_tblspc").join(oid.to_string()) {
-                return Err(Error::UnsafeMember {
-                    archive: "tablespace list".into(),
-                    member: location.into(),
-                    reason: "a relative tablespace location other than pg_tblspc/<oid>".into(),
+                return Err(Error::UnsafeTablespace {
+                    location: location.into(),
+                    reason: "a relative location other than pg_tblspc/<oid>",
                 });
             }
             let tblspc = cfg.dest.join("pg_tblspc");

@@ -136,7 +136,11 @@ pub struct Args {
     pub verbose: u8,
 
     /// give up when the server sends nothing for SECS seconds (0 = never; default 300)
-    #[arg(long = "timeout", value_name = "SECS", help_heading = "General options")]
+    #[arg(
+        long = "timeout",
+        value_name = "SECS",
+        help_heading = "General options"
+    )]
     pub timeout: Option<String>,
 
     /// do not verify checksums

@@ -181,7 +181,10 @@ async fn clone_into(
         (t, _) => t,
     };
     if let Some(t) = first_data {
-        tracing::info!("waiting up to {} s for the checkpoint and the first data", t.as_secs());
+        tracing::info!(
+            "waiting up to {} s for the checkpoint and the first data",
+            t.as_secs()
+        );
     }
     conn.set_read_timeout(first_data);
     let (link, wal_task) = match prepared {

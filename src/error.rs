@@ -90,6 +90,14 @@ pub enum Error {
         /// Why it is refused.
         reason: String,
     },
+    /// A tablespace location from the server that pgclone refuses to use.
+    #[error("tablespace location \"{location}\" from the server is unsafe: {reason}")]
+    UnsafeTablespace {
+        /// The location as sent.
+        location: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
     /// A tar stream that does not parse.
     #[error("invalid archive {archive}")]
     Tar {

@@ -52,8 +52,9 @@ pub fn main_with_args(argv: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
             .build()
             .map_err(|e| error::Error::Internal(format!("could not start the runtime: {e}")))?;
         runtime.block_on(async {
-            let interrupt = signals::Interrupt::install()
-                .map_err(|e| error::Error::Internal(format!("could not install signal handlers: {e}")))?;
+            let interrupt = signals::Interrupt::install().map_err(|e| {
+                error::Error::Internal(format!("could not install signal handlers: {e}"))
+            })?;
             let result = clone::run(cfg, interrupt.token()).await;
             match (result, interrupt.received()) {
                 (Err(_), Some(signo)) => Err(error::Error::Interrupted(signo)),

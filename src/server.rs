@@ -112,7 +112,9 @@ pub async fn checkpoint_timeout(conn: &mut Connection) -> Result<Duration, Error
 /// A time setting as SHOW prints it: `5min`, `30s`, `1h`, `1d`, `500ms` (or bare seconds).
 fn parse_guc_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    let end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (num, unit) = text.split_at(end);
     let n: u64 = num.parse().ok()?;
     let secs = match unit {
@@ -135,7 +137,10 @@ mod tests {
         assert_eq!(parse_guc_duration("5min"), Some(Duration::from_secs(300)));
         assert_eq!(parse_guc_duration("30s"), Some(Duration::from_secs(30)));
         assert_eq!(parse_guc_duration("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_guc_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_guc_duration("250ms"),
+            Some(Duration::from_millis(250))
+        );
         assert_eq!(parse_guc_duration("x"), None);
     }
 }

@@ -59,7 +59,10 @@ impl Interrupt {
                     tracing::info!("received {}, cleaning up", name(signo));
                     listener.token.cancel();
                 } else if signo != libc::SIGHUP {
-                    eprintln!("pgclone: error: interrupted again by {}, exiting at once", name(signo));
+                    eprintln!(
+                        "pgclone: error: interrupted again by {}, exiting at once",
+                        name(signo)
+                    );
                     std::process::exit(128 + signo);
                 }
             }

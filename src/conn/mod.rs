@@ -327,12 +327,15 @@ async fn connect_any(params: &ConnParams) -> Result<Connection, Attempt> {
 
 /// TCP connect bounded by `timeout`, with TCP_NODELAY and keepalives (idle 60 s, then every
 /// 10 s, 6 probes): a peer that vanished without FIN or RST is noticed even while idle.
-async fn connect_tcp(addr: std::net::SocketAddr, timeout: Option<Duration>) -> std::io::Result<TcpStream> {
+async fn connect_tcp(
+    addr: std::net::SocketAddr,
+    timeout: Option<Duration>,
+) -> std::io::Result<TcpStream> {
     let connect = TcpStream::connect(addr);
     let stream = match timeout {
-        Some(t) => tokio::time::timeout(t, connect).await.map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout expired")
-        })??,
+        Some(t) => tokio::time::timeout(t, connect)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout expired"))??,
         None => connect.await?,
     };
     stream.set_nodelay(true)?;

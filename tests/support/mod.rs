@@ -519,6 +519,35 @@ pub fn pgclone(args: &[&str], env: &[(&str, &str)]) -> Run {
     }
 }
 
+/// A pgclone command run as the current user (root in CI: failure paths need no server to be
+/// started from the copy, and signals reach pgclone itself, not runuser).
+pub fn pgclone_direct_cmd(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(pgclone_exe());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for var in [
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGAPPNAME",
+        "PGDATABASE",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Runs a command built by [`pgclone_direct_cmd`] to completion.
+pub fn run_cmd(mut cmd: Command) -> Run {
+    pgclone_wait(cmd.spawn().expect("spawn pgclone"))
+}
+
 /// Starts pgclone as the unprivileged account without waiting for it.
 pub fn pgclone_spawn(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
     let mut cmd = as_pg_user(pgclone_exe());
@@ -619,6 +648,9 @@ pub fn verify_backup(major: u32, dir: &Path) -> Result<String, String> {
         Err(text)
     }
 }
+
+pub mod fake;
+pub mod proxy;
 
 /// Every major the tests cover.
 pub const MAJORS: [u32; 9] = [10, 11, 12, 13, 14, 15, 16, 17, 18];

@@ -1,0 +1,213 @@
+//! A compromised server (the scripted fake in `support::fake`) must not make pgclone write
+//! outside its destination, even as root: hostile archive members, absurd lengths and
+//! truncated streams each end in exit 1, one clear error line, and nothing left behind.
+
+mod support;
+
+use std::fs;
+
+use pgclone_proto::tar::{build_header, MemberKind};
+use support::{fake, pgclone_direct_cmd, run_cmd, TestDir};
+
+/// Tar bytes for `(name, kind, contents, link target)` members, padded, unterminated.
+fn tar(members: &[(&str, MemberKind, &[u8], Option<&str>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind, data, link) in members {
+        let mut h = build_header(name, *kind, 0o600, data.len() as u64, 0);
+        if let Some(link) = link {
+            h.set_link_name(link).expect("link name");
+            h.set_cksum();
+        }
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.extend(std::iter::repeat_n(0u8, (512 - data.len() % 512) % 512));
+    }
+    out
+}
+
+/// A BASE_BACKUP reply holding one base archive with these bytes, sent in 1000-byte chunks.
+fn reply_with_archive(archive: &[u8]) -> Vec<u8> {
+    let mut out = fake::backup_prologue();
+    for chunk in archive.chunks(1000) {
+        let mut payload = vec![b'd'];
+        payload.extend_from_slice(chunk);
+        out.extend(fake::copy_data(&payload));
+    }
+    out.extend(fake::copy_data(b"d"));
+    out.extend(fake::backup_epilogue());
+    out
+}
+
+fn run_against(reply: Vec<u8>, needle: &str) {
+    let port = fake::start(reply).to_string();
+    let work = TestDir::new("hostile");
+    let outside = work.mkdir("outside");
+    let out = work.mkdir("out");
+    let dest = out.join("copy");
+    let run = run_cmd(pgclone_direct_cmd(
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "x",
+            "-D",
+            dest.to_str().expect("utf8"),
+            "-X",
+            "fetch",
+            "--timeout",
+            "5",
+        ],
+        &[],
+    ));
+    eprintln!("{}", run.stderr.trim_end());
+    run.assert_error(needle);
+    assert_eq!(
+        fs::read_dir(&out).expect("out").count(),
+        0,
+        "left behind:\n{}",
+        run.stderr
+    );
+    assert_eq!(
+        fs::read_dir(&outside).expect("outside").count(),
+        0,
+        "wrote outside:\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn symlink_then_file_through_it_is_refused() {
+    // The attack that makes pg_basebackup write /etc/x as root: `evil -> /etc`, then `evil/x`.
+    let work = TestDir::new("target");
+    let target = work.mkdir("etc");
+    let archive = tar(&[
+        (
+            "evil/",
+            MemberKind::Symlink,
+            b"",
+            Some(target.to_str().expect("utf8")),
+        ),
+        ("evil/x", MemberKind::File, b"pwned", None),
+    ]);
+    run_against(
+        reply_with_archive(&archive),
+        "tar member \"evil/\" in base.tar is unsafe",
+    );
+    assert_eq!(fs::read_dir(&target).expect("target").count(), 0);
+    assert!(!work.join("evil").exists());
+}
+
+#[test]
+fn escaping_and_special_members_are_refused() {
+    for (members, needle) in [
+        (
+            vec![("../escape", MemberKind::File, &b"x"[..], None)],
+            "path contains \"..\"",
+        ),
+        (
+            vec![("/tmp/abs", MemberKind::File, &b"x"[..], None)],
+            "absolute path",
+        ),
+        (
+            vec![
+                ("global/", MemberKind::Directory, &b""[..], None),
+                ("global/../../x", MemberKind::File, &b"x"[..], None),
+            ],
+            "path contains \"..\"",
+        ),
+        (
+            vec![(
+                "hard",
+                MemberKind::Other(b'1'),
+                &b""[..],
+                Some("/etc/passwd"),
+            )],
+            "unsupported member type '1'",
+        ),
+        (
+            vec![("fifo", MemberKind::Other(b'6'), &b""[..], None)],
+            "unsupported member type '6'",
+        ),
+        (
+            vec![("dev", MemberKind::Other(b'3'), &b""[..], None)],
+            "unsupported member type '3'",
+        ),
+    ] {
+        run_against(reply_with_archive(&tar(&members)), needle);
+    }
+}
+
+#[test]
+fn file_beneath_a_tablespace_link_is_refused() {
+    let work = TestDir::new("ts");
+    let location = work.join("ts");
+    let loc = location.to_str().expect("utf8");
+    let mut reply = Vec::new();
+    reply.extend(fake::row_description(&["recptr", "tli"]));
+    reply.extend(fake::data_row(&[Some("0/2000028"), Some("1")]));
+    reply.extend(fake::command_complete("SELECT"));
+    reply.extend(fake::row_description(&["spcoid", "spclocation", "size"]));
+    reply.extend(fake::data_row(&[Some("16400"), Some(loc), Some("1")]));
+    reply.extend(fake::data_row(&[None, None, Some("100")]));
+    reply.extend(fake::command_complete("SELECT"));
+    reply.extend(fake::copy_out());
+    reply.extend(fake::copy_data(format!("n16400.tar\0{loc}\0").as_bytes()));
+    reply.extend(fake::copy_data(&[&b"d"[..], &[0u8; 1024][..]].concat()));
+    reply.extend(fake::copy_data(b"nbase.tar\0\0"));
+    let archive = tar(&[
+        ("pg_tblspc/", MemberKind::Directory, b"", None),
+        ("pg_tblspc/16400/", MemberKind::Symlink, b"", Some("/etc")),
+        ("pg_tblspc/16400/x", MemberKind::File, b"pwned", None),
+    ]);
+    reply.extend(fake::copy_data(&[&b"d"[..], &archive[..]].concat()));
+    reply.extend(fake::backup_epilogue());
+    run_against(reply, "lies beneath the symbolic link");
+    assert!(
+        !location.exists(),
+        "the tablespace directory pgclone created is removed"
+    );
+}
+
+#[test]
+fn relative_tablespace_location_is_refused() {
+    let mut reply = Vec::new();
+    reply.extend(fake::row_description(&["recptr", "tli"]));
+    reply.extend(fake::data_row(&[Some("0/2000028"), Some("1")]));
+    reply.extend(fake::command_complete("SELECT"));
+    reply.extend(fake::row_description(&["spcoid", "spclocation", "size"]));
+    reply.extend(fake::data_row(&[
+        Some("16400"),
+        Some("../../outside"),
+        Some("1"),
+    ]));
+    reply.extend(fake::data_row(&[None, None, Some("100")]));
+    reply.extend(fake::command_complete("SELECT"));
+    run_against(
+        reply,
+        "tablespace location \"../../outside\" from the server is unsafe",
+    );
+}
+
+#[test]
+fn absurd_length_and_truncated_streams_fail_cleanly() {
+    let mut absurd = fake::backup_prologue();
+    absurd.extend_from_slice(&[b'd', 0x7f, 0xff, 0xff, 0xff]);
+    absurd.extend_from_slice(&[0u8; 4096]);
+    run_against(absurd, "more than the 4194304 bytes accepted");
+
+    let archive = tar(&[
+        ("global/", MemberKind::Directory, b"", None),
+        ("global/pg_control", MemberKind::File, &[7u8; 8192], None),
+    ]);
+    let mut truncated = fake::backup_prologue();
+    truncated.extend(fake::copy_data(&[&b"d"[..], &archive[..3000]].concat()));
+    run_against(truncated, "server closed the connection");
+
+    // A whole reply whose archive stops in the middle of a member.
+    run_against(
+        reply_with_archive(&archive[..3000]),
+        "invalid archive base.tar",
+    );
+}
