@@ -1254,7 +1254,13 @@ mod tests {
             status_interval: None,
             report_flush: true,
         };
-        let mut rx = WalReceiver::new(Lsn(0x100_0000), TimelineId(1), WalSegSize::DEFAULT, cfg, now);
+        let mut rx = WalReceiver::new(
+            Lsn(0x100_0000),
+            TimelineId(1),
+            WalSegSize::DEFAULT,
+            cfg,
+            now,
+        );
         let mut out = BytesMut::new();
         assert!(!rx.poll_transmit(0, &mut out));
         rx.request_reply();
