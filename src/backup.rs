@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::progress::Progress;
 use crate::server::ServerFacts;
 use crate::tablespace::canonicalize;
+use crate::tarout::{self, TarLayout};
 use crate::unpack::{self, ArchiveRoot, Chunk, Layout, Stats};
 
 /// Chunks in flight between the socket and the disk: 64 × 32 kB server buffers ≈ 2 MB.
@@ -60,7 +61,7 @@ pub struct Job {
     /// The command's options.
     pub options: BaseBackupOptions,
     /// Where the archives go.
-    pub layout: Layout,
+    pub sink: Sink,
     /// The WAL task's start and end signals (`-X stream`).
     pub wal: Option<WalLink>,
 }
@@ -75,11 +76,7 @@ pub async fn run(
     cleanup: &mut Cleanup,
     abort: &CancellationToken,
 ) -> Result<Outcome, Error> {
-    let Job {
-        options,
-        layout,
-        wal,
-    } = job;
+    let Job { options, sink, wal } = job;
     let command = options.command(facts.version)?;
     tracing::debug!("sending {command}");
     tracing::info!("initiating base backup, waiting for checkpoint to complete");
@@ -89,7 +86,7 @@ pub async fn run(
         decoder: BaseBackupDecoder::new(Dialect::for_version(facts.version)),
         progress: Progress::new(cfg.progress),
         unpacker: None,
-        layout: Some(layout),
+        sink: Some(sink),
         tablespaces: Vec::new(),
         tablespace_dirs: Vec::new(),
         started: None,
@@ -127,15 +124,30 @@ pub async fn run(
     })
 }
 
+/// Where the archives go.
+#[derive(Debug)]
+pub enum Sink {
+    /// Unpacked into directories (`-F p`).
+    Plain(Layout),
+    /// Written as tar files or to standard output (`-F t`).
+    Tar(TarLayout),
+    /// Nowhere: the server sends no data (a backup target).
+    Discard,
+}
+
 struct Unpacker {
     tx: mpsc::Sender<Chunk>,
     handle: JoinHandle<Result<Stats, Error>>,
 }
 
 impl Unpacker {
-    fn spawn(layout: Layout) -> Self {
+    fn spawn(sink: Sink) -> Self {
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        let handle = tokio::task::spawn_blocking(move || unpack::run(rx, layout));
+        let handle = tokio::task::spawn_blocking(move || match sink {
+            Sink::Plain(layout) => unpack::run(rx, layout),
+            Sink::Tar(layout) => tarout::run(rx, layout),
+            Sink::Discard => discard(rx),
+        });
         Self { tx, handle }
     }
 
@@ -158,7 +170,7 @@ struct State {
     decoder: BaseBackupDecoder,
     progress: Progress,
     unpacker: Option<Unpacker>,
-    layout: Option<Layout>,
+    sink: Option<Sink>,
     tablespaces: Vec<TablespaceInfo>,
     tablespace_dirs: Vec<PathBuf>,
     started: Option<Lsn>,
@@ -215,15 +227,17 @@ impl State {
                 }
             }
             BackupEvent::Tablespaces(list) => {
-                let mut layout = self
-                    .layout
+                let mut sink = self
+                    .sink
                     .take()
                     .ok_or_else(|| Error::Internal("tablespace list twice".into()))?;
-                self.tablespace_dirs = prepare_tablespaces(&list, cfg, &mut layout, cleanup)?;
+                if let Sink::Plain(layout) = &mut sink {
+                    self.tablespace_dirs = prepare_tablespaces(&list, cfg, layout, cleanup)?;
+                }
                 let total = list.iter().map(|t| t.size_kb).sum::<Option<u64>>();
                 self.progress.set_total(total, list.len());
                 self.tablespaces = list;
-                self.unpacker = Some(Unpacker::spawn(layout));
+                self.unpacker = Some(Unpacker::spawn(sink));
             }
             BackupEvent::ArchiveStart(info) => {
                 let ts = self.tablespaces.get(info.tablespace);
@@ -238,6 +252,7 @@ impl State {
                 self.send(Chunk::ArchiveStart {
                     name: info.name,
                     root,
+                    server_terminated: info.server_terminated,
                 })
                 .await?;
             }
@@ -362,4 +377,15 @@ fn prepare_tablespaces(
         );
     }
     Ok(dirs)
+}
+
+/// Consumes chunks without writing anything (backup targets send no archive data).
+fn discard(mut rx: mpsc::Receiver<Chunk>) -> Result<Stats, Error> {
+    let mut stats = Stats::default();
+    while let Some(chunk) = rx.blocking_recv() {
+        if let Chunk::Data(d) = chunk {
+            stats.bytes += d.len() as u64;
+        }
+    }
+    Ok(stats)
 }

@@ -54,6 +54,33 @@ pub struct Args {
     )]
     pub write_recovery_conf: bool,
 
+    /// compress tar output with gzip
+    #[arg(
+        short = 'z',
+        long = "gzip",
+        help_heading = "Options controlling the output"
+    )]
+    pub gzip: bool,
+
+    /// compress on client or server as specified ([client-|server-]METHOD[:DETAIL], or a level)
+    #[arg(
+        short = 'Z',
+        long = "compress",
+        value_name = "[{client|server}-]METHOD[:DETAIL]",
+        allow_hyphen_values = true,
+        help_heading = "Options controlling the output"
+    )]
+    pub compress: Option<String>,
+
+    /// backup target (if other than client): blackhole, server:DIRECTORY
+    #[arg(
+        short = 't',
+        long = "target",
+        value_name = "TARGET[:DETAIL]",
+        help_heading = "Options controlling the output"
+    )]
+    pub target: Option<String>,
+
     /// replication slot to use
     #[arg(
         short = 'S',

@@ -5,31 +5,36 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
 use std::time::Duration;
 
-use pgclone_proto::basebackup::{BaseBackupOptions, Checkpoint};
+use pgclone_proto::basebackup::{BaseBackupOptions, Checkpoint, ServerCompression};
 use pgclone_proto::frontend::quote_ident;
 use pgclone_proto::startup::AuthMethod;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{self, Job, Outcome, WalLink};
-use crate::config::{Config, WalMethod};
+use crate::backup::{self, Job, Outcome, Sink, WalLink};
+use crate::compress::{ClientSpec, Compression, Method};
+use crate::config::{Config, Format, Output, WalMethod};
 use crate::conn::{self, ConnParams, Connection, Prompt};
 use crate::dest::{self, Cleanup};
 use crate::error::Error;
 use crate::recovery::{self, PrimaryConnInfo};
 use crate::server::{self, ServerFacts};
 use crate::sync;
+use crate::tarout::{RecoveryFiles, TarLayout};
 use crate::unpack::{Layout, MANIFEST_TMP};
-use crate::wal::{self, Slot, WalConfig};
+use crate::wal::{self, Slot, WalConfig, WalOutput};
 
 /// Runs the clone described by `cfg`. Cancelling `interrupt` (a signal) stops every task and
 /// undoes what was created; the result is then `Err(Cancelled)`.
 pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error> {
     // Refuse a non-empty destination before anything else, and connect before creating
     // anything, so that these failures leave nothing behind.
-    dest::check_usable(&cfg.dest)?;
+    if cfg.output == Output::Dir {
+        dest::check_usable(&cfg.dest)?;
+    }
     if let Some(waldir) = &cfg.waldir {
         dest::check_usable(waldir)?;
     }
@@ -115,9 +120,25 @@ async fn clone_into(
             (None, true) => Slot::None,
             (None, false) => Slot::Temporary,
         };
+        let output = match cfg.format {
+            Format::Plain => WalOutput::Dir(wal_dir.clone()),
+            Format::Tar => {
+                // As pg_basebackup: only gzip applies to pg_wal.tar.
+                let spec = cfg.compression.client();
+                let spec = if spec.method == Method::Gzip {
+                    spec
+                } else {
+                    ClientSpec::NONE
+                };
+                WalOutput::Tar(
+                    cfg.dest.join(format!("pg_wal.tar{}", spec.method.suffix())),
+                    spec,
+                )
+            }
+        };
         let wal_cfg = WalConfig {
             params: params.clone(),
-            dir: wal_dir.clone(),
+            output,
             seg_size: facts.wal_seg_size,
             system_id: facts.system_id.clone(),
             slot,
@@ -132,32 +153,35 @@ async fn clone_into(
         None
     };
 
-    cleanup.prepare_dir(&cfg.dest, facts.dir_mode, "data directory")?;
-    let mut precreated = HashSet::new();
-    if let Some(waldir) = &cfg.waldir {
-        cleanup.prepare_dir(waldir, facts.dir_mode, "WAL directory")?;
-        let link = cfg.dest.join("pg_wal");
-        std::os::unix::fs::symlink(waldir, &link)
-            .map_err(Error::fs("create symbolic link", &link))?;
-        precreated.insert(waldir.clone());
-    }
-    if prepared.is_some() {
-        // The WAL task writes here while the base archive is still arriving.
-        for dir in [wal_dir.clone(), wal_dir.join("archive_status")] {
-            match fs::DirBuilder::new().mode(facts.dir_mode).create(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(Error::fs("create directory", &dir)(e)),
-            }
-            precreated.insert(dir);
+    let primary = primary_conninfo(conn, params);
+    let sink = match (&cfg.output, cfg.format) {
+        (Output::Target(_), _) => Sink::Discard,
+        (Output::Stdout, _) => Sink::Tar(TarLayout {
+            dir: None,
+            compression: cfg.compression.client(),
+            recovery: None,
+        }),
+        (Output::Dir, Format::Tar) => {
+            cleanup.prepare_dir(&cfg.dest, facts.dir_mode, "data directory")?;
+            Sink::Tar(TarLayout {
+                dir: Some(cfg.dest.clone()),
+                compression: cfg.compression.client(),
+                recovery: cfg.write_recovery_conf.then(|| RecoveryFiles {
+                    settings: recovery::settings(&primary, cfg.slot.as_deref(), facts.version),
+                    signal_file: facts.version.is_at_least(12),
+                }),
+            })
         }
-    }
-    let layout = Layout {
-        dest: cfg.dest.clone(),
-        waldir: cfg.waldir.clone(),
-        dir_mode: facts.dir_mode,
-        tablespace_links: HashMap::new(),
-        precreated,
+        (Output::Dir, Format::Plain) => {
+            cleanup.prepare_dir(&cfg.dest, facts.dir_mode, "data directory")?;
+            Sink::Plain(plain_layout(
+                cfg,
+                facts,
+                cleanup,
+                prepared.is_some(),
+                &wal_dir,
+            )?)
+        }
     };
     let options = BaseBackupOptions {
         label: cfg.label.clone(),
@@ -166,12 +190,21 @@ async fn clone_into(
         wal: cfg.wal_method == WalMethod::Fetch,
         wait_for_archive: cfg.wal_method == WalMethod::None,
         max_rate: cfg.max_rate,
-        tablespace_map: false,
+        tablespace_map: cfg.format == Format::Tar || matches!(cfg.output, Output::Target(_)),
         verify_checksums: cfg.verify_checksums,
         manifest: cfg.manifest,
         manifest_checksums: cfg.manifest_checksums.clone(),
-        target: None,
-        compression: None,
+        target: match &cfg.output {
+            Output::Target(t) => Some(t.clone()),
+            _ => None,
+        },
+        compression: match &cfg.compression {
+            Compression::Server { method, detail } => Some(ServerCompression {
+                method: method.clone(),
+                detail: detail.clone(),
+            }),
+            Compression::Client(_) => None,
+        },
     };
 
     // The checkpoint before the first data is legitimately silent: with a spread checkpoint,
@@ -202,7 +235,7 @@ async fn clone_into(
     };
     let job = Job {
         options,
-        layout,
+        sink,
         wal: link,
     };
     let backed = backup::run(conn, cfg, facts, job, cleanup, abort).await;
@@ -230,24 +263,67 @@ async fn clone_into(
         (Err(e), _) => return Err(e),
     };
 
-    if cfg.write_recovery_conf {
-        let info = PrimaryConnInfo {
-            host: conn.info().host.as_conninfo_value(),
-            port: params.port,
-            user: params.user.clone(),
-            password: (conn.info().auth != AuthMethod::Trust)
-                .then(|| params.password.as_ref().map(|p| p.expose().to_owned()))
-                .flatten(),
-            application_name: params
-                .application_name_explicit
-                .then(|| params.application_name.clone()),
-            dbname: params.dbname.clone(),
-        };
+    if cfg.write_recovery_conf && cfg.format == Format::Plain {
         tracing::info!("writing the standby configuration");
-        recovery::write(&cfg.dest, &info, cfg.slot.as_deref(), facts.version)?;
+        recovery::write(&cfg.dest, &primary, cfg.slot.as_deref(), facts.version)?;
+    }
+    if cfg.output != Output::Dir {
+        return Ok(outcome);
     }
     finish(cfg, &outcome).await?;
     Ok(outcome)
+}
+
+/// What `-R` writes into `primary_conninfo`: only what this connection used.
+fn primary_conninfo(conn: &Connection, params: &ConnParams) -> PrimaryConnInfo {
+    PrimaryConnInfo {
+        host: conn.info().host.as_conninfo_value(),
+        port: params.port,
+        user: params.user.clone(),
+        password: (conn.info().auth != AuthMethod::Trust)
+            .then(|| params.password.as_ref().map(|p| p.expose().to_owned()))
+            .flatten(),
+        application_name: params
+            .application_name_explicit
+            .then(|| params.application_name.clone()),
+        dbname: params.dbname.clone(),
+    }
+}
+
+/// The plain-format layout: `--waldir` and its link, and the WAL directories the WAL task
+/// writes into while the base archive is still arriving.
+fn plain_layout(
+    cfg: &Config,
+    facts: &ServerFacts,
+    cleanup: &mut Cleanup,
+    streaming: bool,
+    wal_dir: &Path,
+) -> Result<Layout, Error> {
+    let mut precreated = HashSet::new();
+    if let Some(waldir) = &cfg.waldir {
+        cleanup.prepare_dir(waldir, facts.dir_mode, "WAL directory")?;
+        let link = cfg.dest.join("pg_wal");
+        std::os::unix::fs::symlink(waldir, &link)
+            .map_err(Error::fs("create symbolic link", &link))?;
+        precreated.insert(waldir.clone());
+    }
+    if streaming {
+        for dir in [wal_dir.to_path_buf(), wal_dir.join("archive_status")] {
+            match fs::DirBuilder::new().mode(facts.dir_mode).create(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::fs("create directory", &dir)(e)),
+            }
+            precreated.insert(dir);
+        }
+    }
+    Ok(Layout {
+        dest: cfg.dest.clone(),
+        waldir: cfg.waldir.clone(),
+        dir_mode: facts.dir_mode,
+        tablespace_links: HashMap::new(),
+        precreated,
+    })
 }
 
 /// Makes the clone durable and puts the manifest in place.

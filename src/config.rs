@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pgclone_proto::basebackup::{Checkpoint, ManifestOption, MAX_RATE_RANGE};
+use pgclone_proto::basebackup::{Checkpoint, ManifestOption, Target, MAX_RATE_RANGE};
 
 use crate::cli::Args;
+use crate::compress::{self, Compression, Method};
 use crate::conn::{ConnFlags, ConnParams};
 use crate::error::Error;
 use crate::tablespace::TablespaceMapping;
@@ -22,13 +23,39 @@ pub enum WalMethod {
     Stream,
 }
 
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Unpacked into a data directory (`-F p`, the default).
+    Plain,
+    /// Tar files (`-F t`).
+    Tar,
+}
+
+/// Where the backup goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// The `-D` directory.
+    Dir,
+    /// Standard output (`-D -`, tar format, base archive only).
+    Stdout,
+    /// A server-side target (`-t`, 15+); nothing is written locally.
+    Target(Target),
+}
+
 /// A validated run configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// How to connect.
     pub conn: ConnParams,
-    /// The data directory to create.
+    /// The data directory to create (unused for standard output and targets).
     pub dest: PathBuf,
+    /// Where the backup goes.
+    pub output: Output,
+    /// `-F`.
+    pub format: Format,
+    /// `-z`, `-Z`.
+    pub compression: Compression,
     /// WAL method.
     pub wal_method: WalMethod,
     /// `--waldir`.
@@ -78,23 +105,63 @@ impl Config {
     /// Validates the flags; `env` reads environment variables.
     pub fn from_args(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Error> {
         let usage = |m: &str| Error::Usage(m.to_owned());
-        let dest = args
-            .pgdata
-            .clone()
-            .ok_or_else(|| usage("must specify output directory or backup target"))?;
-        if dest.as_os_str().is_empty() {
-            return Err(usage("must specify output directory or backup target"));
-        }
-        if let Some(format) = &args.format {
-            match format.as_str() {
-                "p" | "plain" => {}
-                "t" | "tar" => return Err(Error::NotSupportedYet("tar format (-F t)")),
-                other => {
-                    return Err(Error::Usage(format!(
-                        "invalid output format \"{other}\", must be \"plain\" or \"tar\""
-                    )))
-                }
+        let target = match args.target.as_deref() {
+            None | Some("client") => None,
+            Some(t) => {
+                let (name, detail) = match t.split_once(':') {
+                    Some((n, d)) => (n.to_owned(), Some(d.to_owned())),
+                    None => (t.to_owned(), None),
+                };
+                Some(Target { name, detail })
             }
+        };
+        if target.is_some() {
+            if args.pgdata.is_some() {
+                return Err(usage(
+                    "cannot specify both output directory and backup target",
+                ));
+            }
+            if args.format.is_some() {
+                return Err(usage("cannot specify both format and backup target"));
+            }
+        }
+        let dest = match (&args.pgdata, &target) {
+            (Some(d), _) if !d.as_os_str().is_empty() => d.clone(),
+            (None, Some(_)) => PathBuf::new(),
+            _ => return Err(usage("must specify output directory or backup target")),
+        };
+        let format = match args.format.as_deref() {
+            None | Some("p" | "plain") => Format::Plain,
+            Some("t" | "tar") => Format::Tar,
+            Some(other) => {
+                return Err(Error::Usage(format!(
+                    "invalid output format \"{other}\", must be \"plain\" or \"tar\""
+                )))
+            }
+        };
+        let output = match (&target, dest.as_os_str() == "-") {
+            (Some(t), _) => Output::Target(t.clone()),
+            (None, true) => Output::Stdout,
+            (None, false) => Output::Dir,
+        };
+        let compression = match (&args.compress, args.gzip) {
+            (Some(spec), _) => compress::spec::parse(spec, target.is_some())?,
+            (None, true) => compress::spec::parse("gzip", target.is_some())?,
+            (None, false) => Compression::NONE,
+        };
+        let client_compressed = compression.client().method != Method::None;
+        if target.is_some() && client_compressed {
+            return Err(usage(
+                "client-side compression is not possible when a backup target is specified",
+            ));
+        }
+        if format == Format::Plain && client_compressed {
+            return Err(usage("only tar mode backups can be compressed"));
+        }
+        if output == Output::Stdout && format != Format::Tar {
+            return Err(usage(
+                "standard output (-D -) can only be used with tar format (-F t)",
+            ));
         }
         let wal_method = match args.wal_method.as_deref() {
             None => WalMethod::Stream,
@@ -107,6 +174,29 @@ impl Config {
             )))
             }
         };
+        if target.is_some() && wal_method == WalMethod::Stream {
+            return Err(usage(
+                "WAL cannot be streamed when a backup target is specified",
+            ));
+        }
+        if output == Output::Stdout && wal_method == WalMethod::Stream {
+            return Err(usage(
+                "cannot stream write-ahead logs in tar mode to stdout",
+            ));
+        }
+        if target.is_some() && args.write_recovery_conf {
+            return Err(usage(
+                "--write-recovery-conf cannot be used with a backup target",
+            ));
+        }
+        if args.write_recovery_conf
+            && format == Format::Tar
+            && matches!(compression, Compression::Server { .. })
+        {
+            return Err(usage(
+                "the recovery configuration cannot be injected into server-compressed archives; use client-side compression or plain format",
+            ));
+        }
         if let Some(slot) = &args.slot {
             check_slot_name(slot)?;
             if wal_method != WalMethod::Stream {
@@ -162,6 +252,16 @@ impl Config {
         };
         let max_rate = args.max_rate.as_deref().map(parse_max_rate).transpose()?;
         if let Some(waldir) = &args.waldir {
+            if target.is_some() {
+                return Err(usage(
+                    "WAL directory location cannot be specified along with a backup target",
+                ));
+            }
+            if format != Format::Plain {
+                return Err(usage(
+                    "WAL directory location can only be specified in plain mode",
+                ));
+            }
             if !waldir.is_absolute() {
                 return Err(usage("WAL directory location must be an absolute path"));
             }
@@ -233,6 +333,9 @@ impl Config {
         Ok(Self {
             conn,
             dest,
+            output,
+            format,
+            compression,
             wal_method,
             waldir: args.waldir.clone(),
             tablespace_mapping: TablespaceMapping::parse(&args.tablespace_mapping)?,

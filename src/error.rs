@@ -135,6 +135,12 @@ pub enum Error {
     /// The unpacker stopped taking chunks; its own result holds the root cause.
     #[error("the unpacker stopped")]
     UnpackerStopped,
+    /// The backup manifest is malformed or fails its own checksum.
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
+    /// What was written differs from the manifest (each problem already reported).
+    #[error("the backup does not match its manifest ({0} problems)")]
+    ManifestMismatch(usize),
     /// An internal task ended without saying why (a bug).
     #[error("internal error: {0}")]
     Internal(String),

@@ -15,11 +15,13 @@
 pub mod backup;
 pub mod cli;
 pub mod clone;
+pub mod compress;
 pub mod config;
 pub mod conn;
 pub mod conninfo;
 pub mod dest;
 pub mod error;
+pub mod manifest;
 pub mod output;
 pub mod progress;
 pub mod recovery;
@@ -27,7 +29,9 @@ pub mod server;
 pub mod signals;
 pub mod sync;
 pub mod tablespace;
+pub mod tarout;
 pub mod unpack;
+pub mod verify;
 pub mod wal;
 
 use std::process::ExitCode;
@@ -37,6 +41,10 @@ use config::Config;
 
 /// Runs pgclone with these arguments (including the program name) and returns its exit code.
 pub fn main_with_args(argv: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = argv.into_iter().collect();
+    if argv.get(1).is_some_and(|a| a == "verify") {
+        return verify::main(&argv[2..]);
+    }
     let args = match cli::parse(argv) {
         Parsed::Exit => return ExitCode::SUCCESS,
         Parsed::Usage(message) => {

@@ -48,6 +48,8 @@ pub struct Member {
     pub size: u64,
     /// Link target, for symlinks (and hard links).
     pub link_name: Option<Vec<u8>>,
+    /// The header block as received, for writers that pass members through unchanged.
+    pub raw_header: Bytes,
 }
 
 /// A tar stream that does not parse.
@@ -311,6 +313,7 @@ fn parse_header(block: &[u8; BLOCK], offset: u64) -> Result<Member, TarError> {
         mode,
         size,
         link_name,
+        raw_header: Bytes::copy_from_slice(block),
     })
 }
 

@@ -17,7 +17,7 @@ pub mod path;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -26,6 +26,7 @@ use pgclone_proto::tar::{Member, MemberKind, TarEvent, TarSplitter};
 use pgclone_proto::Oid;
 use tokio::sync::mpsc;
 
+use crate::compress::{self, Method};
 use crate::error::Error;
 
 /// Name of the manifest while it is being written; renamed once the backup is synced.
@@ -36,10 +37,12 @@ pub const MANIFEST_TMP: &str = "backup_manifest.tmp";
 pub enum Chunk {
     /// An archive starts; its members go under `root`.
     ArchiveStart {
-        /// Archive name (for messages).
+        /// Archive name (`base.tar`, `16384.tar.gz`...).
         name: String,
         /// What it holds.
         root: ArchiveRoot,
+        /// Whether the server ends it with the two zero blocks (15+).
+        server_terminated: bool,
     },
     /// Archive bytes.
     Data(Bytes),
@@ -93,6 +96,8 @@ pub struct Stats {
 }
 
 /// Unpacks chunks from `rx` until the sender is dropped. Blocking: run it on its own thread.
+/// Archives the server compressed (`.tar.gz`, `.tar.lz4`, `.tar.zst`) are decompressed on the
+/// way.
 pub fn run(mut rx: mpsc::Receiver<Chunk>, layout: Layout) -> Result<Stats, Error> {
     let mut w = Writer {
         layout,
@@ -103,7 +108,48 @@ pub fn run(mut rx: mpsc::Receiver<Chunk>, layout: Layout) -> Result<Stats, Error
         stats: Stats::default(),
     };
     while let Some(chunk) = rx.blocking_recv() {
-        w.handle(chunk)?;
+        match chunk {
+            Chunk::ArchiveStart { name, root, .. }
+                if Method::from_archive_name(&name) != Method::None =>
+            {
+                let method = Method::from_archive_name(&name);
+                w.handle(Chunk::ArchiveStart {
+                    name: name.clone(),
+                    root,
+                    server_terminated: true,
+                })?;
+                let mut reader = ArchiveReader {
+                    rx: &mut rx,
+                    current: Bytes::new(),
+                    ended: false,
+                };
+                {
+                    let mut decoder = compress::reader(method, &mut reader)
+                        .map_err(|e| decode_error(&name, e))?;
+                    let mut buf = vec![0u8; 256 * 1024];
+                    loop {
+                        let n = decoder.read(&mut buf).map_err(|e| decode_error(&name, e))?;
+                        if n == 0 {
+                            break;
+                        }
+                        w.handle(Chunk::Data(Bytes::copy_from_slice(
+                            buf.get(..n).unwrap_or_default(),
+                        )))?;
+                    }
+                }
+                // The decoder may stop at the end of its frame before the archive's end
+                // marker has been read: nothing but that marker may follow.
+                let mut rest = [0u8; 512];
+                if reader.read(&mut rest).map_err(|e| decode_error(&name, e))? > 0 {
+                    return Err(decode_error(
+                        &name,
+                        io::Error::other("data after the end of the compressed stream"),
+                    ));
+                }
+                w.handle(Chunk::ArchiveEnd)?;
+            }
+            chunk => w.handle(chunk)?,
+        }
     }
     if let Some(a) = &w.archive {
         return Err(Error::Internal(format!(
@@ -112,6 +158,52 @@ pub fn run(mut rx: mpsc::Receiver<Chunk>, layout: Layout) -> Result<Stats, Error
         )));
     }
     Ok(w.stats)
+}
+
+fn decode_error(archive: &str, e: io::Error) -> Error {
+    Error::Fs {
+        op: "decompress archive",
+        path: PathBuf::from(archive),
+        source: e,
+    }
+}
+
+/// The bytes of one archive, pulled from the channel until its `ArchiveEnd`.
+struct ArchiveReader<'a> {
+    rx: &'a mut mpsc::Receiver<Chunk>,
+    current: Bytes,
+    ended: bool,
+}
+
+impl io::Read for ArchiveReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Chunk::Data(d)) => self.current = d,
+                Some(Chunk::ArchiveEnd) => self.ended = true,
+                Some(_) => {
+                    return Err(io::Error::other(
+                        "unexpected message inside a compressed archive",
+                    ))
+                }
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the backup stream ended",
+                    ))
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        let head = self.current.split_to(n);
+        if let Some(dst) = buf.get_mut(..n) {
+            dst.copy_from_slice(&head);
+        }
+        Ok(n)
+    }
 }
 
 struct Archive {
@@ -139,7 +231,7 @@ struct Writer {
 impl Writer {
     fn handle(&mut self, chunk: Chunk) -> Result<(), Error> {
         match chunk {
-            Chunk::ArchiveStart { name, root } => {
+            Chunk::ArchiveStart { name, root, .. } => {
                 let (root, base) = match root {
                     ArchiveRoot::Base => (self.layout.dest.clone(), true),
                     ArchiveRoot::Tablespace { dir, .. } => (dir, false),
@@ -363,6 +455,7 @@ mod tests {
             Chunk::ArchiveStart {
                 name: "base.tar".into(),
                 root: ArchiveRoot::Base,
+                server_terminated: false,
             },
             Chunk::Data(archive),
             Chunk::ArchiveEnd,

@@ -8,6 +8,7 @@
 //! under the base archive never delays its replies to the server's keepalives.
 
 pub mod segment;
+pub mod tarwal;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,9 +20,43 @@ use pgclone_proto::{Lsn, ProtocolError, TimelineId, WalSegSize};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::compress::ClientSpec;
 use crate::conn::{self, ConnParams, Connection};
 use crate::error::Error;
+use pgclone_proto::replication::WalChunk;
 use segment::SegmentWriter;
+use tarwal::TarWalWriter;
+
+/// Where streamed WAL goes: segment files in a directory, or members of `pg_wal.tar`.
+/// Implementations do blocking I/O (the task calls them inside `block_in_place`).
+pub trait WalSink: Send {
+    /// Starts (or, after a timeline switch, continues) on `timeline` at the segment boundary
+    /// `start`.
+    fn set_timeline(&mut self, timeline: TimelineId, start: Lsn) -> Result<(), Error>;
+    /// Appends contiguous WAL.
+    fn write(&mut self, chunk: WalChunk) -> Result<(), Error>;
+    /// Makes what was written durable; returns the flushed position.
+    fn flush(&mut self) -> Result<Lsn, Error>;
+    /// End of WAL written.
+    fn written(&self) -> Lsn;
+    /// End of WAL flushed.
+    fn flushed(&self) -> Lsn;
+    /// Complete segments written.
+    fn completed(&self) -> u64;
+    /// Stores a timeline history file (and its `.done`).
+    fn write_history(&mut self, name: &str, content: &[u8]) -> Result<(), Error>;
+    /// Ends the output (pads the last segment of a tar, closes it).
+    fn finish(&mut self) -> Result<(), Error>;
+}
+
+/// Where the WAL task writes.
+#[derive(Debug, Clone)]
+pub enum WalOutput {
+    /// Segment files in this directory (`pg_wal` or `--waldir`).
+    Dir(PathBuf),
+    /// One tar file at this path, compressed as given (gzip only, as pg_basebackup).
+    Tar(PathBuf, ClientSpec),
+}
 
 /// Which replication slot the stream uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +74,8 @@ pub enum Slot {
 pub struct WalConfig {
     /// Connection parameters (with the password, if one was prompted for).
     pub params: ConnParams,
-    /// The directory segments go into (`pg_wal`, or `--waldir`).
-    pub dir: PathBuf,
+    /// Where segments go.
+    pub output: WalOutput,
     /// The server's segment size.
     pub seg_size: WalSegSize,
     /// The system identifier of the main connection, to check the second one against.
@@ -170,7 +205,20 @@ async fn stream(
         )));
     }
     let mut pos = start_lsn.segment_start(cfg.seg_size);
-    let mut writer = SegmentWriter::new(cfg.dir.clone(), cfg.seg_size, timeline, cfg.sync);
+    let mut writer: Box<dyn WalSink> = match &cfg.output {
+        WalOutput::Dir(dir) => Box::new(SegmentWriter::new(
+            dir.clone(),
+            cfg.seg_size,
+            timeline,
+            cfg.sync,
+        )),
+        WalOutput::Tar(path, spec) => Box::new(TarWalWriter::create(
+            path.clone(),
+            *spec,
+            cfg.seg_size,
+            timeline,
+        )?),
+    };
     let receiver_cfg = ReceiverConfig {
         status_interval: cfg.status_interval,
         report_flush: slot_name.is_some(),
@@ -178,7 +226,7 @@ async fn stream(
     let mut out = BytesMut::new();
     loop {
         if timeline.0 > 1 {
-            fetch_history(&mut conn, &cfg, timeline).await?;
+            fetch_history(&mut conn, &cfg, timeline, &mut *writer).await?;
         }
         writer.set_timeline(timeline, pos)?;
         let slot = slot_name
@@ -267,7 +315,7 @@ async fn stream(
             None => break,
         }
     }
-    writer.flush()?;
+    tokio::task::block_in_place(|| writer.finish())?;
     tracing::info!(
         "WAL streaming done: {} segment{} up to {}",
         writer.completed(),
@@ -288,11 +336,14 @@ async fn fetch_history(
     conn: &mut Connection,
     cfg: &WalConfig,
     timeline: TimelineId,
+    sink: &mut dyn WalSink,
 ) -> Result<(), Error> {
     const CMD: &str = "TIMELINE_HISTORY";
     let name = timeline.history_file_name();
-    if cfg.dir.join(&name).exists() {
-        return Ok(());
+    if let WalOutput::Dir(dir) = &cfg.output {
+        if dir.join(&name).exists() {
+            return Ok(());
+        }
     }
     let sets = conn
         .simple_query(CMD, &format!("TIMELINE_HISTORY {timeline}"))
@@ -320,7 +371,7 @@ async fn fetch_history(
         });
     }
     tracing::info!("fetched timeline history file {name}");
-    tokio::task::block_in_place(|| segment::write_history(&cfg.dir, &name, &content))
+    tokio::task::block_in_place(|| sink.write_history(&name, &content))
 }
 
 fn pg_now() -> i64 {

@@ -170,6 +170,33 @@ impl SegmentWriter {
     }
 }
 
+impl super::WalSink for SegmentWriter {
+    fn set_timeline(&mut self, timeline: TimelineId, start: Lsn) -> Result<(), Error> {
+        Self::set_timeline(self, timeline, start)
+    }
+    fn write(&mut self, chunk: WalChunk) -> Result<(), Error> {
+        Self::write(self, chunk)
+    }
+    fn flush(&mut self) -> Result<Lsn, Error> {
+        Self::flush(self)
+    }
+    fn written(&self) -> Lsn {
+        self.written
+    }
+    fn flushed(&self) -> Lsn {
+        self.flushed
+    }
+    fn completed(&self) -> u64 {
+        self.completed
+    }
+    fn write_history(&mut self, name: &str, content: &[u8]) -> Result<(), Error> {
+        write_history(&self.dir, name, content)
+    }
+    fn finish(&mut self) -> Result<(), Error> {
+        Self::flush(self).map(drop)
+    }
+}
+
 /// Creates `archive_status/<name>.done`, so the clone does not archive what it received.
 pub fn mark_done(dir: &Path, name: &str) -> Result<(), Error> {
     let path = dir.join("archive_status").join(format!("{name}.done"));

@@ -193,6 +193,8 @@ pub struct ClusterOptions {
     pub conf: Vec<String>,
     /// `initdb -g` (group-readable data directory, 11+).
     pub group_access: bool,
+    /// Use the PyPI toolset's server (14–18, built with lz4 and zstd) instead of the npm one.
+    pub full_toolset: bool,
 }
 
 impl ClusterOptions {
@@ -204,6 +206,7 @@ impl ClusterOptions {
             hba: Vec::new(),
             conf: Vec::new(),
             group_access: false,
+            full_toolset: false,
         }
     }
 }
@@ -211,6 +214,8 @@ impl ClusterOptions {
 /// A running PostgreSQL server, stopped (immediate) on drop.
 pub struct Cluster {
     pub major: u32,
+    /// Directory of initdb/pg_ctl/postgres used.
+    pub bin: PathBuf,
     pub port: u16,
     pub data: PathBuf,
     pub socket_dir: PathBuf,
@@ -224,7 +229,11 @@ impl Cluster {
     pub fn start(opts: &ClusterOptions) -> Self {
         let dir = TestDir::new(&format!("pg{}", opts.major));
         let data = dir.join("data");
-        let bin = server_bin(opts.major);
+        let bin = if opts.full_toolset {
+            tools_bin(opts.major)
+        } else {
+            server_bin(opts.major)
+        };
         let mut initdb = as_pg_user(bin.join("initdb"));
         initdb.arg("-D").arg(&data).args([
             "-U",
@@ -255,6 +264,7 @@ impl Cluster {
         fs::write(data.join("pg_hba.conf"), hba).expect("pg_hba");
         let mut cluster = Self {
             major: opts.major,
+            bin: bin.clone(),
             port: 0,
             data: data.clone(),
             socket_dir: dir.path().to_path_buf(),
@@ -289,6 +299,7 @@ impl Cluster {
         let socket_dir = data.parent().expect("parent").to_path_buf();
         let mut cluster = Self {
             major,
+            bin: server_bin(major),
             port: 0,
             data: data.to_path_buf(),
             log: socket_dir.join(format!(
@@ -315,7 +326,7 @@ impl Cluster {
                 opts.push(' ');
                 opts.push_str(e);
             }
-            let out = as_pg_user(server_bin(self.major).join("pg_ctl"))
+            let out = as_pg_user(self.bin.join("pg_ctl"))
                 .arg("-D")
                 .arg(&self.data)
                 .arg("-l")
@@ -342,7 +353,7 @@ impl Cluster {
     /// Stops the server (fast shutdown).
     pub fn stop(&mut self) {
         if self.running {
-            let _ = as_pg_user(server_bin(self.major).join("pg_ctl"))
+            let _ = as_pg_user(self.bin.join("pg_ctl"))
                 .arg("-D")
                 .arg(&self.data)
                 .args(["-m", "fast", "-w", "stop"])
@@ -447,7 +458,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.running {
-            let _ = as_pg_user(server_bin(self.major).join("pg_ctl"))
+            let _ = as_pg_user(self.bin.join("pg_ctl"))
                 .arg("-D")
                 .arg(&self.data)
                 .args(["-m", "immediate", "-w", "stop"])
