@@ -8,7 +8,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::time::Duration;
 
-use pgclone_proto::basebackup::{BaseBackupOptions, Checkpoint, ServerCompression};
+use pgclone_proto::basebackup::{BaseBackupOptions, Checkpoint, ManifestOption, ServerCompression};
 use pgclone_proto::frontend::quote_ident;
 use pgclone_proto::startup::AuthMethod;
 use tokio::sync::{oneshot, watch};
@@ -20,6 +20,7 @@ use crate::config::{Config, Format, Output, WalMethod};
 use crate::conn::{self, ConnParams, Connection, Prompt};
 use crate::dest::{self, Cleanup};
 use crate::error::Error;
+use crate::manifest::ChecksumAlgorithm;
 use crate::recovery::{self, PrimaryConnInfo};
 use crate::server::{self, ServerFacts};
 use crate::sync;
@@ -157,6 +158,7 @@ async fn clone_into(
     let sink = match (&cfg.output, cfg.format) {
         (Output::Target(_), _) => Sink::Discard,
         (Output::Stdout, _) => Sink::Tar(TarLayout {
+            verify: verify_algorithm(cfg, facts),
             dir: None,
             compression: cfg.compression.client(),
             recovery: None,
@@ -164,6 +166,7 @@ async fn clone_into(
         (Output::Dir, Format::Tar) => {
             cleanup.prepare_dir(&cfg.dest, facts.dir_mode, "data directory")?;
             Sink::Tar(TarLayout {
+                verify: verify_algorithm(cfg, facts),
                 dir: Some(cfg.dest.clone()),
                 compression: cfg.compression.client(),
                 recovery: cfg.write_recovery_conf.then(|| RecoveryFiles {
@@ -274,6 +277,15 @@ async fn clone_into(
     Ok(outcome)
 }
 
+/// The checksum to compute while writing, when a manifest will come to check against.
+fn verify_algorithm(cfg: &Config, facts: &ServerFacts) -> Option<ChecksumAlgorithm> {
+    if cfg.manifest == ManifestOption::No || !facts.version.is_at_least(13) {
+        return None;
+    }
+    let name = cfg.manifest_checksums.as_deref().unwrap_or("CRC32C");
+    name.parse().ok()
+}
+
 /// What `-R` writes into `primary_conninfo`: only what this connection used.
 fn primary_conninfo(conn: &Connection, params: &ConnParams) -> PrimaryConnInfo {
     PrimaryConnInfo {
@@ -323,6 +335,7 @@ fn plain_layout(
         dir_mode: facts.dir_mode,
         tablespace_links: HashMap::new(),
         precreated,
+        verify: verify_algorithm(cfg, facts),
     })
 }
 

@@ -21,6 +21,7 @@ pub mod conn;
 pub mod conninfo;
 pub mod dest;
 pub mod error;
+pub mod inflight;
 pub mod manifest;
 pub mod output;
 pub mod progress;

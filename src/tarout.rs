@@ -22,6 +22,8 @@ use tokio::sync::mpsc;
 
 use crate::compress::{self, ArchiveWriter, ClientSpec, Method};
 use crate::error::Error;
+use crate::inflight::Verifier;
+use crate::manifest::ChecksumAlgorithm;
 use crate::unpack::{Chunk, Stats, MANIFEST_TMP};
 
 /// Largest `postgresql.auto.conf` the injector buffers.
@@ -45,11 +47,14 @@ pub struct TarLayout {
     pub compression: ClientSpec,
     /// `-R`.
     pub recovery: Option<RecoveryFiles>,
+    /// Checksum members as they pass and check them against the manifest.
+    pub verify: Option<ChecksumAlgorithm>,
 }
 
 /// Writes the archives arriving on `rx`. Blocking: run it on its own thread.
 pub fn run(mut rx: mpsc::Receiver<Chunk>, layout: TarLayout) -> Result<Stats, Error> {
     let mut w = Writer {
+        verifier: layout.verify.map(Verifier::new),
         layout,
         current: None,
         stdout_base: None,
@@ -74,6 +79,7 @@ struct ManifestOut {
 
 struct Writer {
     layout: TarLayout,
+    verifier: Option<Verifier>,
     current: Option<ArchiveOut>,
     /// The base archive on standard output, kept open for the manifest.
     stdout_base: Option<ArchiveOut>,
@@ -89,12 +95,28 @@ impl Writer {
                 root,
                 server_terminated,
             } => {
-                let base = matches!(root, crate::unpack::ArchiveRoot::Base);
-                self.current = Some(self.open(name, base, server_terminated)?);
+                let (base, oid) = match root {
+                    crate::unpack::ArchiveRoot::Base => (true, None),
+                    crate::unpack::ArchiveRoot::Tablespace { oid, .. } => (false, Some(oid)),
+                };
+                let archive = self.open(name, base, server_terminated)?;
+                if let Some(v) = self.verifier.as_mut() {
+                    v.start_archive(oid);
+                    if archive.inspect.is_none() {
+                        v.disable("the server compressed the archives");
+                    }
+                }
+                self.current = Some(archive);
             }
             Chunk::Data(data) => {
                 if let Some(a) = self.current.as_mut() {
                     self.stats.bytes += data.len() as u64;
+                    if let (Some(v), Some(inspect)) = (self.verifier.as_mut(), a.inspect.as_mut()) {
+                        inspect_members(inspect, data.clone(), v).map_err(|source| Error::Tar {
+                            archive: a.name.clone(),
+                            source,
+                        })?;
+                    }
                     a.write(data)?;
                 }
             }
@@ -122,6 +144,9 @@ impl Writer {
                 });
             }
             Chunk::ManifestData(data) => {
+                if let Some(v) = self.verifier.as_mut() {
+                    v.manifest_data(&data);
+                }
                 if let Some(m) = self.manifest.as_mut() {
                     match &mut m.file {
                         Some((f, path)) => f
@@ -134,6 +159,9 @@ impl Writer {
             Chunk::ManifestEnd => {
                 if self.layout.dir.is_some() {
                     self.manifest = None;
+                }
+                if let Some(v) = self.verifier.as_mut() {
+                    v.finish_manifest()?;
                 }
             }
         }
@@ -169,6 +197,7 @@ impl Writer {
             writer,
             file,
             rewrite,
+            inspect: (!server_compressed).then(Inspect::default),
             server_terminated: server_terminated || server_compressed,
         })
     }
@@ -190,7 +219,45 @@ struct ArchiveOut {
     writer: Box<dyn ArchiveWriter>,
     file: Option<File>,
     rewrite: Option<Rewriter>,
+    /// Splits the archive as it passes, for verification (none for server-compressed ones).
+    inspect: Option<Inspect>,
     server_terminated: bool,
+}
+
+/// The member structure of an archive passing through, for verification.
+#[derive(Default)]
+struct Inspect {
+    splitter: TarSplitter,
+    /// Whether the current member is a regular file.
+    in_file: bool,
+}
+
+/// Feeds archive bytes to the verifier, member by member.
+fn inspect_members(
+    inspect: &mut Inspect,
+    data: Bytes,
+    v: &mut Verifier,
+) -> Result<(), pgclone_proto::tar::TarError> {
+    inspect.splitter.handle_data(data)?;
+    while let Some(event) = inspect.splitter.poll_event() {
+        match event {
+            TarEvent::Member(m) => {
+                inspect.in_file = m.kind == MemberKind::File;
+                if inspect.in_file {
+                    v.begin_file(&m.name);
+                }
+            }
+            TarEvent::Data(d) if inspect.in_file => v.data(&d),
+            TarEvent::Data(_) => {}
+            TarEvent::MemberEnd => {
+                if inspect.in_file {
+                    v.end_file();
+                }
+                inspect.in_file = false;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl ArchiveOut {

@@ -76,12 +76,17 @@ fn find_tool(name: &str) -> Option<PathBuf> {
     if let Ok(out) = Command::new("python3")
         .args([
             "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
+            "import os, sysconfig; print(sysconfig.get_path('scripts')); \
+             print(sysconfig.get_path('scripts', os.name + '_user'))",
         ])
         .output()
     {
         if out.status.success() {
-            dirs.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+            dirs.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(PathBuf::from),
+            );
         }
     }
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())

@@ -28,6 +28,8 @@ use tokio::sync::mpsc;
 
 use crate::compress::{self, Method};
 use crate::error::Error;
+use crate::inflight::Verifier;
+use crate::manifest::ChecksumAlgorithm;
 
 /// Name of the manifest while it is being written; renamed once the backup is synced.
 pub const MANIFEST_TMP: &str = "backup_manifest.tmp";
@@ -84,6 +86,8 @@ pub struct Layout {
     /// Directories created before unpacking; a directory member for one of them is not an
     /// error (its mode is applied).
     pub precreated: HashSet<PathBuf>,
+    /// Checksum files as they are written and check them against the manifest.
+    pub verify: Option<ChecksumAlgorithm>,
 }
 
 /// What the unpacker wrote.
@@ -100,6 +104,7 @@ pub struct Stats {
 /// way.
 pub fn run(mut rx: mpsc::Receiver<Chunk>, layout: Layout) -> Result<Stats, Error> {
     let mut w = Writer {
+        verifier: layout.verify.map(Verifier::new),
         layout,
         archive: None,
         file: None,
@@ -220,6 +225,7 @@ struct OpenFile {
 
 struct Writer {
     layout: Layout,
+    verifier: Option<Verifier>,
     archive: Option<Archive>,
     file: Option<OpenFile>,
     manifest: Option<OpenFile>,
@@ -233,8 +239,18 @@ impl Writer {
         match chunk {
             Chunk::ArchiveStart { name, root, .. } => {
                 let (root, base) = match root {
-                    ArchiveRoot::Base => (self.layout.dest.clone(), true),
-                    ArchiveRoot::Tablespace { dir, .. } => (dir, false),
+                    ArchiveRoot::Base => {
+                        if let Some(v) = self.verifier.as_mut() {
+                            v.start_archive(None);
+                        }
+                        (self.layout.dest.clone(), true)
+                    }
+                    ArchiveRoot::Tablespace { dir, oid } => {
+                        if let Some(v) = self.verifier.as_mut() {
+                            v.start_archive(Some(oid));
+                        }
+                        (dir, false)
+                    }
                 };
                 self.archive = Some(Archive {
                     name,
@@ -272,6 +288,9 @@ impl Writer {
                 });
             }
             Chunk::ManifestData(data) => {
+                if let Some(v) = self.verifier.as_mut() {
+                    v.manifest_data(&data);
+                }
                 if let Some(m) = self.manifest.as_mut() {
                     m.file
                         .write_all(&data)
@@ -280,6 +299,9 @@ impl Writer {
             }
             Chunk::ManifestEnd => {
                 self.manifest = None;
+                if let Some(v) = self.verifier.as_mut() {
+                    v.finish_manifest()?;
+                }
             }
         }
         Ok(())
@@ -295,11 +317,17 @@ impl Writer {
                             .write_all(&data)
                             .map_err(Error::fs("write to file", &f.path))?;
                         self.stats.bytes += data.len() as u64;
+                        if let Some(v) = self.verifier.as_mut() {
+                            v.data(&data);
+                        }
                     }
                 }
                 TarEvent::MemberEnd => {
                     if self.file.take().is_some() {
                         self.stats.files += 1;
+                        if let Some(v) = self.verifier.as_mut() {
+                            v.end_file();
+                        }
                     }
                 }
             }
@@ -339,6 +367,9 @@ impl Writer {
                     .ok_or_else(|| refuse("a file where the WAL directory link is".into()))?;
                 let file = create_file(&path, mode)?;
                 self.file = Some(OpenFile { file, path });
+                if let Some(v) = self.verifier.as_mut() {
+                    v.begin_file(&m.name);
+                }
                 Ok(())
             }
             MemberKind::Symlink => {
@@ -445,6 +476,7 @@ mod tests {
             dir_mode: 0o700,
             tablespace_links: ts.iter().map(|(o, p)| (Oid(*o), p.to_path_buf())).collect(),
             precreated: HashSet::new(),
+            verify: None,
         }
     }
 
