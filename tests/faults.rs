@@ -285,3 +285,58 @@ fn file_size_limit_and_read_only_destination() {
     assert_eq!(fs::read_dir(&ro).expect("ro").count(), 0);
     p.wait_for("SELECT count(*) FROM pg_replication_slots", "0", WAIT);
 }
+
+/// A byte flipped in flight inside a file's contents is caught while writing: the file's
+/// checksum does not match the manifest's (other offsets may hit a tar header or a message
+/// header instead, which fail differently but just as cleanly).
+#[test]
+fn corruption_in_flight_is_caught_by_the_manifest() {
+    let p = primary(16);
+    let work = TestDir::new("flip");
+    let out = work.mkdir("out");
+    let dest = out.join("copy");
+    let d = dest.to_str().expect("utf8");
+    let mut manifest_catches = 0;
+    for (i, at) in [3_000_123u64, 6_000_321, 9_001_001, 12_002_017, 15_000_555]
+        .into_iter()
+        .enumerate()
+    {
+        let proxy = Proxy::start(p.port, vec![Fault::FlipAt(at)]);
+        let port = proxy.port.to_string();
+        let format: &[&str] = if i % 2 == 0 {
+            &["-X", "fetch"]
+        } else {
+            &["-X", "fetch", "-Ft"]
+        };
+        let run = run_cmd(pgclone_direct_cmd(&args(&port, d, format), &[]));
+        assert_eq!(
+            run.status.code(),
+            Some(1),
+            "flip at {at} went unnoticed:\n{}",
+            run.stderr
+        );
+        if run
+            .stderr
+            .contains("the backup does not match its manifest")
+        {
+            assert!(
+                run.stderr.contains("checksum mismatch for file"),
+                "{}",
+                run.stderr
+            );
+            manifest_catches += 1;
+        } else {
+            assert!(
+                run.stderr.contains("invalid archive") || run.stderr.contains("protocol violation"),
+                "{}",
+                run.stderr
+            );
+        }
+        drop(proxy);
+        assert_clean(&p, &out, &run);
+    }
+    assert!(
+        manifest_catches >= 3,
+        "only {manifest_catches} of 5 flips were caught by the manifest check"
+    );
+}

@@ -19,6 +19,8 @@ pub enum Fault {
     CutAt(u64),
     /// Forward this many bytes, then forward nothing more while keeping the sockets open.
     StallAt(u64),
+    /// Forward everything, but flip the bits of the byte at this offset (corruption in flight).
+    FlipAt(u64),
 }
 
 /// A running proxy; stops (and closes every connection) on drop.
@@ -67,7 +69,7 @@ impl Drop for Proxy {
 
 fn pump(mut from: TcpStream, mut to: TcpStream, fault: Fault, stop: Arc<AtomicBool>) {
     let limit = match fault {
-        Fault::None => u64::MAX,
+        Fault::None | Fault::FlipAt(_) => u64::MAX,
         Fault::CutAt(n) | Fault::StallAt(n) => n,
     };
     let mut sent = 0u64;
@@ -83,6 +85,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, fault: Fault, stop: Arc<AtomicBo
         match from.read(&mut buf[..room]) {
             Ok(0) => break,
             Ok(n) => {
+                if let Fault::FlipAt(at) = fault {
+                    if (sent..sent + n as u64).contains(&at) {
+                        buf[(at - sent) as usize] ^= 0xff;
+                    }
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }
