@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backup::{self, Job, Outcome, Sink, WalLink};
 use crate::compress::{ClientSpec, Compression, Method};
 use crate::config::{Config, Format, Output, WalMethod};
-use crate::conn::{self, ConnParams, Connection, Prompt};
+use crate::conn::{self, ChannelBinding, ConnParams, Connection, Prompt, RootCert, SslMode};
 use crate::dest::{self, Cleanup};
 use crate::error::Error;
 use crate::manifest::ChecksumAlgorithm;
@@ -299,6 +299,31 @@ fn primary_conninfo(conn: &Connection, params: &ConnParams) -> PrimaryConnInfo {
             .application_name_explicit
             .then(|| params.application_name.clone()),
         dbname: params.dbname.clone(),
+        tls: tls_used(conn, params),
+    }
+}
+
+/// The TLS settings the connection used, for `primary_conninfo`.
+fn tls_used(conn: &Connection, params: &ConnParams) -> recovery::TlsUsed {
+    let t = &params.tls;
+    let encrypted = conn.info().tls;
+    let mode_set = t.mode != SslMode::Prefer;
+    recovery::TlsUsed {
+        sslmode: (encrypted || mode_set).then(|| t.mode.name().to_owned()),
+        sslrootcert: match (&t.root_cert, encrypted) {
+            (Some(RootCert::System), true) => Some("system".into()),
+            (Some(RootCert::File(p)), true) if t.mode.requires_tls() || t.root_cert_explicit => {
+                Some(p.display().to_string())
+            }
+            _ => None,
+        },
+        client_cert: match (&t.client_cert, encrypted) {
+            (Some((c, k)), true) => Some((c.display().to_string(), k.display().to_string())),
+            _ => None,
+        },
+        channel_binding: (t.channel_binding != ChannelBinding::Prefer)
+            .then(|| t.channel_binding.name().to_owned()),
+        direct: t.direct && encrypted,
     }
 }
 

@@ -30,6 +30,9 @@ pub enum Error {
         /// Whether this is an authentication failure (never worth retrying).
         auth: bool,
     },
+    /// TLS could not be set up (certificate files, configuration).
+    #[error("{0}")]
+    Tls(String),
     /// The server is older than 10, or lacks what we need.
     #[error("{0}")]
     IncompatibleServer(String),

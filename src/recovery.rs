@@ -36,6 +36,23 @@ pub struct PrimaryConnInfo {
     pub application_name: Option<String>,
     /// `dbname` from `-d` (written for 17+ servers, for slot synchronization).
     pub dbname: Option<String>,
+    /// TLS settings the connection used: `sslmode` and friends.
+    pub tls: TlsUsed,
+}
+
+/// The TLS settings worth repeating in `primary_conninfo`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsUsed {
+    /// `sslmode`, when TLS was used or the mode was set.
+    pub sslmode: Option<String>,
+    /// `sslrootcert` (a path, or `system` on 16+).
+    pub sslrootcert: Option<String>,
+    /// `sslcert` and `sslkey`.
+    pub client_cert: Option<(String, String)>,
+    /// `channel_binding` (13+ standbys), when set explicitly.
+    pub channel_binding: Option<String>,
+    /// `sslnegotiation=direct` (17+ standbys).
+    pub direct: bool,
 }
 
 impl std::fmt::Debug for PrimaryConnInfo {
@@ -47,6 +64,7 @@ impl std::fmt::Debug for PrimaryConnInfo {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("application_name", &self.application_name)
             .field("dbname", &self.dbname)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -65,6 +83,24 @@ impl PrimaryConnInfo {
         }
         if let (Some(d), true) = (&self.dbname, version.is_at_least(17)) {
             parts.push(format!("dbname={}", quote_value(d)));
+        }
+        if let Some(mode) = &self.tls.sslmode {
+            parts.push(format!("sslmode={}", quote_value(mode)));
+        }
+        if let Some(root) = &self.tls.sslrootcert {
+            if root != "system" || version.is_at_least(16) {
+                parts.push(format!("sslrootcert={}", quote_value(root)));
+            }
+        }
+        if let Some((cert, key)) = &self.tls.client_cert {
+            parts.push(format!("sslcert={}", quote_value(cert)));
+            parts.push(format!("sslkey={}", quote_value(key)));
+        }
+        if let (Some(cb), true) = (&self.tls.channel_binding, version.is_at_least(13)) {
+            parts.push(format!("channel_binding={}", quote_value(cb)));
+        }
+        if self.tls.direct && version.is_at_least(17) {
+            parts.push("sslnegotiation=direct".into());
         }
         parts.join(" ")
     }
@@ -163,7 +199,34 @@ mod tests {
             password: password.map(str::to_owned),
             application_name: None,
             dbname: Some("app".into()),
+            tls: TlsUsed::default(),
         }
+    }
+
+    #[test]
+    fn tls_settings_only_where_the_standby_understands_them() {
+        let mut i = info(None);
+        i.tls = TlsUsed {
+            sslmode: Some("verify-full".into()),
+            sslrootcert: Some("/etc/ca.crt".into()),
+            client_cert: None,
+            channel_binding: Some("require".into()),
+            direct: true,
+        };
+        let v12 = i.conninfo(ServerVersion(120000));
+        assert!(
+            v12.contains("sslmode='verify-full' sslrootcert='/etc/ca.crt'"),
+            "{v12}"
+        );
+        assert!(
+            !v12.contains("channel_binding") && !v12.contains("sslnegotiation"),
+            "{v12}"
+        );
+        let v17 = i.conninfo(ServerVersion(170000));
+        assert!(
+            v17.contains("channel_binding=require") && v17.contains("sslnegotiation=direct"),
+            "{v17}"
+        );
     }
 
     #[test]

@@ -21,6 +21,22 @@ use crate::error::{ProtocolError, ServerError};
 use crate::frontend::{self, EncodeError};
 
 const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// Channel binding for SCRAM (libpq's `channel_binding`), and what the TLS layer provides.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Binding {
+    /// Not over TLS, or `channel_binding=disable`.
+    #[default]
+    None,
+    /// Over TLS; bind if the server offers SCRAM-SHA-256-PLUS (`prefer`) or fail (`require`).
+    Tls {
+        /// The `tls-server-end-point` data (hash of the server certificate), if computable.
+        server_end_point: Option<Vec<u8>>,
+        /// Whether binding is required.
+        require: bool,
+    },
+}
 
 /// Why startup failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +48,9 @@ pub enum StartupError {
     /// The server wants a password and none was given: the caller may prompt and reconnect.
     #[error("fe_sendauth: no password supplied")]
     NoPasswordSupplied,
+    /// `channel_binding=require` could not be honoured.
+    #[error("{0}")]
+    ChannelBindingRequired(&'static str),
     /// The server broke the protocol.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
@@ -60,6 +79,8 @@ pub enum AuthMethod {
     Md5,
     /// SCRAM-SHA-256.
     ScramSha256,
+    /// SCRAM-SHA-256-PLUS (with channel binding).
+    ScramSha256Plus,
 }
 
 enum State {
@@ -76,6 +97,7 @@ pub struct Startup {
     state: State,
     user: String,
     password: Option<Vec<u8>>,
+    binding: Binding,
     method: AuthMethod,
     parameters: BTreeMap<String, String>,
     backend_pid: Option<i32>,
@@ -99,6 +121,16 @@ impl Startup {
         password: Option<&[u8]>,
         out: &mut BytesMut,
     ) -> Result<Self, EncodeError> {
+        Self::with_binding(params, password, Binding::None, out)
+    }
+
+    /// As [`Self::new`], over TLS with channel binding as `binding` says.
+    pub fn with_binding(
+        params: &[(&str, &str)],
+        password: Option<&[u8]>,
+        binding: Binding,
+        out: &mut BytesMut,
+    ) -> Result<Self, EncodeError> {
         frontend::startup_message(params, out)?;
         let user = params
             .iter()
@@ -109,6 +141,7 @@ impl Startup {
             state: State::ExpectAuth,
             user,
             password: password.map(<[u8]>::to_vec),
+            binding,
             method: AuthMethod::Trust,
             parameters: BTreeMap::new(),
             backend_pid: None,
@@ -188,6 +221,12 @@ impl Startup {
     }
 
     fn on_auth(&mut self, auth: Authentication, out: &mut BytesMut) -> Result<State, StartupError> {
+        let require = matches!(self.binding, Binding::Tls { require: true, .. });
+        if require && !matches!(auth, Authentication::Sasl { .. }) {
+            return Err(StartupError::ChannelBindingRequired(
+                "channel binding required but not supported by server's authentication request",
+            ));
+        }
         match auth {
             Authentication::Ok => {
                 self.password = None;
@@ -206,12 +245,31 @@ impl Startup {
                 Ok(State::ExpectAuthOk)
             }
             Authentication::Sasl { mechanisms } => {
-                if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
+                let offers = |m: &str| mechanisms.iter().any(|x| x == m);
+                let (mechanism, binding, method) = match &self.binding {
+                    Binding::Tls {
+                        server_end_point: Some(data),
+                        ..
+                    } if offers(SCRAM_SHA_256_PLUS) => (
+                        SCRAM_SHA_256_PLUS,
+                        ChannelBinding::tls_server_end_point(data.clone()),
+                        AuthMethod::ScramSha256Plus,
+                    ),
+                    Binding::Tls { require: true, .. } => {
+                        return Err(StartupError::ChannelBindingRequired(
+                            "channel binding is required, but server did not offer an authentication method that supports channel binding",
+                        ))
+                    }
+                    // Over TLS without binding: tell the server we could have bound ("y").
+                    Binding::Tls { .. } => (SCRAM_SHA_256, ChannelBinding::unrequested(), AuthMethod::ScramSha256),
+                    Binding::None => (SCRAM_SHA_256, ChannelBinding::unsupported(), AuthMethod::ScramSha256),
+                };
+                if !offers(SCRAM_SHA_256) && mechanism == SCRAM_SHA_256 {
                     return Err(ProtocolError::UnsupportedSasl(mechanisms.join(", ")).into());
                 }
-                let scram = ScramSha256::new(self.password()?, ChannelBinding::unsupported());
-                frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), out)?;
-                self.method = AuthMethod::ScramSha256;
+                let scram = ScramSha256::new(self.password()?, binding);
+                frontend::sasl_initial_response(mechanism, scram.message(), out)?;
+                self.method = method;
                 Ok(State::ExpectSaslContinue(Box::new(scram)))
             }
             Authentication::SaslContinue(_) | Authentication::SaslFinal(_) => {
@@ -438,6 +496,54 @@ mod tests {
             err,
             StartupError::Protocol(ProtocolError::UnsupportedAuth(7))
         ));
+    }
+
+    #[test]
+    fn channel_binding_picks_plus_or_fails_when_required() {
+        let sasl = |m: &[&str]| {
+            BackendMessage::Authentication(Authentication::Sasl {
+                mechanisms: m.iter().map(|s| (*s).to_owned()).collect(),
+            })
+        };
+        let tls = |require| Binding::Tls {
+            server_end_point: Some(vec![1; 32]),
+            require,
+        };
+        let mut out = BytesMut::new();
+        let mut s =
+            Startup::with_binding(&params(), Some(b"pw"), tls(false), &mut out).expect("encode");
+        out.clear();
+        s.handle_message(sasl(&["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]), &mut out)
+            .expect("plus");
+        assert_eq!(s.auth_method(), AuthMethod::ScramSha256Plus);
+        assert!(out.windows(18).any(|w| w == b"SCRAM-SHA-256-PLUS"));
+        assert!(out.windows(24).any(|w| w == b"p=tls-server-end-point,,"));
+
+        let mut s =
+            Startup::with_binding(&params(), Some(b"pw"), tls(true), &mut out).expect("encode");
+        let err = s
+            .handle_message(sasl(&["SCRAM-SHA-256"]), &mut out)
+            .expect_err("required");
+        assert!(matches!(err, StartupError::ChannelBindingRequired(_)));
+        let mut s =
+            Startup::with_binding(&params(), Some(b"pw"), tls(true), &mut out).expect("encode");
+        let err = s
+            .handle_message(
+                BackendMessage::Authentication(Authentication::Md5Password { salt: [0; 4] }),
+                &mut out,
+            )
+            .expect_err("md5 cannot bind");
+        assert!(matches!(err, StartupError::ChannelBindingRequired(_)));
+
+        let mut s =
+            Startup::with_binding(&params(), Some(b"pw"), tls(false), &mut out).expect("encode");
+        out.clear();
+        s.handle_message(sasl(&["SCRAM-SHA-256"]), &mut out)
+            .expect("no plus offered");
+        assert!(
+            out.windows(3).any(|w| w == b"y,,"),
+            "tells the server it could have bound"
+        );
     }
 
     #[test]

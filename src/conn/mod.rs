@@ -5,6 +5,7 @@
 //! ParameterStatus updates, so callers only see the messages they act on.
 
 mod params;
+pub mod tls;
 mod transport;
 
 use std::collections::BTreeMap;
@@ -14,12 +15,13 @@ use std::time::Duration;
 use bytes::BytesMut;
 use pgclone_proto::backend::{self, BackendMessage, DEFAULT_MAX_MESSAGE_LEN};
 use pgclone_proto::query::{QueryStatus, ResultSet, SimpleQuery};
-use pgclone_proto::startup::{AuthMethod, Startup, StartupError, StartupStatus};
+use pgclone_proto::startup::{AuthMethod, Binding, Startup, StartupError, StartupStatus};
 use pgclone_proto::{frontend, ServerVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 pub use params::{ConnFlags, ConnParams, Host, Prompt, Secret};
+pub use tls::{ChannelBinding, RootCert, SslMode, TlsSettings};
 use transport::Transport;
 
 use crate::error::Error;
@@ -43,6 +45,8 @@ pub struct ServerInfo {
     pub auth: AuthMethod,
     /// The host that answered.
     pub host: Host,
+    /// Whether the connection is encrypted.
+    pub tls: bool,
 }
 
 /// An open, authenticated replication connection.
@@ -259,7 +263,7 @@ async fn connect_any(params: &ConnParams) -> Result<Connection, Attempt> {
                     path.display()
                 );
                 match UnixStream::connect(&path).await {
-                    Ok(s) => match startup(Transport::Unix(s), params, host, &target).await {
+                    Ok(s) => match startup(Transport::Unix(s), params, host, &target, Binding::None).await {
                         Ok(c) => return Ok(c),
                         Err(e) => last = Some(e),
                     },
@@ -300,29 +304,172 @@ async fn connect_any(params: &ConnParams) -> Result<Connection, Attempt> {
                             params.port
                         )
                     };
-                    match connect_tcp(addr, params.timeout).await {
-                        Ok(s) => {
-                            match startup(Transport::Tcp(s), params, host, &target).await {
-                                Ok(c) => return Ok(c),
-                                Err(e) => last = Some(e),
-                            }
-                        }
-                        Err(e) => {
-                            last = Some(Attempt::Failed(Error::Connect {
-                                reason: format!(
-                                    "{}\n\tIs the server running on that host and accepting TCP/IP connections?",
-                                    io_reason(&e)
-                                ),
-                                target,
-                                auth: false,
-                            }))
-                        }
+                    match tcp_session(addr, name, params, host, &target).await {
+                        Ok(c) => return Ok(c),
+                        Err(e) => last = Some(e),
                     }
                 }
             }
         }
     }
     Err(last.unwrap_or_else(|| Attempt::Failed(Error::Usage("no host to connect to".into()))))
+}
+
+/// One TCP address: plaintext or TLS as `sslmode` says, then startup.
+async fn tcp_session(
+    addr: std::net::SocketAddr,
+    name: &str,
+    params: &ConnParams,
+    host: &Host,
+    target: &str,
+) -> Result<Connection, Attempt> {
+    let fail = |reason: String| {
+        Attempt::Failed(Error::Connect {
+            target: target.to_owned(),
+            reason,
+            auth: false,
+        })
+    };
+    let open = || async {
+        connect_tcp(addr, params.timeout).await.map_err(|e| {
+            fail(format!(
+                "{}\n\tIs the server running on that host and accepting TCP/IP connections?",
+                io_reason(&e)
+            ))
+        })
+    };
+    let settings = &params.tls;
+    match settings.mode {
+        SslMode::Disable => {
+            startup(
+                Transport::Tcp(open().await?),
+                params,
+                host,
+                target,
+                Binding::None,
+            )
+            .await
+        }
+        SslMode::Allow => {
+            match startup(
+                Transport::Tcp(open().await?),
+                params,
+                host,
+                target,
+                Binding::None,
+            )
+            .await
+            {
+                // The server refused the plaintext connection: try again with TLS.
+                Err(Attempt::Failed(Error::Connect { .. })) => {
+                    let stream = open().await?;
+                    let (io, binding) = negotiate(stream, name, settings, true, target).await?;
+                    startup(io, params, host, target, binding).await
+                }
+                other => other,
+            }
+        }
+        SslMode::Prefer => {
+            let stream = open().await?;
+            let encrypted = match negotiate(stream, name, settings, false, target).await {
+                Ok((io, binding)) => startup(io, params, host, target, binding).await,
+                Err(e) => Err(e),
+            };
+            match encrypted {
+                // The handshake failed, or the server refused the encrypted connection (a
+                // `hostnossl` line): libpq retries in plaintext.
+                Err(Attempt::Failed(Error::Connect { .. }))
+                    if settings.channel_binding != ChannelBinding::Require =>
+                {
+                    startup(
+                        Transport::Tcp(open().await?),
+                        params,
+                        host,
+                        target,
+                        Binding::None,
+                    )
+                    .await
+                }
+                other => other,
+            }
+        }
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            let stream = open().await?;
+            let (io, binding) = negotiate(stream, name, settings, true, target).await?;
+            startup(io, params, host, target, binding).await
+        }
+    }
+}
+
+/// SSLRequest (or direct TLS) and the handshake. Returns a plaintext transport when the server
+/// declines and TLS is not `required`.
+async fn negotiate(
+    mut stream: TcpStream,
+    name: &str,
+    settings: &TlsSettings,
+    required: bool,
+    target: &str,
+) -> Result<(Transport, Binding), Attempt> {
+    let fail = |reason: String| {
+        Attempt::Failed(Error::Connect {
+            target: target.to_owned(),
+            reason,
+            auth: false,
+        })
+    };
+    let config = tls::client_config(settings).map_err(|e| fail(crate::error::chain(&e)))?;
+    if !settings.direct {
+        let mut out = BytesMut::new();
+        frontend::ssl_request(&mut out);
+        stream
+            .write_all(&out)
+            .await
+            .map_err(|e| fail(io_reason(&e)))?;
+        let mut answer = [0u8; 1];
+        stream
+            .read_exact(&mut answer)
+            .await
+            .map_err(|e| fail(io_reason(&e)))?;
+        match answer[0] {
+            b'S' => {}
+            b'N' if required => {
+                return Err(fail(
+                    "server does not support SSL, but SSL was required".into(),
+                ))
+            }
+            b'N' => return Ok((Transport::Tcp(stream), Binding::None)),
+            other => {
+                return Err(fail(format!(
+                    "received invalid response to SSL negotiation: {}",
+                    char::from(other).escape_default()
+                )))
+            }
+        }
+    }
+    let server_name = tls::server_name(name).map_err(|e| fail(crate::error::chain(&e)))?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tls = connector
+        .connect(server_name, stream)
+        .await
+        .map_err(|e| fail(tls::handshake_error(&e, name)))?;
+    let end_point = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|cert| tls::server_end_point(cert));
+    let binding = match settings.channel_binding {
+        ChannelBinding::Disable => Binding::None,
+        ChannelBinding::Prefer => Binding::Tls {
+            server_end_point: end_point,
+            require: false,
+        },
+        ChannelBinding::Require => Binding::Tls {
+            server_end_point: end_point,
+            require: true,
+        },
+    };
+    Ok((Transport::Tls(Box::new(tls)), binding))
 }
 
 /// TCP connect bounded by `timeout`, with TCP_NODELAY and keepalives (idle 60 s, then every
@@ -372,7 +519,16 @@ async fn startup(
     params: &ConnParams,
     host: &Host,
     target: &str,
+    binding: Binding,
 ) -> Result<Connection, Attempt> {
+    let tls = matches!(io, Transport::Tls(_));
+    if params.tls.channel_binding == ChannelBinding::Require && !tls {
+        return Err(Attempt::Failed(Error::Connect {
+            target: target.to_owned(),
+            reason: "channel binding required, but SSL not in use".into(),
+            auth: true,
+        }));
+    }
     let fail = |reason: String, auth: bool| {
         Attempt::Failed(Error::Connect {
             target: target.to_owned(),
@@ -388,7 +544,7 @@ async fn startup(
         ("application_name", params.application_name.as_str()),
     ];
     let password = params.password.as_ref().map(|p| p.expose().as_bytes());
-    let mut machine = Startup::new(&startup_params, password, &mut out)
+    let mut machine = Startup::with_binding(&startup_params, password, binding, &mut out)
         .map_err(|e| fail(e.to_string(), false))?;
     let mut rbuf = BytesMut::with_capacity(8192);
     loop {
@@ -414,6 +570,9 @@ async fn startup(
             Ok(StartupStatus::Ready) => break,
             Err(StartupError::NoPasswordSupplied) => {
                 return Err(Attempt::NoPassword(target.to_owned()))
+            }
+            Err(e @ StartupError::ChannelBindingRequired(_)) => {
+                return Err(fail(e.to_string(), true))
             }
             Err(StartupError::Server(e)) => {
                 let auth = e.is_auth_failure();
@@ -441,6 +600,7 @@ async fn startup(
             backend_pid: machine.backend_pid(),
             auth: machine.auth_method(),
             host: host.clone(),
+            tls,
         },
     })
 }

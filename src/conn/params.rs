@@ -98,6 +98,8 @@ pub struct ConnParams {
     pub dbname: Option<String>,
     /// Longest silence accepted from the server (connecting included); `None` waits forever.
     pub timeout: Option<std::time::Duration>,
+    /// TLS settings.
+    pub tls: super::tls::TlsSettings,
 }
 
 /// What the command line said about connecting.
@@ -165,13 +167,12 @@ impl ConnParams {
             .clone()
             .or_else(|| cs.get("fallback_application_name").cloned())
             .unwrap_or_else(|| "pgclone".into());
-        if let Some(mode) = cs.get("sslmode") {
-            if !matches!(mode.as_str(), "disable" | "allow" | "prefer") {
-                return Err(Error::Usage(format!(
-                    "sslmode \"{mode}\" is not supported yet: this build of pgclone does not speak TLS"
-                )));
-            }
-        }
+        let tls = tls_settings(&|key, var| {
+            cs.get(key)
+                .cloned()
+                .or_else(|| env(var))
+                .filter(|v| !v.is_empty())
+        })?;
         let prompt = if flags.password {
             Prompt::Always
         } else if flags.no_password {
@@ -189,8 +190,82 @@ impl ConnParams {
             application_name_explicit: explicit_app.is_some(),
             dbname: cs.get("dbname").cloned(),
             timeout: None,
+            tls,
         })
     }
+}
+
+/// TLS settings from the connection string and environment, with libpq's defaults:
+/// `sslmode=prefer`, `~/.postgresql/root.crt` and `postgresql.{crt,key}` when they exist,
+/// `sslrootcert=system` implying `verify-full`.
+fn tls_settings(
+    pick: &dyn Fn(&str, &str) -> Option<String>,
+) -> Result<super::tls::TlsSettings, Error> {
+    use super::tls::{default_file, ChannelBinding, RootCert, SslMode, TlsSettings};
+    let root = pick("sslrootcert", "PGSSLROOTCERT");
+    let mode = match pick("sslmode", "PGSSLMODE") {
+        Some(m) => SslMode::parse(&m)?,
+        None if root.as_deref() == Some("system") => SslMode::VerifyFull,
+        None => SslMode::Prefer,
+    };
+    let root_cert = match root.as_deref() {
+        Some("system") => Some(RootCert::System),
+        Some(path) => Some(RootCert::File(PathBuf::from(path))),
+        None => default_file("root.crt")
+            .filter(|p| p.is_file())
+            .map(RootCert::File),
+    };
+    let cert = pick("sslcert", "PGSSLCERT");
+    let key = pick("sslkey", "PGSSLKEY");
+    let explicit = cert.is_some() || key.is_some();
+    let cert = cert
+        .map(PathBuf::from)
+        .or_else(|| default_file("postgresql.crt"));
+    let key = key
+        .map(PathBuf::from)
+        .or_else(|| default_file("postgresql.key"));
+    let client_cert = match (cert, key) {
+        (Some(c), Some(k)) if c.is_file() && k.is_file() => Some((c, k)),
+        (Some(c), _) if explicit && !c.is_file() => {
+            return Err(Error::Tls(format!(
+                "could not open certificate file \"{}\"",
+                c.display()
+            )))
+        }
+        _ => None,
+    };
+    let direct = match pick("sslnegotiation", "PGSSLNEGOTIATION").as_deref() {
+        None | Some("postgres") => false,
+        Some("direct") => true,
+        Some(other) => {
+            return Err(Error::Usage(format!(
+                "invalid sslnegotiation value: \"{other}\""
+            )))
+        }
+    };
+    let channel_binding = match pick("channel_binding", "PGCHANNELBINDING") {
+        Some(v) => ChannelBinding::parse(&v)?,
+        None => ChannelBinding::Prefer,
+    };
+    if direct && !mode.requires_tls() {
+        return Err(Error::Usage(
+            "weak sslmode \"prefer\" may not be used with sslnegotiation=direct (use \"require\", \"verify-ca\", or \"verify-full\")".into(),
+        ));
+    }
+    if channel_binding == ChannelBinding::Require && mode == SslMode::Disable {
+        return Err(Error::Usage(
+            "channel_binding=require requires SSL, but sslmode is disable".into(),
+        ));
+    }
+    Ok(TlsSettings {
+        mode,
+        root_cert_explicit: root.is_some(),
+        root_cert,
+        client_cert,
+        client_cert_explicit: explicit,
+        direct,
+        channel_binding,
+    })
 }
 
 /// libpq's default: the Unix socket directory (Debian's, else the upstream default).
