@@ -449,6 +449,8 @@ pub fn handshake_error(e: &io::Error, host: &str) -> String {
         format!("server certificate does not match host name \"{host}\"")
     } else if text.contains("UnknownIssuer") {
         "SSL error: certificate verify failed: the server certificate is not signed by a trusted root (sslrootcert)".into()
+    } else if text.contains("invalid peer certificate") {
+        format!("SSL error: certificate verify failed: {text}")
     } else {
         format!("SSL error: {text}")
     }
