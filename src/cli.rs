@@ -203,6 +203,11 @@ pub struct Args {
     )]
     pub status_interval: Option<String>,
 
+    /// keep retrying for up to SECONDS (default 60) while the server is not reachable yet
+    #[arg(long = "wait", value_name = "SECONDS", num_args = 0..=1, default_missing_value = "60",
+          require_equals = true, help_heading = "Connection options")]
+    pub wait: Option<String>,
+
     /// connection string
     #[arg(
         short = 'd',

@@ -288,13 +288,19 @@ fn verify_algorithm(cfg: &Config, facts: &ServerFacts) -> Option<ChecksumAlgorit
 
 /// What `-R` writes into `primary_conninfo`: only what this connection used.
 fn primary_conninfo(conn: &Connection, params: &ConnParams) -> PrimaryConnInfo {
+    let info = conn.info();
+    // A password from a passfile is referred to by the file, not copied (as libpq -R does).
+    let (password, passfile) = match (&info.password, info.auth != AuthMethod::Trust) {
+        (Some((_, Some(file))), true) => (None, Some(file.display().to_string())),
+        (Some((secret, None)), true) => (Some(secret.expose().to_owned()), None),
+        _ => (None, None),
+    };
     PrimaryConnInfo {
-        host: conn.info().host.as_conninfo_value(),
-        port: params.port,
+        host: info.host.as_conninfo_value(),
+        port: info.port,
         user: params.user.clone(),
-        password: (conn.info().auth != AuthMethod::Trust)
-            .then(|| params.password.as_ref().map(|p| p.expose().to_owned()))
-            .flatten(),
+        password,
+        passfile,
         application_name: params
             .application_name_explicit
             .then(|| params.application_name.clone()),

@@ -330,6 +330,17 @@ impl Config {
             env,
         )?;
         conn.timeout = timeout;
+        conn.wait = match args.wait.as_deref() {
+            None => None,
+            Some(s) => match s.trim().parse::<u64>() {
+                Ok(n) if n <= 86_400 * 7 => Some(Duration::from_secs(n)),
+                _ => {
+                    return Err(Error::Usage(format!(
+                        "invalid --wait value \"{s}\": must be a number of seconds"
+                    )))
+                }
+            },
+        };
         Ok(Self {
             conn,
             dest,

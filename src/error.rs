@@ -29,6 +29,9 @@ pub enum Error {
         reason: String,
         /// Whether this is an authentication failure (never worth retrying).
         auth: bool,
+        /// Whether waiting may heal it (nothing listening yet, the server starting up, too
+        /// many connections, a name not resolvable yet).
+        transient: bool,
     },
     /// TLS could not be set up (certificate files, configuration).
     #[error("{0}")]

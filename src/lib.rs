@@ -24,6 +24,7 @@ pub mod error;
 pub mod inflight;
 pub mod manifest;
 pub mod output;
+pub mod pgpass;
 pub mod progress;
 pub mod recovery;
 pub mod server;

@@ -30,8 +30,10 @@ pub struct PrimaryConnInfo {
     pub port: u16,
     /// Role.
     pub user: String,
-    /// Password, if one was used to authenticate.
+    /// Password, if one was used to authenticate (and did not come from a passfile).
     pub password: Option<String>,
+    /// The passfile the password came from, if it did.
+    pub passfile: Option<String>,
     /// `application_name`, if set explicitly.
     pub application_name: Option<String>,
     /// `dbname` from `-d` (written for 17+ servers, for slot synchronization).
@@ -75,6 +77,9 @@ impl PrimaryConnInfo {
         let mut parts = vec![format!("user={}", quote_value(&self.user))];
         if let Some(p) = &self.password {
             parts.push(format!("password={}", quote_value(p)));
+        }
+        if let Some(f) = &self.passfile {
+            parts.push(format!("passfile={}", quote_value(f)));
         }
         parts.push(format!("host={}", quote_value(&self.host)));
         parts.push(format!("port={}", self.port));
@@ -146,7 +151,7 @@ pub fn write(
     version: ServerVersion,
 ) -> Result<(), Error> {
     let text = settings(info, slot, version);
-    let secret = info.password.is_some();
+    let secret = info.password.is_some() || info.passfile.is_some();
     if version.is_at_least(12) {
         let auto = dest.join("postgresql.auto.conf");
         let mut f = OpenOptions::new()
@@ -197,6 +202,7 @@ mod tests {
             port: 5432,
             user: "replication".into(),
             password: password.map(str::to_owned),
+            passfile: None,
             application_name: None,
             dbname: Some("app".into()),
             tls: TlsUsed::default(),

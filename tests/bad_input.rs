@@ -130,12 +130,20 @@ fn fake_old_server() -> u16 {
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten().take(1) {
             let mut s = stream;
-            let mut len = [0u8; 4];
-            if s.read_exact(&mut len).is_err() {
-                continue;
+            // The StartupMessage, after declining an SSLRequest if one comes first.
+            loop {
+                let mut len = [0u8; 4];
+                if s.read_exact(&mut len).is_err() {
+                    break;
+                }
+                let mut rest = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+                let _ = s.read_exact(&mut rest);
+                if rest == [0x04, 0xd2, 0x16, 0x2f] {
+                    let _ = s.write_all(b"N");
+                    continue;
+                }
+                break;
             }
-            let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
-            let _ = s.read_exact(&mut rest);
             let mut out = Vec::new();
             out.extend_from_slice(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]);
             for (k, v) in [("server_version", "9.6.24"), ("integer_datetimes", "on")] {

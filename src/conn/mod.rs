@@ -20,7 +20,7 @@ use pgclone_proto::{frontend, ServerVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-pub use params::{ConnFlags, ConnParams, Host, Prompt, Secret};
+pub use params::{ConnFlags, ConnParams, Host, Keepalives, Prompt, Secret, Target};
 pub use tls::{ChannelBinding, RootCert, SslMode, TlsSettings};
 use transport::Transport;
 
@@ -45,6 +45,10 @@ pub struct ServerInfo {
     pub auth: AuthMethod,
     /// The host that answered.
     pub host: Host,
+    /// Its port.
+    pub port: u16,
+    /// The password used, if any, and the passfile it came from.
+    pub password: Option<(Secret, Option<std::path::PathBuf>)>,
     /// Whether the connection is encrypted.
     pub tls: bool,
 }
@@ -216,6 +220,36 @@ async fn read_raw(
 /// server wants one and `params.prompt` allows it; the password is then kept in `params` for
 /// later connections.
 pub async fn connect(params: &mut ConnParams) -> Result<Connection, Error> {
+    let Some(wait) = params.wait else {
+        return connect_once(params).await;
+    };
+    // --wait: retry failures that can heal, with capped exponential backoff.
+    let deadline = std::time::Instant::now() + wait;
+    let mut delay = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match connect_once(params).await {
+            Err(Error::Connect {
+                transient: true,
+                target,
+                reason,
+                ..
+            }) if std::time::Instant::now() + delay < deadline => {
+                let first = reason.lines().next().unwrap_or_default();
+                tracing::warn!(
+                    "{target}: {first} (attempt {attempt}; retrying in {:.1} s)",
+                    delay.as_secs_f64()
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn connect_once(params: &mut ConnParams) -> Result<Connection, Error> {
     if params.prompt == Prompt::Always && params.password.is_none() {
         params.password = Some(prompt_password()?);
     }
@@ -233,10 +267,21 @@ pub async fn connect(params: &mut ConnParams) -> Result<Connection, Error> {
                     target,
                     reason: "fe_sendauth: no password supplied".into(),
                     auth: true,
+                    transient: false,
                 })
             }
             Err(Attempt::Failed(e)) => return Err(e),
-            Ok(conn) => return Ok(conn),
+            Ok(conn) => {
+                // Reuse a passfile password for later connections (the WAL one), and remember
+                // where it came from for -R.
+                if params.password.is_none() {
+                    if let Some((secret, file)) = &conn.info.password {
+                        params.password = Some(secret.clone());
+                        params.password_from_file = file.clone();
+                    }
+                }
+                return Ok(conn);
+            }
         }
     }
 }
@@ -254,16 +299,18 @@ enum Attempt {
 
 async fn connect_any(params: &ConnParams) -> Result<Connection, Attempt> {
     let mut last = None;
-    for host in &params.hosts {
+    for target_info in &params.targets {
+        let host = &target_info.host;
+        let port = target_info.port;
         match host {
             Host::Unix(dir) => {
-                let path = Host::socket_path(dir, params.port);
+                let path = Host::socket_path(dir, port);
                 let target = format!(
                     "connection to server on socket \"{}\" failed",
                     path.display()
                 );
                 match UnixStream::connect(&path).await {
-                    Ok(s) => match startup(Transport::Unix(s), params, host, &target, Binding::None).await {
+                    Ok(s) => match startup(Transport::Unix(s), params, target_info, &target, Binding::None).await {
                         Ok(c) => return Ok(c),
                         Err(e) => last = Some(e),
                     },
@@ -275,18 +322,26 @@ async fn connect_any(params: &ConnParams) -> Result<Connection, Attempt> {
                             ),
                             target,
                             auth: false,
+                            transient: true,
                         }))
                     }
                 }
             }
             Host::Tcp(name) => {
-                let addrs = match tokio::net::lookup_host((name.as_str(), params.port)).await {
-                    Ok(a) => a.collect::<Vec<_>>(),
+                let lookup = match target_info.hostaddr {
+                    Some(ip) => Ok(vec![std::net::SocketAddr::new(ip, port)]),
+                    None => tokio::net::lookup_host((name.as_str(), port))
+                        .await
+                        .map(Iterator::collect),
+                };
+                let addrs: Vec<std::net::SocketAddr> = match lookup {
+                    Ok(a) => a,
                     Err(e) => {
                         last = Some(Attempt::Failed(Error::Connect {
                             target: format!("could not translate host name \"{name}\" to address"),
                             reason: io_reason(&e),
                             auth: false,
+                            transient: true,
                         }));
                         continue;
                     }
@@ -294,17 +349,11 @@ async fn connect_any(params: &ConnParams) -> Result<Connection, Attempt> {
                 for addr in addrs {
                     let ip = addr.ip().to_string();
                     let target = if *name == ip {
-                        format!(
-                            "connection to server at \"{ip}\", port {} failed",
-                            params.port
-                        )
+                        format!("connection to server at \"{ip}\", port {port} failed")
                     } else {
-                        format!(
-                            "connection to server at \"{name}\" ({ip}), port {} failed",
-                            params.port
-                        )
+                        format!("connection to server at \"{name}\" ({ip}), port {port} failed")
                     };
-                    match tcp_session(addr, name, params, host, &target).await {
+                    match tcp_session(addr, name, params, target_info, &target).await {
                         Ok(c) => return Ok(c),
                         Err(e) => last = Some(e),
                     }
@@ -320,22 +369,26 @@ async fn tcp_session(
     addr: std::net::SocketAddr,
     name: &str,
     params: &ConnParams,
-    host: &Host,
+    host: &Target,
     target: &str,
 ) -> Result<Connection, Attempt> {
-    let fail = |reason: String| {
-        Attempt::Failed(Error::Connect {
-            target: target.to_owned(),
-            reason,
-            auth: false,
-        })
-    };
     let open = || async {
-        connect_tcp(addr, params.timeout).await.map_err(|e| {
-            fail(format!(
-                "{}\n\tIs the server running on that host and accepting TCP/IP connections?",
-                io_reason(&e)
-            ))
+        connect_tcp(
+            addr,
+            params.connect_timeout.or(params.timeout),
+            params.keepalives,
+        )
+        .await
+        .map_err(|e| {
+            Attempt::Failed(Error::Connect {
+                target: target.to_owned(),
+                reason: format!(
+                    "{}\n\tIs the server running on that host and accepting TCP/IP connections?",
+                    io_reason(&e)
+                ),
+                auth: false,
+                transient: true,
+            })
         })
     };
     let settings = &params.tls;
@@ -377,10 +430,11 @@ async fn tcp_session(
             };
             match encrypted {
                 // The handshake failed, or the server refused the encrypted connection (a
-                // `hostnossl` line): libpq retries in plaintext.
-                Err(Attempt::Failed(Error::Connect { .. }))
-                    if settings.channel_binding != ChannelBinding::Require =>
-                {
+                // `hostnossl` line): libpq retries in plaintext. A connection that broke
+                // (transient) is not retried this way.
+                Err(Attempt::Failed(Error::Connect {
+                    transient: false, ..
+                })) if settings.channel_binding != ChannelBinding::Require => {
                     startup(
                         Transport::Tcp(open().await?),
                         params,
@@ -415,6 +469,7 @@ async fn negotiate(
             target: target.to_owned(),
             reason,
             auth: false,
+            transient: false,
         })
     };
     let config = tls::client_config(settings).map_err(|e| fail(crate::error::chain(&e)))?;
@@ -477,6 +532,7 @@ async fn negotiate(
 async fn connect_tcp(
     addr: std::net::SocketAddr,
     timeout: Option<Duration>,
+    keepalives: Keepalives,
 ) -> std::io::Result<TcpStream> {
     let connect = TcpStream::connect(addr);
     let stream = match timeout {
@@ -486,11 +542,13 @@ async fn connect_tcp(
         None => connect.await?,
     };
     stream.set_nodelay(true)?;
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(6);
-    socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+    if keepalives.enabled {
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(keepalives.idle.max(1)))
+            .with_interval(Duration::from_secs(keepalives.interval.max(1)))
+            .with_retries(keepalives.count.max(1));
+        socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+    }
     Ok(stream)
 }
 
@@ -517,7 +575,7 @@ fn io_reason(e: &std::io::Error) -> String {
 async fn startup(
     mut io: Transport,
     params: &ConnParams,
-    host: &Host,
+    host: &Target,
     target: &str,
     binding: Binding,
 ) -> Result<Connection, Attempt> {
@@ -527,23 +585,33 @@ async fn startup(
             target: target.to_owned(),
             reason: "channel binding required, but SSL not in use".into(),
             auth: true,
+            transient: false,
         }));
     }
-    let fail = |reason: String, auth: bool| {
+    let fail_with = |reason: String, auth: bool, transient: bool| {
         Attempt::Failed(Error::Connect {
             target: target.to_owned(),
             reason,
             auth,
+            transient,
         })
     };
+    let fail = |reason: String, auth: bool| fail_with(reason, auth, false);
     let mut out = BytesMut::new();
-    let startup_params = [
+    let mut startup_params = vec![
         ("user", params.user.as_str()),
         ("database", "replication"),
         ("replication", "true"),
-        ("application_name", params.application_name.as_str()),
     ];
-    let password = params.password.as_ref().map(|p| p.expose().as_bytes());
+    if let Some(o) = &params.options {
+        startup_params.push(("options", o.as_str()));
+    }
+    startup_params.push(("application_name", params.application_name.as_str()));
+    let secret = params.password_for(host);
+    let from_file = (params.password.is_none() && secret.is_some())
+        .then(|| params.passfile.clone())
+        .flatten();
+    let password = secret.as_ref().map(|p| p.expose().as_bytes());
     let mut machine = Startup::with_binding(&startup_params, password, binding, &mut out)
         .map_err(|e| fail(e.to_string(), false))?;
     let mut rbuf = BytesMut::with_capacity(8192);
@@ -558,9 +626,10 @@ async fn startup(
             timeout: params.timeout,
             label: "main",
         };
+        // A connection closed during startup is often a server still starting: transient.
         let msg = read_raw(&mut io, &mut rbuf, "startup", limit)
             .await
-            .map_err(|e| fail(crate::error::chain(&e), false))?;
+            .map_err(|e| fail_with(crate::error::chain(&e), false, true))?;
         if let BackendMessage::NoticeResponse(n) = &msg {
             output::notice(n);
             continue;
@@ -576,7 +645,10 @@ async fn startup(
             }
             Err(StartupError::Server(e)) => {
                 let auth = e.is_auth_failure();
-                return Err(fail(e.to_string(), auth));
+                // 57P03 the database system is starting up / shutting down; 53300 too many
+                // connections (or WAL senders).
+                let transient = matches!(e.code.as_str(), "57P03" | "53300");
+                return Err(fail_with(e.to_string(), auth, transient));
             }
             Err(e) => return Err(fail(e.to_string(), false)),
         }
@@ -599,7 +671,9 @@ async fn startup(
             params: params_map,
             backend_pid: machine.backend_pid(),
             auth: machine.auth_method(),
-            host: host.clone(),
+            host: host.host.clone(),
+            port: host.port,
+            password: secret.map(|p| (p, from_file)),
             tls,
         },
     })

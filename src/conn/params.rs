@@ -80,14 +80,16 @@ impl Host {
 /// Everything needed to open a replication connection.
 #[derive(Debug, Clone)]
 pub struct ConnParams {
-    /// Hosts to try, in order.
-    pub hosts: Vec<Host>,
-    /// Port.
-    pub port: u16,
+    /// Hosts to try, in order, each with its port.
+    pub targets: Vec<Target>,
     /// Role name.
     pub user: String,
-    /// Password, if known.
+    /// Password, if given (flag prompt, `-d`, `PGPASSWORD`).
     pub password: Option<Secret>,
+    /// The passfile the password in use came from, if it came from one (for `-R`).
+    pub password_from_file: Option<PathBuf>,
+    /// `passfile` / `PGPASSFILE` / `~/.pgpass`.
+    pub passfile: Option<PathBuf>,
     /// When to prompt.
     pub prompt: Prompt,
     /// `application_name` sent at startup.
@@ -96,10 +98,18 @@ pub struct ConnParams {
     pub application_name_explicit: bool,
     /// `dbname` from `-d`, kept for `-R` on 17+ (physical replication ignores it).
     pub dbname: Option<String>,
+    /// `options` / `PGOPTIONS`, sent at startup.
+    pub options: Option<String>,
     /// Longest silence accepted from the server (connecting included); `None` waits forever.
     pub timeout: Option<std::time::Duration>,
+    /// `connect_timeout`: bounds each connection attempt.
+    pub connect_timeout: Option<std::time::Duration>,
+    /// TCP keepalives.
+    pub keepalives: Keepalives,
     /// TLS settings.
     pub tls: super::tls::TlsSettings,
+    /// `--wait`: keep retrying connection failures that can heal for this long.
+    pub wait: Option<std::time::Duration>,
 }
 
 /// What the command line said about connecting.
@@ -119,60 +129,183 @@ pub struct ConnFlags<'a> {
     pub password: bool,
 }
 
+/// One place to try: a host (name or socket directory), its port, and optionally the address to
+/// use instead of resolving the name (`hostaddr`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host name, address or socket directory.
+    pub host: Host,
+    /// Port.
+    pub port: u16,
+    /// `hostaddr`: connect here; `host` still names the server (TLS, passfile).
+    pub hostaddr: Option<std::net::IpAddr>,
+}
+
+/// TCP keepalive settings (libpq's `keepalives*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalives {
+    /// Whether keepalives are on (default yes).
+    pub enabled: bool,
+    /// Idle seconds before the first probe.
+    pub idle: u64,
+    /// Seconds between probes.
+    pub interval: u64,
+    /// Probes before giving up.
+    pub count: u32,
+}
+
+impl Default for Keepalives {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            idle: 60,
+            interval: 10,
+            count: 6,
+        }
+    }
+}
+
+fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, Error> {
+    value.trim().parse().map_err(|_| {
+        Error::Usage(format!(
+            "invalid integer value \"{value}\" for connection option \"{key}\""
+        ))
+    })
+}
+
 impl ConnParams {
-    /// Resolves the parameters: flags over `-d` over environment (`env`) over defaults.
+    /// Resolves the parameters: flags over `-d` over environment (`env`) over defaults, key
+    /// by key, as pg_basebackup with libpq.
     pub fn resolve(
         flags: &ConnFlags<'_>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, Error> {
-        let cs: BTreeMap<String, String> = match flags.connstr {
-            Some(s) => conninfo::parse(s).map_err(|e| Error::Usage(e.to_string()))?,
-            None => BTreeMap::new(),
-        };
-        let pick = |flag: Option<&str>, key: &str, var: &str| -> Option<String> {
-            flag.map(str::to_owned)
-                .or_else(|| cs.get(key).cloned())
-                .or_else(|| env(var))
-                .filter(|v| !v.is_empty())
-        };
-        let hosts = match pick(flags.host, "host", "PGHOST") {
-            Some(h) => h.split(',').map(str::trim).map(Host::parse).collect(),
+        // Environment first, then the connection string over it, then the flags over both.
+        let mut settings: BTreeMap<String, String> = BTreeMap::new();
+        for (var, key) in conninfo::ENV_VARS {
+            if let Some(v) = env(var).filter(|v| !v.is_empty()) {
+                settings.insert((*key).to_owned(), v);
+            }
+        }
+        if let Some(s) = flags.connstr {
+            let cs = conninfo::parse(s).map_err(|e| Error::Usage(e.to_string()))?;
+            settings.extend(cs.into_iter().filter(|(_, v)| !v.is_empty()));
+        }
+        for (key, flag) in [
+            ("host", flags.host),
+            ("port", flags.port),
+            ("user", flags.user),
+        ] {
+            if let Some(v) = flag.filter(|v| !v.is_empty()) {
+                settings.insert(key.to_owned(), v.to_owned());
+            }
+        }
+        let get = |key: &str| settings.get(key).cloned();
+
+        let hosts: Vec<Host> = match get("host") {
+            Some(h) => conninfo::split_list(&h)
+                .iter()
+                .map(|h| {
+                    if h.is_empty() {
+                        default_socket_dir()
+                    } else {
+                        Host::parse(h)
+                    }
+                })
+                .collect(),
             None => vec![default_socket_dir()],
         };
-        let port = match pick(flags.port, "port", "PGPORT") {
-            Some(p) => p
-                .trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| Error::Usage(format!("invalid port number: \"{p}\"")))?,
-            None => DEFAULT_PORT,
+        let ports: Vec<u16> = match get("port") {
+            Some(p) => conninfo::split_list(&p)
+                .iter()
+                .map(|p| {
+                    if p.trim().is_empty() {
+                        Ok(DEFAULT_PORT)
+                    } else {
+                        p.trim()
+                            .parse::<u16>()
+                            .ok()
+                            .filter(|p| *p != 0)
+                            .ok_or_else(|| Error::Usage(format!("invalid port number: \"{p}\"")))
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+            None => vec![DEFAULT_PORT],
         };
-        let user = match pick(flags.user, "user", "PGUSER") {
+        let addrs: Vec<Option<std::net::IpAddr>> = match get("hostaddr") {
+            Some(a) => conninfo::split_list(&a)
+                .iter()
+                .map(|a| {
+                    if a.is_empty() {
+                        Ok(None)
+                    } else {
+                        a.parse().map(Some).map_err(|_| {
+                            Error::Usage(format!("could not parse network address \"{a}\""))
+                        })
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
+        if ports.len() != 1 && ports.len() != hosts.len() {
+            return Err(Error::Usage(format!(
+                "could not match {} port numbers to {} hosts",
+                ports.len(),
+                hosts.len()
+            )));
+        }
+        if !addrs.is_empty() && addrs.len() != hosts.len() {
+            return Err(Error::Usage(format!(
+                "could not match {} host names to {} hostaddr values",
+                hosts.len(),
+                addrs.len()
+            )));
+        }
+        let targets = hosts
+            .into_iter()
+            .enumerate()
+            .map(|(i, host)| Target {
+                host,
+                port: *ports.get(i).or(ports.first()).unwrap_or(&DEFAULT_PORT),
+                hostaddr: addrs.get(i).copied().flatten(),
+            })
+            .collect();
+        let user = match get("user") {
             Some(u) => u,
             None => os_user_name()
                 .ok_or_else(|| Error::Usage("could not determine the user name; use -U".into()))?,
         };
-        let password = cs
-            .get("password")
-            .cloned()
-            .or_else(|| env("PGPASSWORD"))
-            .map(Secret::new);
-        let explicit_app = cs
-            .get("application_name")
-            .cloned()
-            .or_else(|| env("PGAPPNAME"))
-            .filter(|v| !v.is_empty());
+        let password = get("password").map(Secret::new);
+        let passfile = get("passfile")
+            .map(PathBuf::from)
+            .or_else(crate::pgpass::default_path);
+        let explicit_app = get("application_name");
         let application_name = explicit_app
             .clone()
-            .or_else(|| cs.get("fallback_application_name").cloned())
+            .or_else(|| get("fallback_application_name"))
             .unwrap_or_else(|| "pgclone".into());
-        let tls = tls_settings(&|key, var| {
-            cs.get(key)
-                .cloned()
-                .or_else(|| env(var))
-                .filter(|v| !v.is_empty())
-        })?;
+        let tls = tls_settings(&|key, _var| get(key))?;
+        let connect_timeout = match get("connect_timeout") {
+            // libpq: values below 2 seconds are raised to 2; 0 or negative means none.
+            Some(v) => match number::<i64>("connect_timeout", &v)? {
+                n if n <= 0 => None,
+                n => Some(std::time::Duration::from_secs(n.max(2) as u64)),
+            },
+            None => None,
+        };
+        let mut keepalives = Keepalives::default();
+        if let Some(v) = get("keepalives") {
+            keepalives.enabled = number::<i64>("keepalives", &v)? != 0;
+        }
+        if let Some(v) = get("keepalives_idle") {
+            keepalives.idle = number("keepalives_idle", &v)?;
+        }
+        if let Some(v) = get("keepalives_interval") {
+            keepalives.interval = number("keepalives_interval", &v)?;
+        }
+        if let Some(v) = get("keepalives_count") {
+            keepalives.count = number("keepalives_count", &v)?;
+        }
         let prompt = if flags.password {
             Prompt::Always
         } else if flags.no_password {
@@ -181,17 +314,49 @@ impl ConnParams {
             Prompt::IfNeeded
         };
         Ok(Self {
-            hosts,
-            port,
+            targets,
             user,
             password,
+            password_from_file: None,
+            passfile,
             prompt,
             application_name,
             application_name_explicit: explicit_app.is_some(),
-            dbname: cs.get("dbname").cloned(),
+            dbname: get("dbname"),
+            options: get("options"),
             timeout: None,
+            connect_timeout,
+            keepalives,
             tls,
+            wait: None,
         })
+    }
+
+    /// Looks the password up in the passfile for `target` (libpq's rules: a socket connection
+    /// is `localhost`, the database is `replication`), unless one is already known. Warnings
+    /// about an unsafe passfile are printed, and the file is then ignored.
+    pub fn password_for(&self, target: &Target) -> Option<Secret> {
+        if let Some(p) = &self.password {
+            return Some(p.clone());
+        }
+        let path = self.passfile.as_ref()?;
+        let host = match &target.host {
+            Host::Tcp(h) => h.clone(),
+            Host::Unix(_) => "localhost".to_owned(),
+        };
+        match crate::pgpass::lookup(
+            path,
+            &host,
+            &target.port.to_string(),
+            "replication",
+            &self.user,
+        ) {
+            Ok(found) => found.map(Secret::new),
+            Err(warning) => {
+                eprintln!("{warning}");
+                None
+            }
+        }
     }
 }
 
@@ -333,8 +498,8 @@ mod tests {
             ("PGPASSWORD", "envpw"),
         ]);
         let p = ConnParams::resolve(&ConnFlags::default(), &env).expect("resolves");
-        assert_eq!(p.hosts, [Host::Tcp("envhost".into())]);
-        assert_eq!((p.port, p.user.as_str()), (6000, "envuser"));
+        assert_eq!(p.targets[0].host, Host::Tcp("envhost".into()));
+        assert_eq!((p.targets[0].port, p.user.as_str()), (6000, "envuser"));
         assert_eq!(p.password.as_ref().map(Secret::expose), Some("envpw"));
 
         let flags = ConnFlags {
@@ -342,8 +507,8 @@ mod tests {
             ..ConnFlags::default()
         };
         let p = ConnParams::resolve(&flags, &env).expect("resolves");
-        assert_eq!(p.hosts, [Host::Tcp("cshost".into())]);
-        assert_eq!((p.port, p.user.as_str()), (7000, "csuser"));
+        assert_eq!(p.targets[0].host, Host::Tcp("cshost".into()));
+        assert_eq!((p.targets[0].port, p.user.as_str()), (7000, "csuser"));
         assert_eq!(p.password.as_ref().map(Secret::expose), Some("cspw"));
         assert_eq!(p.application_name, "app");
         assert!(p.application_name_explicit);
@@ -356,8 +521,8 @@ mod tests {
             ..ConnFlags::default()
         };
         let p = ConnParams::resolve(&flags, &env).expect("resolves");
-        assert_eq!(p.hosts, [Host::Unix("/sock".into())]);
-        assert_eq!((p.port, p.user.as_str()), (8000, "flaguser"));
+        assert_eq!(p.targets[0].host, Host::Unix("/sock".into()));
+        assert_eq!((p.targets[0].port, p.user.as_str()), (8000, "flaguser"));
         assert_eq!(p.application_name, "pgclone");
         assert!(!p.application_name_explicit);
     }

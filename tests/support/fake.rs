@@ -107,14 +107,23 @@ fn read_message(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
 }
 
 fn serve(mut s: TcpStream, base_backup: &[u8]) {
-    // StartupMessage: length, then the rest.
-    let mut len = [0u8; 4];
-    if s.read_exact(&mut len).is_err() {
-        return;
-    }
-    let mut rest = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
-    if s.read_exact(&mut rest).is_err() {
-        return;
+    // StartupMessage (after an optional SSLRequest, which is declined): length, then the rest.
+    loop {
+        let mut len = [0u8; 4];
+        if s.read_exact(&mut len).is_err() {
+            return;
+        }
+        let mut rest = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+        if s.read_exact(&mut rest).is_err() {
+            return;
+        }
+        if rest == [0x04, 0xd2, 0x16, 0x2f] {
+            if s.write_all(b"N").is_err() {
+                return;
+            }
+            continue;
+        }
+        break;
     }
     let mut hello = msg(b'R', &0i32.to_be_bytes());
     for (k, v) in [("server_version", "15.99"), ("integer_datetimes", "on")] {

@@ -195,6 +195,8 @@ pub struct ClusterOptions {
     pub group_access: bool,
     /// Use the PyPI toolset's server (14–18, built with lz4 and zstd) instead of the npm one.
     pub full_toolset: bool,
+    /// Listen on this port instead of a free one.
+    pub port: Option<u16>,
 }
 
 impl ClusterOptions {
@@ -207,6 +209,7 @@ impl ClusterOptions {
             conf: Vec::new(),
             group_access: false,
             full_toolset: false,
+            port: None,
         }
     }
 }
@@ -289,7 +292,12 @@ impl Cluster {
             .open(data.join("postgresql.conf"))
             .expect("postgresql.conf");
         std::io::Write::write_all(&mut f, conf.as_bytes()).expect("write conf");
-        cluster.start_on_free_port(&[]);
+        match opts.port {
+            Some(port) => cluster
+                .start_on(port, &[])
+                .unwrap_or_else(|e| panic!("server {}: {e}", opts.major)),
+            None => cluster.start_on_free_port(&[]),
+        }
         cluster
     }
 
@@ -312,6 +320,44 @@ impl Cluster {
         };
         cluster.start_on_free_port(extra);
         cluster
+    }
+
+    /// Stops the server and starts it again on `port`.
+    pub fn restart_on(&mut self, port: u16) {
+        self.stop();
+        self.start_on(port, &[])
+            .unwrap_or_else(|e| panic!("server {}: {e}", self.major));
+    }
+
+    fn start_on(&mut self, port: u16, extra: &[&str]) -> Result<(), String> {
+        self.port = port;
+        let mut opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.socket_dir.display()
+        );
+        for e in extra {
+            opts.push(' ');
+            opts.push_str(e);
+        }
+        let out = as_pg_user(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-w", "-t", "60", "-o", &opts, "start"])
+            .output()
+            .expect("pg_ctl start");
+        if out.status.success() {
+            self.running = true;
+            Ok(())
+        } else {
+            Err(format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                fs::read_to_string(&self.log).unwrap_or_default()
+            ))
+        }
     }
 
     fn start_on_free_port(&mut self, extra: &[&str]) {
