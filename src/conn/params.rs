@@ -423,6 +423,7 @@ fn tls_settings(
         ));
     }
     Ok(TlsSettings {
+        crl: pick("sslcrl", "PGSSLCRL").map(PathBuf::from),
         mode,
         root_cert_explicit: root.is_some(),
         root_cert,

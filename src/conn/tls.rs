@@ -19,7 +19,9 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
@@ -134,6 +136,8 @@ pub struct TlsSettings {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     /// Whether they were given explicitly.
     pub client_cert_explicit: bool,
+    /// `sslcrl`: revoked certificates (PEM), checked when the chain is verified.
+    pub crl: Option<PathBuf>,
     /// `sslnegotiation=direct` (17+): TLS from the first byte, ALPN `postgresql`.
     pub direct: bool,
     /// `channel_binding`.
@@ -148,6 +152,7 @@ impl Default for TlsSettings {
             root_cert_explicit: false,
             client_cert: None,
             client_cert_explicit: false,
+            crl: None,
             direct: false,
             channel_binding: ChannelBinding::Prefer,
         }
@@ -218,9 +223,25 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, Error>
                     }
                 }
             }
-            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(tls_error)?;
+            let mut verifier =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider);
+            if let Some(crl) = &settings.crl {
+                let crls: Result<Vec<_>, _> = CertificateRevocationListDer::pem_file_iter(crl)
+                    .map_err(|e| {
+                        tls_error(format!(
+                            "could not read CRL file \"{}\": {e}",
+                            crl.display()
+                        ))
+                    })?
+                    .collect();
+                verifier = verifier.with_crls(crls.map_err(|e| {
+                    tls_error(format!(
+                        "could not read CRL file \"{}\": {e}",
+                        crl.display()
+                    ))
+                })?);
+            }
+            let inner = verifier.build().map_err(tls_error)?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(Verifier { inner, check_name }))
