@@ -401,6 +401,8 @@ pub struct BaseBackupDecoder {
     stage: Stage,
     builder: ResultSetBuilder,
     tablespaces: Vec<TablespaceInfo>,
+    /// Which tablespaces' archives have started (15+ names them; each must come once).
+    received: Vec<bool>,
     next_archive: usize,
     events: VecDeque<BackupEvent>,
 }
@@ -413,6 +415,7 @@ impl BaseBackupDecoder {
             stage: Stage::Start,
             builder: ResultSetBuilder::default(),
             tablespaces: Vec::new(),
+            received: Vec::new(),
             next_archive: 0,
             events: VecDeque::new(),
         }
@@ -468,6 +471,7 @@ impl BaseBackupDecoder {
             (Stage::Tablespaces, msg) => {
                 if let Some(set) = self.builder.handle_message(msg, "the tablespace list")? {
                     self.tablespaces = tablespaces(&set)?;
+                    self.received = vec![false; self.tablespaces.len()];
                     self.events
                         .push_back(BackupEvent::Tablespaces(self.tablespaces.clone()));
                     self.stage = Stage::ExpectCopy;
@@ -588,6 +592,15 @@ impl BaseBackupDecoder {
                     self.events.push_back(BackupEvent::ArchiveEnd);
                 }
                 let tablespace = self.tablespace_for(&location)?;
+                match self.received.get_mut(tablespace) {
+                    Some(seen) if !*seen => *seen = true,
+                    _ => {
+                        return Err(ProtocolError::BadValue {
+                            what: "archive location (its archive was already sent)",
+                            value: location.chars().take(200).collect(),
+                        })
+                    }
+                }
                 self.events
                     .push_back(BackupEvent::ArchiveStart(ArchiveInfo {
                         name,
@@ -1001,6 +1014,19 @@ mod tests {
         let mut msgs = header_messages(&ts);
         msgs.extend([copy_out(), data(b"p\0\0")]);
         assert!(run(Dialect::Options, msgs).is_err());
+        // The same tablespace's archive twice (and another's never).
+        let ts2 = [[Some("5"), Some("/x"), None], [None, None, None]];
+        let mut msgs = header_messages(&ts2);
+        msgs.extend([
+            copy_out(),
+            data(b"nbase.tar\0\0"),
+            data(b"nbase.tar\0\0"),
+            BackendMessage::CopyDone,
+        ]);
+        assert!(matches!(
+            run(Dialect::Options, msgs),
+            Err(ProtocolError::BadValue { .. })
+        ));
         // Missing archive for a tablespace.
         let ts2 = [[Some("5"), Some("/x"), None], [None, None, None]];
         let mut msgs = header_messages(&ts2);
