@@ -362,35 +362,11 @@ impl Cluster {
 
     fn start_on_free_port(&mut self, extra: &[&str]) {
         for _attempt in 0..5 {
-            self.port = free_port();
-            let mut opts = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1",
-                self.port,
-                self.socket_dir.display()
-            );
-            for e in extra {
-                opts.push(' ');
-                opts.push_str(e);
-            }
-            let out = as_pg_user(self.bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(&self.data)
-                .arg("-l")
-                .arg(&self.log)
-                .args(["-w", "-t", "60", "-o", &opts, "start"])
-                .output()
-                .expect("pg_ctl start");
-            if out.status.success() {
-                self.running = true;
-                return;
-            }
-            let log = fs::read_to_string(&self.log).unwrap_or_default();
-            if !log.contains("could not bind") && !log.contains("could not create") {
-                panic!(
-                    "server {} failed to start: {}\n{log}",
-                    self.major,
-                    String::from_utf8_lossy(&out.stderr)
-                );
+            match self.start_on(free_port(), extra) {
+                Ok(()) => return,
+                // Another process took the port between our check and the server's bind.
+                Err(log) if log.contains("could not bind") || log.contains("could not create") => {}
+                Err(log) => panic!("server {} failed to start: {log}", self.major),
             }
         }
         panic!("server {} could not find a free port", self.major);
