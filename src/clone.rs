@@ -367,6 +367,7 @@ fn plain_layout(
         tablespace_links: HashMap::new(),
         precreated,
         verify: verify_algorithm(cfg, facts),
+        start_writeback: !cfg.no_sync,
     })
 }
 

@@ -108,6 +108,11 @@ impl Writer {
                 }
                 self.current = Some(archive);
             }
+            Chunk::Batch(pieces) => {
+                for data in pieces {
+                    self.handle(Chunk::Data(data))?;
+                }
+            }
             Chunk::Data(data) => {
                 if let Some(a) = self.current.as_mut() {
                     self.stats.bytes += data.len() as u64;
