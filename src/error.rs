@@ -116,9 +116,6 @@ pub enum Error {
     /// The server found page checksum failures; the data is kept.
     #[error("checksum error occurred")]
     ChecksumFailure,
-    /// A feature not built yet.
-    #[error("{0} is not supported yet")]
-    NotSupportedYet(&'static str),
     /// The WAL task failed; the source says why.
     #[error("background WAL receiver terminated unexpectedly")]
     WalReceiver(#[source] Box<Self>),

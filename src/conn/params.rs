@@ -428,7 +428,6 @@ fn tls_settings(
         root_cert_explicit: root.is_some(),
         root_cert,
         client_cert,
-        client_cert_explicit: explicit,
         direct,
         channel_binding,
     })

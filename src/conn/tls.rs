@@ -134,8 +134,6 @@ pub struct TlsSettings {
     pub root_cert_explicit: bool,
     /// `sslcert` / `sslkey` (or the defaults, if both exist).
     pub client_cert: Option<(PathBuf, PathBuf)>,
-    /// Whether they were given explicitly.
-    pub client_cert_explicit: bool,
     /// `sslcrl`: revoked certificates (PEM), checked when the chain is verified.
     pub crl: Option<PathBuf>,
     /// `sslnegotiation=direct` (17+): TLS from the first byte, ALPN `postgresql`.
@@ -151,7 +149,6 @@ impl Default for TlsSettings {
             root_cert: None,
             root_cert_explicit: false,
             client_cert: None,
-            client_cert_explicit: false,
             crl: None,
             direct: false,
             channel_binding: ChannelBinding::Prefer,
