@@ -108,11 +108,32 @@ impl Writer {
                 }
                 self.current = Some(archive);
             }
-            Chunk::Batch(pieces) => {
-                for data in pieces {
-                    self.handle(Chunk::Data(data))?;
+            Chunk::Batch(pieces) => match self.current.as_mut() {
+                // Passed through untouched: verify, then one vectored write.
+                Some(a) if a.rewrite.is_none() => {
+                    for data in &pieces {
+                        self.stats.bytes += data.len() as u64;
+                        if let (Some(v), Some(inspect)) =
+                            (self.verifier.as_mut(), a.inspect.as_mut())
+                        {
+                            inspect_members(inspect, data.clone(), v).map_err(|source| {
+                                Error::Tar {
+                                    archive: a.name.clone(),
+                                    source,
+                                }
+                            })?;
+                        }
+                    }
+                    a.writer
+                        .write_batch(&pieces)
+                        .map_err(Error::fs("write to file", a.path.clone()))?;
                 }
-            }
+                _ => {
+                    for data in pieces {
+                        self.handle(Chunk::Data(data))?;
+                    }
+                }
+            },
             Chunk::Data(data) => {
                 if let Some(a) = self.current.as_mut() {
                     self.stats.bytes += data.len() as u64;

@@ -16,6 +16,25 @@ pub use spec::{ClientSpec, Compression, Method};
 pub trait ArchiveWriter: Write + Send {
     /// Writes the end of the compressed stream and flushes.
     fn finish(self: Box<Self>) -> io::Result<()>;
+
+    /// Writes several buffers in order (one `writev` where the output is a plain file).
+    fn write_batch(&mut self, bufs: &[bytes::Bytes]) -> io::Result<()> {
+        bufs.iter().try_for_each(|b| self.write_all(b))
+    }
+}
+
+/// Writes every buffer, in order, with as few `writev` calls as the kernel allows.
+pub fn write_all_vectored<W: Write + ?Sized>(out: &mut W, bufs: &[bytes::Bytes]) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = out.write_vectored(rest)?;
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        io::IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
 
 struct Plain<W: Write + Send>(W);
@@ -32,6 +51,10 @@ impl<W: Write + Send> Write for Plain<W> {
 impl<W: Write + Send> ArchiveWriter for Plain<W> {
     fn finish(mut self: Box<Self>) -> io::Result<()> {
         self.0.flush()
+    }
+
+    fn write_batch(&mut self, bufs: &[bytes::Bytes]) -> io::Result<()> {
+        write_all_vectored(&mut self.0, bufs)
     }
 }
 
@@ -98,6 +121,9 @@ pub fn writer<W: Write + Send + 'static>(
             let workers = spec.workers.map_or(cores() as u32, |w| w.max(0) as u32);
             if workers > 0 {
                 enc.multithread(workers)?;
+                // Smaller jobs keep fewer megabytes in flight per worker (libzstd sizes them
+                // from the window otherwise: 8 MiB at level 3).
+                enc.set_parameter(zstd::stream::raw::CParameter::JobSize(1 << 20))?;
             }
             if spec.long {
                 enc.long_distance_matching(true)?;

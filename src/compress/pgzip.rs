@@ -1,4 +1,4 @@
-//! gzip on every core: the input is cut into 1 MiB blocks, each compressed on a worker thread
+//! gzip on every core: the input is cut into 256 KiB blocks, each compressed on a worker thread
 //! into a gzip member of its own, and the members are written in order. Concatenated members
 //! are one valid gzip file (RFC 1952 §2.2; gzip, GNU tar and PostgreSQL read them).
 //!
@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-const BLOCK: usize = 1 << 20;
+const BLOCK: usize = 256 << 10;
 
 type Job = (u64, Vec<u8>);
 type Done = (u64, io::Result<Vec<u8>>);

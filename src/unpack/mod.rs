@@ -357,7 +357,7 @@ impl Writer {
             return Ok(());
         }
         if let Some(f) = self.file.as_mut() {
-            write_all_vectored(&mut f.file, contents)
+            compress::write_all_vectored(&mut f.file, contents)
                 .map_err(Error::fs("write to file", &f.path))?;
             for data in contents.iter() {
                 self.stats.bytes += data.len() as u64;
@@ -457,20 +457,6 @@ fn tablespace_oid(rel: &Path) -> Option<Oid> {
         return None;
     }
     s.parse().ok()
-}
-
-/// Writes every buffer, in order, with as few `writev` calls as the kernel allows.
-fn write_all_vectored(file: &mut File, bufs: &[Bytes]) -> io::Result<()> {
-    let mut slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        let n = file.write_vectored(rest)?;
-        if n == 0 {
-            return Err(io::Error::from(io::ErrorKind::WriteZero));
-        }
-        io::IoSlice::advance_slices(&mut rest, n);
-    }
-    Ok(())
 }
 
 /// Asks the kernel to start writing a finished file back now (`sync_file_range` with
