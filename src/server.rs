@@ -65,28 +65,11 @@ pub async fn inspect(conn: &mut Connection) -> Result<ServerFacts, Error> {
     let wal_seg_size =
         WalSegSize::parse_show(&seg).map_err(Error::protocol("SHOW wal_segment_size"))?;
 
-    const CMD: &str = "IDENTIFY_SYSTEM";
-    let sets = conn.simple_query(CMD, CMD).await?;
-    let set = sets.first().ok_or_else(|| Error::Protocol {
-        phase: CMD,
-        source: ProtocolError::BadResult {
-            command: CMD,
-            problem: "no result".into(),
-        },
-    })?;
-    let parse = || -> Result<(String, TimelineId, Lsn), ProtocolError> {
-        if set.columns.len() < 3 || set.rows.len() != 1 {
-            return Err(ProtocolError::BadResult {
-                command: CMD,
-                problem: format!("{} rows of {} columns", set.rows.len(), set.columns.len()),
-            });
-        }
-        let system_id = set.required_text(CMD, 0, 0)?.to_owned();
-        let timeline = set.required_text(CMD, 0, 1)?.parse()?;
-        let xlogpos = set.required_text(CMD, 0, 2)?.parse()?;
-        Ok((system_id, timeline, xlogpos))
-    };
-    let (system_id, timeline, xlogpos) = parse().map_err(Error::protocol(CMD))?;
+    let System {
+        system_id,
+        timeline,
+        xlogpos,
+    } = identify_system(conn).await?;
     Ok(ServerFacts {
         version,
         dir_mode,
@@ -95,6 +78,41 @@ pub async fn inspect(conn: &mut Connection) -> Result<ServerFacts, Error> {
         timeline,
         xlogpos,
     })
+}
+
+/// What IDENTIFY_SYSTEM says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct System {
+    /// `systemid`.
+    pub system_id: String,
+    /// The server's current timeline.
+    pub timeline: TimelineId,
+    /// The server's current flush position.
+    pub xlogpos: Lsn,
+}
+
+/// Runs IDENTIFY_SYSTEM (on either connection).
+pub async fn identify_system(conn: &mut Connection) -> Result<System, Error> {
+    const CMD: &str = "IDENTIFY_SYSTEM";
+    let sets = conn.simple_query(CMD, CMD).await?;
+    let parse = || -> Result<System, ProtocolError> {
+        let set = sets.first().ok_or(ProtocolError::BadResult {
+            command: CMD,
+            problem: "no result".into(),
+        })?;
+        if set.columns.len() < 3 || set.rows.len() != 1 {
+            return Err(ProtocolError::BadResult {
+                command: CMD,
+                problem: format!("{} rows of {} columns", set.rows.len(), set.columns.len()),
+            });
+        }
+        Ok(System {
+            system_id: set.required_text(CMD, 0, 0)?.to_owned(),
+            timeline: set.required_text(CMD, 0, 1)?.parse()?,
+            xlogpos: set.required_text(CMD, 0, 2)?.parse()?,
+        })
+    };
+    parse().map_err(Error::protocol(CMD))
 }
 
 /// `SHOW checkpoint_timeout`, as a duration.

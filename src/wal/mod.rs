@@ -100,7 +100,7 @@ pub struct Prepared {
 pub async fn prepare(mut cfg: WalConfig) -> Result<Prepared, Error> {
     let mut conn = conn::connect(&mut cfg.params).await?;
     conn.set_label("WAL");
-    let system_id = identify(&mut conn).await?.0;
+    let system_id = crate::server::identify_system(&mut conn).await?.system_id;
     if system_id != cfg.system_id {
         return Err(Error::IncompatibleServer(
             "system identifier does not match between base backup and streaming connection".into(),
@@ -150,22 +150,6 @@ pub struct Streamed {
     pub timeline: TimelineId,
 }
 
-/// IDENTIFY_SYSTEM: (systemid, timeline).
-async fn identify(conn: &mut Connection) -> Result<(String, TimelineId), Error> {
-    const CMD: &str = "IDENTIFY_SYSTEM";
-    let sets = conn.simple_query(CMD, CMD).await?;
-    let parse = || -> Result<(String, TimelineId), ProtocolError> {
-        let set = sets
-            .first()
-            .ok_or(ProtocolError::Truncated("IDENTIFY_SYSTEM result"))?;
-        Ok((
-            set.required_text(CMD, 0, 0)?.to_owned(),
-            set.required_text(CMD, 0, 1)?.parse()?,
-        ))
-    };
-    parse().map_err(Error::protocol(CMD))
-}
-
 /// Streams WAL from the start position received on `start` until the end position published
 /// on `end` has been received and flushed. `abort` is cancelled by whichever task fails first;
 /// this task cancels it on its own failure.
@@ -198,7 +182,7 @@ async fn stream(
     let Ok((start_lsn, mut timeline)) = start.await else {
         return Err(Error::Cancelled);
     };
-    let server_tli = identify(&mut conn).await?.1;
+    let server_tli = crate::server::identify_system(&mut conn).await?.timeline;
     if timeline > server_tli {
         return Err(Error::IncompatibleServer(format!(
             "starting timeline {timeline} is not present in the server"
