@@ -142,34 +142,59 @@ pub enum Sink {
     Discard,
 }
 
-struct Unpacker {
-    tx: mpsc::Sender<Chunk>,
-    handle: JoinHandle<Result<Stats, Error>>,
+/// The writer behind the socket. Uncompressed plain archives and every tar-format archive are
+/// written by the reading task itself: on a small machine a thread hand-off per batch costs
+/// more (wake-ups, an eager reader woken for every few kilobytes) than it overlaps. Archives the
+/// server compressed are decompressed on a blocking thread fed through a bounded channel, as
+/// the decoder pulls its input.
+enum Unpacker {
+    Plain(Box<unpack::Inline>),
+    Tar(Box<tarout::Inline>),
+    Discard(Stats),
+    Thread {
+        tx: mpsc::Sender<Chunk>,
+        handle: JoinHandle<Result<Stats, Error>>,
+    },
 }
 
 impl Unpacker {
-    fn spawn(sink: Sink) -> Self {
-        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        let handle = tokio::task::spawn_blocking(move || match sink {
-            Sink::Plain(layout) => unpack::run(rx, layout),
-            Sink::Tar(layout) => tarout::run(rx, layout),
-            Sink::Discard => discard(rx),
-        });
-        Self { tx, handle }
+    fn new(sink: Sink, server_compressed: bool) -> Self {
+        match sink {
+            Sink::Plain(layout) if server_compressed => {
+                let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+                let handle = tokio::task::spawn_blocking(move || unpack::run(rx, layout));
+                Self::Thread { tx, handle }
+            }
+            Sink::Plain(layout) => Self::Plain(Box::new(unpack::Inline::new(layout))),
+            Sink::Tar(layout) => Self::Tar(Box::new(tarout::Inline::new(layout))),
+            Sink::Discard => Self::Discard(Stats::default()),
+        }
     }
 
-    async fn send(&self, chunk: Chunk) -> Result<(), Error> {
-        self.tx
-            .send(chunk)
-            .await
-            .map_err(|_| Error::UnpackerStopped)
+    async fn send(&mut self, chunk: Chunk) -> Result<(), Error> {
+        match self {
+            Self::Plain(w) => w.handle(chunk),
+            Self::Tar(w) => w.handle(chunk),
+            Self::Discard(stats) => {
+                discard(stats, &chunk);
+                Ok(())
+            }
+            Self::Thread { tx, .. } => tx.send(chunk).await.map_err(|_| Error::UnpackerStopped),
+        }
     }
 
     async fn finish(self) -> Result<Stats, Error> {
-        drop(self.tx);
-        self.handle
-            .await
-            .map_err(|e| Error::Internal(format!("unpacker task failed: {e}")))?
+        match self {
+            Self::Plain(w) => w.finish(),
+            Self::Tar(w) => w.finish(),
+            Self::Discard(stats) => Ok(stats),
+            Self::Thread { tx, handle } => {
+                drop(tx);
+                handle
+                    .await
+                    .map_err(|e| Error::Internal(format!("unpacker task failed: {e}")))?
+            }
+        }
     }
 }
 
@@ -204,7 +229,15 @@ impl State {
             if self.started.is_some() {
                 conn.set_read_timeout(cfg.timeout);
             }
-            let msg = conn.read_message(phase).await?;
+            // Hand the batch over when the socket runs dry, then wait: the next read finds
+            // what the server sent meanwhile.
+            let msg = match conn.read_message_now(phase).await? {
+                Some(msg) => msg,
+                None => {
+                    self.flush_batch().await?;
+                    conn.read_message(phase).await?
+                }
+            };
             self.decoder
                 .handle_message(msg)
                 .map_err(Error::protocol(phase))?;
@@ -246,7 +279,7 @@ impl State {
                 let total = list.iter().map(|t| t.size_kb).sum::<Option<u64>>();
                 self.progress.set_total(total, list.len());
                 self.tablespaces = list;
-                self.unpacker = Some(Unpacker::spawn(sink));
+                self.unpacker = Some(Unpacker::new(sink, server_compressed(cfg)));
             }
             BackupEvent::ArchiveStart(info) => {
                 let ts = self.tablespaces.get(info.tablespace);
@@ -331,8 +364,8 @@ impl State {
         self.send_now(chunk).await
     }
 
-    async fn send_now(&self, chunk: Chunk) -> Result<(), Error> {
-        match &self.unpacker {
+    async fn send_now(&mut self, chunk: Chunk) -> Result<(), Error> {
+        match &mut self.unpacker {
             Some(u) => u.send(chunk).await,
             None => Err(Error::Internal(
                 "archive data before the tablespace list".into(),
@@ -408,17 +441,16 @@ fn prepare_tablespaces(
     Ok(dirs)
 }
 
-/// Consumes chunks without writing anything (backup targets send no archive data).
-fn discard(mut rx: mpsc::Receiver<Chunk>) -> Result<Stats, Error> {
-    let mut stats = Stats::default();
-    while let Some(chunk) = rx.blocking_recv() {
-        match chunk {
-            Chunk::Data(d) => stats.bytes += d.len() as u64,
-            Chunk::Batch(pieces) => {
-                stats.bytes += pieces.iter().map(|d| d.len() as u64).sum::<u64>()
-            }
-            _ => {}
-        }
+/// Counts archive bytes without writing anything (backup targets send no archive data).
+fn discard(stats: &mut Stats, chunk: &Chunk) {
+    match chunk {
+        Chunk::Data(d) => stats.bytes += d.len() as u64,
+        Chunk::Batch(pieces) => stats.bytes += pieces.iter().map(|d| d.len() as u64).sum::<u64>(),
+        _ => {}
     }
-    Ok(stats)
+}
+
+/// Whether the server was asked to compress its archives.
+fn server_compressed(cfg: &Config) -> bool {
+    matches!(cfg.compression, crate::compress::Compression::Server { .. })
 }

@@ -162,6 +162,7 @@ async fn clone_into(
             dir: None,
             compression: cfg.compression.client(),
             recovery: None,
+            sync: !cfg.no_sync,
         }),
         (Output::Dir, Format::Tar) => {
             cleanup.prepare_dir(&cfg.dest, facts.dir_mode, "data directory")?;
@@ -173,6 +174,7 @@ async fn clone_into(
                     settings: recovery::settings(&primary, cfg.slot.as_deref(), facts.version),
                     signal_file: facts.version.is_at_least(12),
                 }),
+                sync: !cfg.no_sync,
             })
         }
         (Output::Dir, Format::Plain) => {

@@ -35,6 +35,7 @@ pub mod tarout;
 pub mod unpack;
 pub mod verify;
 pub mod wal;
+pub mod writeback;
 
 use std::process::ExitCode;
 
@@ -65,7 +66,12 @@ pub fn main_with_args(argv: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
             let interrupt = signals::Interrupt::install().map_err(|e| {
                 error::Error::Internal(format!("could not install signal handlers: {e}"))
             })?;
-            let result = clone::run(cfg, interrupt.token()).await;
+            // On a worker thread, the task is woken by the I/O driver it runs beside; under
+            // block_on every wake-up of the socket would also wake this thread.
+            let result = tokio::spawn(clone::run(cfg, interrupt.token()))
+                .await
+                .map_err(|e| error::Error::Internal(format!("the clone task failed: {e}")))
+                .and_then(|r| r);
             match (result, interrupt.received()) {
                 (Err(_), Some(signo)) => Err(error::Error::Interrupted(signo)),
                 (result, _) => result,

@@ -14,6 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -25,6 +26,7 @@ use crate::error::Error;
 use crate::inflight::Verifier;
 use crate::manifest::ChecksumAlgorithm;
 use crate::unpack::{Chunk, Stats, MANIFEST_TMP};
+use crate::writeback::{TrackedFile, Writeback};
 
 /// Largest `postgresql.auto.conf` the injector buffers.
 const MAX_AUTO_CONF: usize = 16 << 20;
@@ -49,27 +51,57 @@ pub struct TarLayout {
     pub recovery: Option<RecoveryFiles>,
     /// Checksum members as they pass and check them against the manifest.
     pub verify: Option<ChecksumAlgorithm>,
+    /// fsync each archive when it is complete, and start its writeback as it grows (not with
+    /// `--no-sync`).
+    pub sync: bool,
 }
 
 /// Writes the archives arriving on `rx`. Blocking: run it on its own thread.
 pub fn run(mut rx: mpsc::Receiver<Chunk>, layout: TarLayout) -> Result<Stats, Error> {
-    let mut w = Writer {
-        verifier: layout.verify.map(Verifier::new),
-        layout,
-        current: None,
-        stdout_base: None,
-        manifest: None,
-        stats: Stats::default(),
-    };
+    let mut w = Inline::new(layout);
     while let Some(chunk) = rx.blocking_recv() {
         w.handle(chunk)?;
     }
-    // On standard output the base archive is completed once the manifest (if any) is in.
-    if let Some(base) = w.stdout_base.take() {
-        let manifest = w.manifest.take().map(|m| m.bytes);
-        base.close(manifest.as_deref())?;
+    w.finish()
+}
+
+/// The tar writer driven on the caller's thread, chunk by chunk (no thread hand-off between
+/// the socket and the files; compression runs on its own worker threads).
+pub struct Inline(Writer);
+
+impl Inline {
+    /// A writer for `layout`.
+    pub fn new(layout: TarLayout) -> Self {
+        let writeback = (layout.sync && layout.dir.is_some())
+            .then(Writeback::start)
+            .flatten()
+            .map(Arc::new);
+        Self(Writer {
+            writeback,
+            verifier: layout.verify.map(Verifier::new),
+            layout,
+            current: None,
+            stdout_base: None,
+            manifest: None,
+            stats: Stats::default(),
+        })
     }
-    Ok(w.stats)
+
+    /// Writes one chunk (blocking I/O).
+    pub fn handle(&mut self, chunk: Chunk) -> Result<(), Error> {
+        self.0.handle(chunk)
+    }
+
+    /// Completes the base archive on standard output once the manifest (if any) is in;
+    /// returns what was written.
+    pub fn finish(self) -> Result<Stats, Error> {
+        let mut w = self.0;
+        if let Some(base) = w.stdout_base.take() {
+            let manifest = w.manifest.take().map(|m| m.bytes);
+            base.close(manifest.as_deref())?;
+        }
+        Ok(w.stats)
+    }
 }
 
 struct ManifestOut {
@@ -78,6 +110,8 @@ struct ManifestOut {
 }
 
 struct Writer {
+    /// Early writeback of the archive files as they grow.
+    writeback: Option<Arc<Writeback>>,
     layout: TarLayout,
     verifier: Option<Verifier>,
     current: Option<ArchiveOut>,
@@ -207,7 +241,12 @@ impl Writer {
                     let path = dir.join(format!("{name}{}", spec.method.suffix()));
                     let f = create(&path)?;
                     let clone = f.try_clone().map_err(Error::fs("open", path.clone()))?;
-                    (Box::new(f), Some(clone), path.display().to_string())
+                    let sink: Box<dyn Write + Send> = match &self.writeback {
+                        Some(wb) => Box::new(TrackedFile::new(f, Arc::clone(wb))),
+                        None => Box::new(f),
+                    };
+                    let clone = self.layout.sync.then_some(clone);
+                    (sink, clone, path.display().to_string())
                 }
                 None => (Box::new(std::io::stdout()), None, "standard output".into()),
             };
@@ -243,6 +282,7 @@ struct ArchiveOut {
     name: String,
     path: String,
     writer: Box<dyn ArchiveWriter>,
+    /// fsynced at the end (none on standard output or with `--no-sync`).
     file: Option<File>,
     rewrite: Option<Rewriter>,
     /// Splits the archive as it passes, for verification (none for server-compressed ones).

@@ -1,5 +1,7 @@
 //! Plain-format output: the archives the server streams, unpacked into the data directory and
-//! the tablespace directories, on a blocking thread fed through a bounded channel.
+//! the tablespace directories: written by the reading task itself ([`Inline`]), or, for
+//! archives the server compressed, decompressed on a blocking thread fed through a bounded
+//! channel ([`run`]).
 //!
 //! # Security
 //! The server's archives are not trusted. Every member name goes through [`path::member_path`]
@@ -30,6 +32,7 @@ use crate::compress::{self, Method};
 use crate::error::Error;
 use crate::inflight::Verifier;
 use crate::manifest::ChecksumAlgorithm;
+use crate::writeback::{FileProgress, Writeback};
 
 /// Name of the manifest while it is being written; renamed once the backup is synced.
 pub const MANIFEST_TMP: &str = "backup_manifest.tmp";
@@ -90,7 +93,7 @@ pub struct Layout {
     pub precreated: HashSet<PathBuf>,
     /// Checksum files as they are written and check them against the manifest.
     pub verify: Option<ChecksumAlgorithm>,
-    /// Start writeback of each file as soon as it is complete (when the result will be
+    /// Start writeback of what is written as it is written (when the result will be
     /// fsynced), so the final fsync finds little left to write.
     pub start_writeback: bool,
 }
@@ -108,15 +111,7 @@ pub struct Stats {
 /// Archives the server compressed (`.tar.gz`, `.tar.lz4`, `.tar.zst`) are decompressed on the
 /// way.
 pub fn run(mut rx: mpsc::Receiver<Chunk>, layout: Layout) -> Result<Stats, Error> {
-    let mut w = Writer {
-        verifier: layout.verify.map(Verifier::new),
-        layout,
-        archive: None,
-        file: None,
-        manifest: None,
-        links: HashSet::new(),
-        stats: Stats::default(),
-    };
+    let mut w = Writer::new(layout);
     while let Some(chunk) = rx.blocking_recv() {
         match chunk {
             Chunk::ArchiveStart { name, root, .. }
@@ -162,13 +157,36 @@ pub fn run(mut rx: mpsc::Receiver<Chunk>, layout: Layout) -> Result<Stats, Error
             chunk => w.handle(chunk)?,
         }
     }
-    if let Some(a) = &w.archive {
-        return Err(Error::Internal(format!(
-            "archive {} was not finished",
-            a.name
-        )));
+    w.finish()
+}
+
+/// The plain-format writer driven on the caller's thread, chunk by chunk: the reading task
+/// writes each batch itself, so no thread hand-off sits between the socket and the files.
+/// Takes only uncompressed archives; server-compressed ones need [`run`]'s decompressing reader.
+pub struct Inline(Writer);
+
+impl Inline {
+    /// A writer for `layout`.
+    pub fn new(layout: Layout) -> Self {
+        Self(Writer::new(layout))
     }
-    Ok(w.stats)
+
+    /// Writes one chunk (blocking file I/O).
+    pub fn handle(&mut self, chunk: Chunk) -> Result<(), Error> {
+        if let Chunk::ArchiveStart { name, .. } = &chunk {
+            if Method::from_archive_name(name) != Method::None {
+                return Err(Error::Internal(format!(
+                    "the server sent the compressed archive {name} without being asked to compress"
+                )));
+            }
+        }
+        self.0.handle(chunk)
+    }
+
+    /// Checks that the last archive ended; returns what was written.
+    pub fn finish(self) -> Result<Stats, Error> {
+        self.0.finish()
+    }
 }
 
 fn decode_error(archive: &str, e: io::Error) -> Error {
@@ -233,6 +251,7 @@ struct Archive {
 struct OpenFile {
     file: File,
     path: PathBuf,
+    written: FileProgress,
 }
 
 struct Writer {
@@ -244,9 +263,39 @@ struct Writer {
     /// Symlinks created, relative to the base archive root.
     links: HashSet<PathBuf>,
     stats: Stats,
+    /// Early writeback of finished stretches (when the result will be fsynced).
+    writeback: Option<Writeback>,
 }
 
 impl Writer {
+    fn new(layout: Layout) -> Self {
+        let layout_writeback = if layout.start_writeback {
+            Writeback::start()
+        } else {
+            None
+        };
+        Self {
+            verifier: layout.verify.map(Verifier::new),
+            layout,
+            archive: None,
+            file: None,
+            manifest: None,
+            links: HashSet::new(),
+            stats: Stats::default(),
+            writeback: layout_writeback,
+        }
+    }
+
+    fn finish(self) -> Result<Stats, Error> {
+        if let Some(a) = &self.archive {
+            return Err(Error::Internal(format!(
+                "archive {} was not finished",
+                a.name
+            )));
+        }
+        Ok(self.stats)
+    }
+
     fn handle(&mut self, chunk: Chunk) -> Result<(), Error> {
         match chunk {
             Chunk::ArchiveStart { name, root, .. } => {
@@ -286,6 +335,7 @@ impl Writer {
                 self.manifest = Some(OpenFile {
                     file: create_file(&path, 0o600)?,
                     path,
+                    written: FileProgress::default(),
                 });
             }
             Chunk::ManifestData(data) => {
@@ -337,10 +387,8 @@ impl Writer {
                 TarEvent::Member(m) => self.begin_member(&m)?,
                 TarEvent::Data(_) => {}
                 TarEvent::MemberEnd => {
-                    if let Some(done) = self.file.take() {
-                        if self.layout.start_writeback {
-                            start_writeback(&done.file);
-                        }
+                    if let Some(mut done) = self.file.take() {
+                        done.written.flush(self.writeback.as_ref(), &done.file);
                         self.stats.files += 1;
                         if let Some(v) = self.verifier.as_mut() {
                             v.end_file();
@@ -359,6 +407,8 @@ impl Writer {
         if let Some(f) = self.file.as_mut() {
             compress::write_all_vectored(&mut f.file, contents)
                 .map_err(Error::fs("write to file", &f.path))?;
+            let n = contents.iter().map(|d| d.len() as u64).sum();
+            f.written.wrote(self.writeback.as_ref(), &f.file, n);
             for data in contents.iter() {
                 self.stats.bytes += data.len() as u64;
                 if let Some(v) = self.verifier.as_mut() {
@@ -401,7 +451,11 @@ impl Writer {
                     .resolve(archive, &rel)
                     .ok_or_else(|| refuse("a file where the WAL directory link is".into()))?;
                 let file = create_file(&path, mode)?;
-                self.file = Some(OpenFile { file, path });
+                self.file = Some(OpenFile {
+                    file,
+                    path,
+                    written: FileProgress::default(),
+                });
                 if let Some(v) = self.verifier.as_mut() {
                     v.begin_file(&m.name);
                 }
@@ -457,18 +511,6 @@ fn tablespace_oid(rel: &Path) -> Option<Oid> {
         return None;
     }
     s.parse().ok()
-}
-
-/// Asks the kernel to start writing a finished file back now (`sync_file_range` with
-/// `SYNC_FILE_RANGE_WRITE`: it does not wait). A hint only: failures are ignored, the final
-/// fsync is what guarantees durability.
-fn start_writeback(file: &File) {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: the descriptor is open for the duration of the call; the call only schedules
-    // writeback of the file's dirty pages.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-    }
 }
 
 fn make_dir(path: &Path, mode: u32, precreated: bool) -> Result<(), Error> {

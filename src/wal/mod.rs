@@ -201,6 +201,7 @@ async fn stream(
             *spec,
             cfg.seg_size,
             timeline,
+            cfg.sync,
         )?),
     };
     let receiver_cfg = ReceiverConfig {

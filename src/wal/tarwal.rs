@@ -30,6 +30,8 @@ pub struct TarWalWriter {
     timeline: TimelineId,
     /// The open segment member and how many of its bytes are written.
     current: Option<(SegNo, u64)>,
+    /// fsync the archive when it is complete (not with `--no-sync`).
+    sync: bool,
     written: Lsn,
     completed: u64,
 }
@@ -47,6 +49,7 @@ impl TarWalWriter {
         spec: ClientSpec,
         seg_size: WalSegSize,
         timeline: TimelineId,
+        sync: bool,
     ) -> Result<Self, Error> {
         let file = OpenOptions::new()
             .write(true)
@@ -66,6 +69,7 @@ impl TarWalWriter {
             current: None,
             written: Lsn::INVALID,
             completed: 0,
+            sync,
         })
     }
 
@@ -171,6 +175,11 @@ impl WalSink for TarWalWriter {
             out.finish()
                 .map_err(Error::fs("finish writing", &self.path))?;
         }
-        self.file.sync_all().map_err(Error::fs("fsync", &self.path))
+        if self.sync {
+            self.file
+                .sync_all()
+                .map_err(Error::fs("fsync", &self.path))?;
+        }
+        Ok(())
     }
 }
