@@ -1,6 +1,7 @@
 //! The backup task: sends BASE_BACKUP on the main connection, decodes the response, prepares
-//! the tablespace directories once the server lists them, and feeds the archives to the
-//! unpacker through a bounded channel (a slow disk slows the socket, not our memory).
+//! the tablespace directories once the server lists them, and writes the archives: itself,
+//! batch by batch, or (server-compressed archives) through a bounded channel to a
+//! decompressing thread. Either way a slow disk slows the socket, not our memory.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -24,11 +25,11 @@ use crate::tablespace::canonicalize;
 use crate::tarout::{self, TarLayout};
 use crate::unpack::{self, ArchiveRoot, Chunk, Layout, Stats};
 
-/// Batches in flight between the socket and the disk: 16 × 256 kB ≈ 4 MB.
+/// Batches in flight to the decompressing thread: 16 × 256 kB ≈ 4 MB.
 const CHANNEL_DEPTH: usize = 16;
 
-/// Archive bytes are handed to the writer in batches of about this size (fewer thread
-/// wake-ups and, for plain format, one `writev` per batch and file).
+/// Archive bytes go to the writer in batches of at most about this size, or less when the
+/// socket runs dry first (for plain format, one `writev` per batch and file).
 const BATCH_BYTES: usize = 256 * 1024;
 
 /// What a finished backup reports.

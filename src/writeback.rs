@@ -152,3 +152,41 @@ fn start(file: &File, offset: u64, len: u64) {
         libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn tracked_file_writes_every_byte_across_handed_over_stretches() {
+        let dir = std::env::temp_dir().join(format!("pgclone-wb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("f");
+        let wb = Arc::new(Writeback::start().expect("helper thread"));
+        let expected: Vec<u8> = (0..(2 * STEP + 12_345)).map(|i| (i % 251) as u8).collect();
+        {
+            let file = File::create(&path).expect("create");
+            let mut t = TrackedFile::new(file, Arc::clone(&wb));
+            let (a, rest) = expected.split_at(1000);
+            t.write_all(a).expect("write");
+            let mut slices: Vec<IoSlice<'_>> = rest.chunks(3 << 20).map(IoSlice::new).collect();
+            let mut slices = slices.as_mut_slice();
+            while !slices.is_empty() {
+                let n = t.write_vectored(slices).expect("writev");
+                IoSlice::advance_slices(&mut slices, n);
+            }
+            assert_eq!(t.progress.written, expected.len() as u64);
+            let p = &t.progress;
+            assert!(p.handed >= 2 * STEP, "two stretches handed over");
+            assert!(p.written - p.handed < STEP, "less than a stretch left");
+        }
+        drop(wb);
+        let mut got = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut got))
+            .expect("read back");
+        assert!(got == expected, "contents differ");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

@@ -211,3 +211,22 @@ fn absurd_length_and_truncated_streams_fail_cleanly() {
         "invalid archive base.tar",
     );
 }
+
+#[test]
+fn compressed_archive_nobody_asked_for_is_refused() {
+    let mut reply = fake::backup_prologue();
+    let plain = b"nbase.tar\0\0";
+    let tail = reply.split_off(reply.len() - fake::copy_data(plain).len());
+    assert_eq!(
+        tail,
+        fake::copy_data(plain),
+        "prologue ends with the archive name"
+    );
+    reply.extend(fake::copy_data(b"nbase.tar.gz\0\0"));
+    reply.extend(fake::copy_data(b"d\x1f\x8b\x08\0\0\0\0\0\0\x03"));
+    reply.extend(fake::backup_epilogue());
+    run_against(
+        reply,
+        "the server sent the compressed archive base.tar.gz without being asked to compress",
+    );
+}

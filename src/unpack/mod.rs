@@ -175,7 +175,7 @@ impl Inline {
     pub fn handle(&mut self, chunk: Chunk) -> Result<(), Error> {
         if let Chunk::ArchiveStart { name, .. } = &chunk {
             if Method::from_archive_name(name) != Method::None {
-                return Err(Error::Internal(format!(
+                return Err(Error::IncompatibleServer(format!(
                     "the server sent the compressed archive {name} without being asked to compress"
                 )));
             }
