@@ -103,7 +103,7 @@ pub async fn run(
         batch_bytes: 0,
     };
     let streamed = tokio::select! {
-        r = state.stream(conn, cfg, cleanup) => r,
+        r = state.stream(conn, cfg, cleanup, abort) => r,
         () = abort.cancelled() => Err(Error::Cancelled),
     };
     let unpacked = match state.unpacker.take() {
@@ -220,8 +220,14 @@ impl State {
         conn: &mut Connection,
         cfg: &Config,
         cleanup: &mut Cleanup,
+        abort: &CancellationToken,
     ) -> Result<(), Error> {
         loop {
+            // The writes below are synchronous and the socket may never run dry when the disk
+            // is the slow side: look at the token here too, not only when this future waits.
+            if abort.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
             let phase = if self.started.is_some() {
                 "base backup"
             } else {
