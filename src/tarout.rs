@@ -1,7 +1,7 @@
 //! Tar-format output (`-F t`): each archive the server sends becomes `<name>` (plus the client
 //! compression's suffix) in the destination, or the base archive goes to standard output
-//! (`-D -`). Runs on a blocking thread fed through the same bounded channel as the plain-format
-//! unpacker.
+//! (`-D -`). Written by the task that reads the socket, chunk by chunk ([`Inline`]); client
+//! compression runs on its own worker threads.
 //!
 //! Archives pass through untouched unless something must be changed inside them:
 //! - the two closing zero blocks are added to archives from 10–14 servers, which omit them;
@@ -19,7 +19,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pgclone_proto::tar::{build_header, Member, MemberKind, TarEvent, TarSplitter, BLOCK};
-use tokio::sync::mpsc;
 
 use crate::compress::{self, ArchiveWriter, ClientSpec, Method};
 use crate::error::Error;
@@ -54,15 +53,6 @@ pub struct TarLayout {
     /// fsync each archive when it is complete, and start its writeback as it grows (not with
     /// `--no-sync`).
     pub sync: bool,
-}
-
-/// Writes the archives arriving on `rx`. Blocking: run it on its own thread.
-pub fn run(mut rx: mpsc::Receiver<Chunk>, layout: TarLayout) -> Result<Stats, Error> {
-    let mut w = Inline::new(layout);
-    while let Some(chunk) = rx.blocking_recv() {
-        w.handle(chunk)?;
-    }
-    w.finish()
 }
 
 /// The tar writer driven on the caller's thread, chunk by chunk (no thread hand-off between

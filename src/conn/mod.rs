@@ -92,14 +92,23 @@ impl Connection {
                 timeout: self.read_timeout,
                 label: self.label,
             };
-            match read_raw(&mut self.io, &mut self.rbuf, phase, limit).await? {
-                BackendMessage::NoticeResponse(n) => output::notice(&n),
-                BackendMessage::ParameterStatus { name, value } => {
-                    self.info.params.insert(name, value);
-                }
-                msg => return Ok(msg),
+            let msg = read_raw(&mut self.io, &mut self.rbuf, phase, limit).await?;
+            if let Some(msg) = self.absorb(msg) {
+                return Ok(msg);
             }
         }
+    }
+
+    /// Prints a notice or records a parameter change; any other message is the caller's.
+    fn absorb(&mut self, msg: BackendMessage) -> Option<BackendMessage> {
+        match msg {
+            BackendMessage::NoticeResponse(n) => output::notice(&n),
+            BackendMessage::ParameterStatus { name, value } => {
+                self.info.params.insert(name, value);
+            }
+            msg => return Some(msg),
+        }
+        None
     }
 
     /// Returns the next message if it can be had without waiting: one already buffered, or
@@ -119,12 +128,8 @@ impl Connection {
                 }
                 continue;
             };
-            match msg {
-                BackendMessage::NoticeResponse(n) => output::notice(&n),
-                BackendMessage::ParameterStatus { name, value } => {
-                    self.info.params.insert(name, value);
-                }
-                msg => return Ok(Some(msg)),
+            if let Some(msg) = self.absorb(msg) {
+                return Ok(Some(msg));
             }
         }
     }

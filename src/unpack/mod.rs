@@ -407,14 +407,15 @@ impl Writer {
         if let Some(f) = self.file.as_mut() {
             compress::write_all_vectored(&mut f.file, contents)
                 .map_err(Error::fs("write to file", &f.path))?;
-            let n = contents.iter().map(|d| d.len() as u64).sum();
-            f.written.wrote(self.writeback.as_ref(), &f.file, n);
+            let mut n = 0;
             for data in contents.iter() {
-                self.stats.bytes += data.len() as u64;
+                n += data.len() as u64;
                 if let Some(v) = self.verifier.as_mut() {
                     v.data(data);
                 }
             }
+            self.stats.bytes += n;
+            f.written.wrote(self.writeback.as_ref(), &f.file, n);
         }
         contents.clear();
         Ok(())
@@ -517,8 +518,8 @@ fn tablespace_oid(rel: &Path) -> Option<Oid> {
 /// Files from this size on get their blocks reserved before they are written.
 const PREALLOCATE_FROM: u64 = 1 << 20;
 
-/// Reserves a large file's blocks up front (the tar header gives its size): cheaper block
-/// allocation than delayed allocation piece by piece, and no space is found missing halfway.
+/// Reserves a large file's blocks up front (the tar header gives its size), so a full disk
+/// shows when the file starts, not halfway through it (measured neutral for speed on ext4).
 /// A filesystem that cannot preallocate is not an error.
 fn preallocate(file: &File, size: u64, path: &Path) -> Result<(), Error> {
     use std::os::unix::io::AsRawFd;
