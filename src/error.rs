@@ -120,7 +120,7 @@ pub enum Error {
     #[error("background WAL receiver terminated unexpectedly")]
     WalReceiver(#[source] Box<Self>),
     /// A termination signal arrived; what was created has been removed.
-    #[error("interrupted by {}", crate::signals::name(*.0))]
+    #[error("interrupted by {}", signal_name(*.0))]
     Interrupted(i32),
     /// The server sent nothing for too long.
     #[error("no data received from the server for {secs} s on the {connection} connection during {phase}; giving up (see --timeout)")]
@@ -195,6 +195,16 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
         cur = e.source();
     }
     out
+}
+
+/// Name of a signal number, for messages.
+pub fn signal_name(signo: i32) -> &'static str {
+    match signo {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
 }
 
 #[cfg(test)]

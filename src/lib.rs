@@ -2,51 +2,43 @@
 //! replication connection, runs BASE_BACKUP, unpacks the archives and makes the result durable.
 //!
 //! # Layout
-//! - `cli.rs`: flags as pg_basebackup spells them; `config.rs`: validated configuration
-//! - `conninfo.rs`: `key=value` connection strings; `conn/`: connecting and messaging
-//! - `server.rs`: version checks and the server facts the clone needs
-//! - `clone.rs`: one clone, start to finish; `backup.rs`: the BASE_BACKUP task
-//! - `unpack/`: the plain-format writer and its path policy
-//! - `wal/`: the WAL task (`-X stream`) and segment files; `recovery.rs`: `-R`
-//! - `dest.rs`: destination checks and cleanup; `sync.rs`: fsync
-//! - `tablespace.rs`: `-T` mappings; `progress.rs`: `-P`; `output.rs`: stderr
-//! - `signals.rs`: SIGINT/SIGTERM/SIGHUP; `error.rs`: the error type and exit codes
+//! One folder per stage of a clone, in the order a clone meets them. An arrow only ever points
+//! down this list (a sink never imports the clone run; `pgclone-proto` never imports this crate).
+//! - `options/`: the command line as pg_basebackup spells it (`cli`), validated into a `Config`
+//!   (`config`), `-T` mappings (`tablespace`)
+//! - `clone/`: one clone from start to finish (`run`), the BASE_BACKUP task (`backup`), `-P`
+//!   (`progress`), SIGINT/SIGTERM/SIGHUP (`signals`)
+//! - `wal/`: the WAL task of `-X stream`, segment files (`segment`), `pg_wal.tar` (`tarwal`)
+//! - `recovery.rs`: everything `-R` writes
+//! - `sink/`: where archive bytes land: the plain writer (`plain`, with its path policy), the tar
+//!   writer (`tar`), compression (`codec`), writeback and fsync (`writeback`, `durable`), the
+//!   destination's checks and cleanup (`dest`)
+//! - `manifest/`: `backup_manifest` parsing and checksums, the check while writing (`check`),
+//!   `pgclone verify` (`verify`)
+//! - `conn/`: connection strings (`conninfo`), `.pgpass` (`pgpass`), TLS (`tls`), connecting and
+//!   messaging, the server's facts (`server`)
+//! - `error.rs`: the error type and exit codes; `output.rs`: stderr
 
-pub mod backup;
-pub mod cli;
 pub mod clone;
-pub mod compress;
-pub mod config;
 pub mod conn;
-pub mod conninfo;
-pub mod dest;
 pub mod error;
-pub mod inflight;
 pub mod manifest;
+pub mod options;
 pub mod output;
-pub mod pgpass;
-pub mod progress;
 pub mod recovery;
-pub mod server;
-pub mod signals;
-pub mod sync;
-pub mod tablespace;
-pub mod tarout;
-pub mod unpack;
-pub mod verify;
+pub mod sink;
 pub mod wal;
-pub mod writeback;
 
 use std::process::ExitCode;
 
-use cli::Parsed;
-use config::Config;
+use options::cli::{self, Parsed};
+use options::Config;
 
 /// Runs pgclone with these arguments (including the program name) and returns its exit code.
 pub fn main_with_args(argv: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let argv: Vec<std::ffi::OsString> = argv.into_iter().collect();
     if argv.get(1).is_some_and(|a| a == "verify") {
-        return verify::main(&argv[2..]);
+        return manifest::verify::main(&argv[2..]);
     }
     let args = match cli::parse(argv) {
         Parsed::Exit => return ExitCode::SUCCESS,
@@ -63,7 +55,7 @@ pub fn main_with_args(argv: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
             .build()
             .map_err(|e| error::Error::Internal(format!("could not start the runtime: {e}")))?;
         runtime.block_on(async {
-            let interrupt = signals::Interrupt::install().map_err(|e| {
+            let interrupt = clone::signals::Interrupt::install().map_err(|e| {
                 error::Error::Internal(format!("could not install signal handlers: {e}"))
             })?;
             // On a worker thread, the task is woken by the I/O driver it runs beside; under

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use pgclone_proto::ServerVersion;
 
-use crate::conninfo::quote_value;
+use crate::conn::conninfo::quote_value;
 use crate::error::Error;
 
 /// What the standby needs to know to connect to its primary.
@@ -194,7 +194,7 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conninfo;
+    use crate::conn::conninfo;
 
     fn info(password: Option<&str>) -> PrimaryConnInfo {
         PrimaryConnInfo {

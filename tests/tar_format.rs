@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pgclone::compress::{self, ClientSpec, Method};
+use pgclone::sink::codec::{self, ClientSpec, Method};
 use support::{pgclone, tools_bin, Cluster, ClusterOptions, Load, TestDir};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -192,7 +192,7 @@ fn every_client_level_round_trips_through_the_standard_programs() {
                 Ok(())
             }
         }
-        let mut w = compress::writer(
+        let mut w = codec::writer(
             ClientSpec {
                 method,
                 level: Some(level),

@@ -1,5 +1,5 @@
 #![no_main]
-//! Arbitrary bytes as an archive member name (`unpack::path::member_path`: an accepted name is
+//! Arbitrary bytes as an archive member name (`plain::path::member_path`: an accepted name is
 //! relative, without `..` or NUL) and as a tar stream (`TarSplitter`, whole and in chunks).
 use libfuzzer_sys::fuzz_target;
 

@@ -185,7 +185,7 @@ pub fn tar_path_policy(data: &[u8]) {
 }
 
 fn check_member_path(name: &[u8]) {
-    if let Ok(path) = pgclone::unpack::path::member_path(name) {
+    if let Ok(path) = pgclone::sink::plain::path::member_path(name) {
         assert!(path.is_relative(), "accepted an absolute path: {path:?}");
         assert!(
             path.components().all(|c| matches!(c, Component::Normal(_))),

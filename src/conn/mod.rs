@@ -4,7 +4,10 @@
 //! [`Connection::read_message`] prints server notices as they arrive (the libpq way) and keeps
 //! ParameterStatus updates, so callers only see the messages they act on.
 
+pub mod conninfo;
 mod params;
+pub mod pgpass;
+pub mod server;
 pub mod tls;
 mod transport;
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::conninfo;
+use crate::conn::conninfo;
 use crate::error::Error;
 
 /// Default PostgreSQL port.
@@ -278,7 +278,7 @@ impl ConnParams {
         let password = get("password").map(Secret::new);
         let passfile = get("passfile")
             .map(PathBuf::from)
-            .or_else(crate::pgpass::default_path);
+            .or_else(crate::conn::pgpass::default_path);
         let explicit_app = get("application_name");
         let application_name = explicit_app
             .clone()
@@ -344,7 +344,7 @@ impl ConnParams {
             Host::Tcp(h) => h.clone(),
             Host::Unix(_) => "localhost".to_owned(),
         };
-        match crate::pgpass::lookup(
+        match crate::conn::pgpass::lookup(
             path,
             &host,
             &target.port.to_string(),

@@ -18,7 +18,7 @@ use pgclone_proto::tar::{build_header, MemberKind, BLOCK};
 use pgclone_proto::{Lsn, SegNo, TimelineId, WalSegSize};
 
 use super::WalSink;
-use crate::compress::{self, ArchiveWriter, ClientSpec};
+use crate::sink::codec::{self, ArchiveWriter, ClientSpec};
 use crate::error::Error;
 
 /// Writes WAL into one tar archive.
@@ -59,7 +59,7 @@ impl TarWalWriter {
             .open(&path)
             .map_err(Error::fs("create file", &path))?;
         let clone = file.try_clone().map_err(Error::fs("open", &path))?;
-        let out = compress::writer(spec, file).map_err(Error::fs("start compressing", &path))?;
+        let out = codec::writer(spec, file).map_err(Error::fs("start compressing", &path))?;
         Ok(Self {
             path,
             out: Some(out),

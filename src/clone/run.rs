@@ -14,18 +14,18 @@ use pgclone_proto::startup::AuthMethod;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{self, Job, Outcome, Sink, WalLink};
-use crate::compress::{ClientSpec, Compression, Method};
-use crate::config::{Config, Format, Output, WalMethod};
+use crate::clone::backup::{self, Job, Outcome, Sink, WalLink};
+use crate::sink::codec::{ClientSpec, Compression, Method};
+use crate::options::config::{Config, Format, Output, WalMethod};
 use crate::conn::{self, ChannelBinding, ConnParams, Connection, Prompt, RootCert, SslMode};
-use crate::dest::{self, Cleanup};
+use crate::sink::dest::{self, Cleanup};
 use crate::error::Error;
 use crate::manifest::ChecksumAlgorithm;
 use crate::recovery::{self, PrimaryConnInfo};
-use crate::server::{self, ServerFacts};
-use crate::sync;
-use crate::tarout::{RecoveryFiles, TarLayout};
-use crate::unpack::{Layout, MANIFEST_TMP};
+use crate::conn::server::{self, ServerFacts};
+use crate::sink::durable;
+use crate::sink::tar::{RecoveryFiles, TarLayout};
+use crate::sink::plain::{Layout, MANIFEST_TMP};
 use crate::wal::{self, Slot, WalConfig, WalOutput};
 
 /// Runs the clone described by `cfg`. Cancelling `interrupt` (a signal) stops every task and
@@ -381,17 +381,17 @@ async fn finish(cfg: &Config, outcome: &Outcome) -> Result<(), Error> {
         let sync = !cfg.no_sync;
         if sync {
             tracing::info!("syncing data to disk ...");
-            sync::sync_tree(&cfg.dest)?;
+            durable::sync_tree(&cfg.dest)?;
             for dir in outcome.tablespace_dirs.iter().chain(&cfg.waldir) {
-                sync::sync_tree(dir)?;
+                durable::sync_tree(dir)?;
             }
             if let Some(parent) = cfg.dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-                sync::sync_path(parent)?;
+                durable::sync_path(parent)?;
             }
         }
         if outcome.manifest {
             tracing::info!("renaming {MANIFEST_TMP} to backup_manifest");
-            sync::durable_rename(
+            durable::durable_rename(
                 &cfg.dest.join(MANIFEST_TMP),
                 &cfg.dest.join("backup_manifest"),
                 sync,

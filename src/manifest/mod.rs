@@ -28,6 +28,9 @@
 //! # }
 //! ```
 
+pub mod check;
+pub mod verify;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;

@@ -1,5 +1,5 @@
 //! Command-line flags, spelled as pg_basebackup spells them, and nothing else: no validation
-//! beyond what clap does, no system calls. [`crate::config`] turns them into a checked config.
+//! beyond what clap does, no system calls. [`crate::options::config`] turns them into a checked config.
 
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -15,15 +15,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::options::config::Config;
 use crate::conn::Connection;
-use crate::dest::Cleanup;
+use crate::sink::dest::Cleanup;
 use crate::error::Error;
-use crate::progress::Progress;
-use crate::server::ServerFacts;
-use crate::tablespace::canonicalize;
-use crate::tarout::{self, TarLayout};
-use crate::unpack::{self, ArchiveRoot, Chunk, Layout, Stats};
+use crate::clone::progress::Progress;
+use crate::conn::server::ServerFacts;
+use crate::options::tablespace::canonicalize;
+use crate::sink::tar::{self, TarLayout};
+use crate::sink::plain::{self, ArchiveRoot, Chunk, Layout, Stats};
 
 /// Batches in flight to the decompressing thread: 16 × 256 kB ≈ 4 MB.
 const CHANNEL_DEPTH: usize = 16;
@@ -149,8 +149,8 @@ pub enum Sink {
 /// server compressed are decompressed on a blocking thread fed through a bounded channel, as
 /// the decoder pulls its input.
 enum Unpacker {
-    Plain(Box<unpack::Inline>),
-    Tar(Box<tarout::Inline>),
+    Plain(Box<plain::Inline>),
+    Tar(Box<tar::Inline>),
     Discard(Stats),
     Thread {
         tx: mpsc::Sender<Chunk>,
@@ -163,11 +163,11 @@ impl Unpacker {
         match sink {
             Sink::Plain(layout) if server_compressed => {
                 let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-                let handle = tokio::task::spawn_blocking(move || unpack::run(rx, layout));
+                let handle = tokio::task::spawn_blocking(move || plain::run(rx, layout));
                 Self::Thread { tx, handle }
             }
-            Sink::Plain(layout) => Self::Plain(Box::new(unpack::Inline::new(layout))),
-            Sink::Tar(layout) => Self::Tar(Box::new(tarout::Inline::new(layout))),
+            Sink::Plain(layout) => Self::Plain(Box::new(plain::Inline::new(layout))),
+            Sink::Tar(layout) => Self::Tar(Box::new(tar::Inline::new(layout))),
             Sink::Discard => Self::Discard(Stats::default()),
         }
     }
@@ -459,5 +459,5 @@ fn discard(stats: &mut Stats, chunk: &Chunk) {
 
 /// Whether the server was asked to compress its archives.
 fn server_compressed(cfg: &Config) -> bool {
-    matches!(cfg.compression, crate::compress::Compression::Server { .. })
+    matches!(cfg.compression, crate::sink::codec::Compression::Server { .. })
 }

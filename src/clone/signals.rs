@@ -12,21 +12,13 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+use crate::error::signal_name;
+
 /// The first termination signal received, and a token cancelled when it arrives.
 #[derive(Debug, Clone)]
 pub struct Interrupt {
     token: CancellationToken,
     signal: Arc<AtomicI32>,
-}
-
-/// Name of a signal number, for messages.
-pub fn name(signo: i32) -> &'static str {
-    match signo {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGHUP => "SIGHUP",
-        _ => "a signal",
-    }
 }
 
 impl Interrupt {
@@ -56,12 +48,12 @@ impl Interrupt {
                     .compare_exchange(0, signo, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok();
                 if first {
-                    tracing::info!("received {}, cleaning up", name(signo));
+                    tracing::info!("received {}, cleaning up", signal_name(signo));
                     listener.token.cancel();
                 } else if signo != libc::SIGHUP {
                     eprintln!(
                         "pgclone: error: interrupted again by {}, exiting at once",
-                        name(signo)
+                        signal_name(signo)
                     );
                     std::process::exit(128 + signo);
                 }

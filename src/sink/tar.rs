@@ -20,12 +20,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use pgclone_proto::tar::{build_header, Member, MemberKind, TarEvent, TarSplitter, BLOCK};
 
-use crate::compress::{self, ArchiveWriter, ClientSpec, Method};
+use crate::sink::codec::{self, ArchiveWriter, ClientSpec, Method};
 use crate::error::Error;
-use crate::inflight::Verifier;
+use crate::manifest::check::Verifier;
 use crate::manifest::ChecksumAlgorithm;
-use crate::unpack::{Chunk, Stats, MANIFEST_TMP};
-use crate::writeback::{TrackedFile, Writeback};
+use crate::sink::plain::{Chunk, Stats, MANIFEST_TMP};
+use crate::sink::writeback::{TrackedFile, Writeback};
 
 /// Largest `postgresql.auto.conf` the injector buffers.
 const MAX_AUTO_CONF: usize = 16 << 20;
@@ -120,8 +120,8 @@ impl Writer {
                 server_terminated,
             } => {
                 let (base, oid) = match root {
-                    crate::unpack::ArchiveRoot::Base => (true, None),
-                    crate::unpack::ArchiveRoot::Tablespace { oid, .. } => (false, Some(oid)),
+                    crate::sink::plain::ArchiveRoot::Base => (true, None),
+                    crate::sink::plain::ArchiveRoot::Tablespace { oid, .. } => (false, Some(oid)),
                 };
                 let archive = self.open(name, base, server_terminated)?;
                 if let Some(v) = self.verifier.as_mut() {
@@ -241,7 +241,7 @@ impl Writer {
                 None => (Box::new(std::io::stdout()), None, "standard output".into()),
             };
         let writer =
-            compress::writer(spec, sink).map_err(Error::fs("start compressing", path.clone()))?;
+            codec::writer(spec, sink).map_err(Error::fs("start compressing", path.clone()))?;
         let rewrite = (!server_compressed
             && base
             && (self.layout.recovery.is_some() || self.layout.dir.is_none()))

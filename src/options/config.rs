@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use pgclone_proto::basebackup::{Checkpoint, ManifestOption, Target, MAX_RATE_RANGE};
 
-use crate::cli::Args;
-use crate::compress::{self, Compression, Method};
+use crate::options::cli::Args;
+use crate::sink::codec::{self, Compression, Method};
 use crate::conn::{ConnFlags, ConnParams};
 use crate::error::Error;
-use crate::tablespace::TablespaceMapping;
+use crate::options::tablespace::TablespaceMapping;
 
 /// How WAL gets into the clone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,8 +145,8 @@ impl Config {
             (None, false) => Output::Dir,
         };
         let compression = match (&args.compress, args.gzip) {
-            (Some(spec), _) => compress::spec::parse(spec, target.is_some())?,
-            (None, true) => compress::spec::parse("gzip", target.is_some())?,
+            (Some(spec), _) => codec::spec::parse(spec, target.is_some())?,
+            (None, true) => codec::spec::parse("gzip", target.is_some())?,
             (None, false) => Compression::NONE,
         };
         let client_compressed = compression.client().method != Method::None;
@@ -434,7 +434,7 @@ pub fn parse_max_rate(src: &str) -> Result<u32, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{parse, Parsed};
+    use crate::options::cli::{parse, Parsed};
 
     fn config(argv: &[&str]) -> Result<Config, Error> {
         let Parsed::Run(args) = parse(std::iter::once("pgclone").chain(argv.iter().copied()))

@@ -28,11 +28,11 @@ use pgclone_proto::tar::{Member, MemberKind, TarEvent, TarSplitter};
 use pgclone_proto::Oid;
 use tokio::sync::mpsc;
 
-use crate::compress::{self, Method};
+use crate::sink::codec::{self, Method};
 use crate::error::Error;
-use crate::inflight::Verifier;
+use crate::manifest::check::Verifier;
 use crate::manifest::ChecksumAlgorithm;
-use crate::writeback::{FileProgress, Writeback};
+use crate::sink::writeback::{FileProgress, Writeback};
 
 /// Name of the manifest while it is being written; renamed once the backup is synced.
 pub const MANIFEST_TMP: &str = "backup_manifest.tmp";
@@ -130,7 +130,7 @@ pub fn run(mut rx: mpsc::Receiver<Chunk>, layout: Layout) -> Result<Stats, Error
                     ended: false,
                 };
                 {
-                    let mut decoder = compress::reader(method, &mut reader)
+                    let mut decoder = codec::reader(method, &mut reader)
                         .map_err(|e| decode_error(&name, e))?;
                     let mut buf = vec![0u8; 256 * 1024];
                     loop {
@@ -405,7 +405,7 @@ impl Writer {
             return Ok(());
         }
         if let Some(f) = self.file.as_mut() {
-            compress::write_all_vectored(&mut f.file, contents)
+            codec::write_all_vectored(&mut f.file, contents)
                 .map_err(Error::fs("write to file", &f.path))?;
             let mut n = 0;
             for data in contents.iter() {
