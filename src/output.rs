@@ -11,7 +11,12 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Formats every event as `pgclone: [warning: |error: ]message`.
+/// The `tracing` target of messages already worded in full the libpq way (`WARNING: ...`):
+/// they are printed as they are, without the `pgclone:` prefix.
+pub const VERBATIM: &str = "pgclone::verbatim";
+
+/// Formats every event as `pgclone: [warning: |error: ]message`, or as the bare message for
+/// the [`VERBATIM`] target.
 struct Plain;
 
 impl<S, N> FormatEvent<S, N> for Plain
@@ -25,6 +30,10 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        if event.metadata().target() == VERBATIM {
+            ctx.field_format().format_fields(writer.by_ref(), event)?;
+            return writeln!(writer);
+        }
         write!(writer, "pgclone: ")?;
         match *event.metadata().level() {
             Level::WARN => write!(writer, "warning: ")?,

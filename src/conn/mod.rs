@@ -5,6 +5,7 @@
 //! ParameterStatus updates, so callers only see the messages they act on.
 
 pub mod conninfo;
+mod os_user;
 mod params;
 pub mod pgpass;
 pub mod server;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::conn::conninfo;
+use crate::conn::{conninfo, os_user};
 use crate::error::Error;
 
 /// Default PostgreSQL port.
@@ -165,23 +165,31 @@ impl Default for Keepalives {
     }
 }
 
-fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, Error> {
-    value.trim().parse().map_err(|_| {
-        Error::Usage(format!(
-            "invalid integer value \"{value}\" for connection option \"{key}\""
-        ))
-    })
+impl Prompt {
+    /// `-W` wins over `-w`; neither means "if needed".
+    fn from_flags(flags: &ConnFlags<'_>) -> Self {
+        if flags.password {
+            Self::Always
+        } else if flags.no_password {
+            Self::Never
+        } else {
+            Self::IfNeeded
+        }
+    }
 }
 
-impl ConnParams {
-    /// Resolves the parameters: flags over `-d` over environment (`env`) over defaults, key
-    /// by key, as pg_basebackup with libpq.
-    pub fn resolve(
+/// The connection settings in force, key by key (libpq's names): the environment, the `-d`
+/// connection string over it, the `-h`/`-p`/`-U` flags over both. An empty value counts as
+/// unset at every level. No defaults are filled in.
+struct Settings(BTreeMap<String, String>);
+
+impl Settings {
+    /// Layers the sources in order of precedence, lowest first.
+    fn layer(
         flags: &ConnFlags<'_>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, Error> {
-        // Environment first, then the connection string over it, then the flags over both.
-        let mut settings: BTreeMap<String, String> = BTreeMap::new();
+        let mut settings = BTreeMap::new();
         for (var, key) in conninfo::ENV_VARS {
             if let Some(v) = env(var).filter(|v| !v.is_empty()) {
                 settings.insert((*key).to_owned(), v);
@@ -200,126 +208,60 @@ impl ConnParams {
                 settings.insert(key.to_owned(), v.to_owned());
             }
         }
-        let get = |key: &str| settings.get(key).cloned();
+        Ok(Self(settings))
+    }
 
-        let hosts: Vec<Host> = match get("host") {
-            Some(h) => conninfo::split_list(&h)
-                .iter()
-                .map(|h| {
-                    if h.is_empty() {
-                        default_socket_dir()
-                    } else {
-                        Host::parse(h)
-                    }
-                })
-                .collect(),
-            None => vec![default_socket_dir()],
+    /// The value of `key`, if set.
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// The value of `key` as a number, if set; `invalid integer value` names the key.
+    fn number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, Error> {
+        let Some(value) = self.get(key) else {
+            return Ok(None);
         };
-        let ports: Vec<u16> = match get("port") {
-            Some(p) => conninfo::split_list(&p)
-                .iter()
-                .map(|p| {
-                    if p.trim().is_empty() {
-                        Ok(DEFAULT_PORT)
-                    } else {
-                        p.trim()
-                            .parse::<u16>()
-                            .ok()
-                            .filter(|p| *p != 0)
-                            .ok_or_else(|| Error::Usage(format!("invalid port number: \"{p}\"")))
-                    }
-                })
-                .collect::<Result<_, _>>()?,
-            None => vec![DEFAULT_PORT],
-        };
-        let addrs: Vec<Option<std::net::IpAddr>> = match get("hostaddr") {
-            Some(a) => conninfo::split_list(&a)
-                .iter()
-                .map(|a| {
-                    if a.is_empty() {
-                        Ok(None)
-                    } else {
-                        a.parse().map(Some).map_err(|_| {
-                            Error::Usage(format!("could not parse network address \"{a}\""))
-                        })
-                    }
-                })
-                .collect::<Result<_, _>>()?,
-            None => Vec::new(),
-        };
-        if ports.len() != 1 && ports.len() != hosts.len() {
-            return Err(Error::Usage(format!(
-                "could not match {} port numbers to {} hosts",
-                ports.len(),
-                hosts.len()
-            )));
-        }
-        if !addrs.is_empty() && addrs.len() != hosts.len() {
-            return Err(Error::Usage(format!(
-                "could not match {} host names to {} hostaddr values",
-                hosts.len(),
-                addrs.len()
-            )));
-        }
-        let targets = hosts
-            .into_iter()
-            .enumerate()
-            .map(|(i, host)| Target {
-                host,
-                port: *ports.get(i).or(ports.first()).unwrap_or(&DEFAULT_PORT),
-                hostaddr: addrs.get(i).copied().flatten(),
-            })
-            .collect();
+        value.trim().parse().map(Some).map_err(|_| {
+            Error::Usage(format!(
+                "invalid integer value \"{value}\" for connection option \"{key}\""
+            ))
+        })
+    }
+}
+
+impl ConnParams {
+    /// Resolves the parameters: flags over `-d` over environment (`env`) over defaults, key
+    /// by key, as pg_basebackup with libpq. The first invalid setting fails, checked in the
+    /// order hosts and ports, user, TLS, `connect_timeout`, keepalives.
+    pub fn resolve(
+        flags: &ConnFlags<'_>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, Error> {
+        let settings = Settings::layer(flags, env)?;
+        let get = |key: &str| settings.get(key).map(str::to_owned);
+        let targets = targets(&settings)?;
         let user = match get("user") {
             Some(u) => u,
-            None => os_user_name()
+            None => os_user::name()
                 .ok_or_else(|| Error::Usage("could not determine the user name; use -U".into()))?,
         };
-        let password = get("password").map(Secret::new);
-        let passfile = get("passfile")
-            .map(PathBuf::from)
-            .or_else(crate::conn::pgpass::default_path);
         let explicit_app = get("application_name");
         let application_name = explicit_app
             .clone()
             .or_else(|| get("fallback_application_name"))
             .unwrap_or_else(|| "pgclone".into());
-        let tls = tls_settings(&|key, _var| get(key))?;
-        let connect_timeout = match get("connect_timeout") {
-            // libpq: values below 2 seconds are raised to 2; 0 or negative means none.
-            Some(v) => match number::<i64>("connect_timeout", &v)? {
-                n if n <= 0 => None,
-                n => Some(std::time::Duration::from_secs(n.max(2) as u64)),
-            },
-            None => None,
-        };
-        let mut keepalives = Keepalives::default();
-        if let Some(v) = get("keepalives") {
-            keepalives.enabled = number::<i64>("keepalives", &v)? != 0;
-        }
-        if let Some(v) = get("keepalives_idle") {
-            keepalives.idle = number("keepalives_idle", &v)?;
-        }
-        if let Some(v) = get("keepalives_interval") {
-            keepalives.interval = number("keepalives_interval", &v)?;
-        }
-        if let Some(v) = get("keepalives_count") {
-            keepalives.count = number("keepalives_count", &v)?;
-        }
-        let prompt = if flags.password {
-            Prompt::Always
-        } else if flags.no_password {
-            Prompt::Never
-        } else {
-            Prompt::IfNeeded
-        };
+        let tls = tls_settings(&settings)?;
+        let connect_timeout = connect_timeout(&settings)?;
+        let keepalives = keepalives(&settings)?;
         Ok(Self {
             targets,
             user,
-            password,
+            password: get("password").map(Secret::new),
             password_from_file: None,
-            passfile,
-            prompt,
+            passfile: get("passfile")
+                .map(PathBuf::from)
+                .or_else(crate::conn::pgpass::default_path),
+            prompt: Prompt::from_flags(flags),
             application_name,
             application_name_explicit: explicit_app.is_some(),
             dbname: get("dbname"),
@@ -333,8 +275,9 @@ impl ConnParams {
     }
 
     /// Looks the password up in the passfile for `target` (libpq's rules: a socket connection
-    /// is `localhost`, the database is `replication`), unless one is already known. Warnings
-    /// about an unsafe passfile are printed, and the file is then ignored.
+    /// is `localhost`, the database is `replication`), unless one is already known. A passfile
+    /// that is unsafe or unreadable is ignored after a warning, worded as libpq's and logged
+    /// as it is (no `pgclone:` prefix).
     pub fn password_for(&self, target: &Target) -> Option<Secret> {
         if let Some(p) = &self.password {
             return Some(p.clone());
@@ -353,53 +296,147 @@ impl ConnParams {
         ) {
             Ok(found) => found.map(Secret::new),
             Err(warning) => {
-                eprintln!("{warning}");
+                tracing::warn!(target: crate::output::VERBATIM, "{warning}");
                 None
             }
         }
     }
 }
 
+/// The hosts to try with their ports and addresses: `host`, `port` and `hostaddr` are
+/// comma-separated lists; one port serves every host, otherwise the counts must match.
+fn targets(settings: &Settings) -> Result<Vec<Target>, Error> {
+    let hosts = hosts(settings.get("host"));
+    let ports = ports(settings.get("port"))?;
+    let addrs = hostaddrs(settings.get("hostaddr"))?;
+    if ports.len() != 1 && ports.len() != hosts.len() {
+        return Err(Error::Usage(format!(
+            "could not match {} port numbers to {} hosts",
+            ports.len(),
+            hosts.len()
+        )));
+    }
+    if !addrs.is_empty() && addrs.len() != hosts.len() {
+        return Err(Error::Usage(format!(
+            "could not match {} host names to {} hostaddr values",
+            hosts.len(),
+            addrs.len()
+        )));
+    }
+    Ok(hosts
+        .into_iter()
+        .enumerate()
+        .map(|(i, host)| Target {
+            host,
+            port: *ports.get(i).or(ports.first()).unwrap_or(&DEFAULT_PORT),
+            hostaddr: addrs.get(i).copied().flatten(),
+        })
+        .collect())
+}
+
+/// The `host` list; an empty element (or no `host`) is the default socket directory.
+fn hosts(value: Option<&str>) -> Vec<Host> {
+    let Some(value) = value else {
+        return vec![default_socket_dir()];
+    };
+    conninfo::split_list(value)
+        .iter()
+        .map(|h| {
+            if h.is_empty() {
+                default_socket_dir()
+            } else {
+                Host::parse(h)
+            }
+        })
+        .collect()
+}
+
+/// The `port` list; an empty element (or no `port`) is 5432, 0 is invalid.
+fn ports(value: Option<&str>) -> Result<Vec<u16>, Error> {
+    let Some(value) = value else {
+        return Ok(vec![DEFAULT_PORT]);
+    };
+    conninfo::split_list(value)
+        .iter()
+        .map(|p| {
+            if p.trim().is_empty() {
+                return Ok(DEFAULT_PORT);
+            }
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| Error::Usage(format!("invalid port number: \"{p}\"")))
+        })
+        .collect()
+}
+
+/// The `hostaddr` list (empty when not set); an empty element means "resolve the host name".
+fn hostaddrs(value: Option<&str>) -> Result<Vec<Option<std::net::IpAddr>>, Error> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    conninfo::split_list(value)
+        .iter()
+        .map(|a| {
+            if a.is_empty() {
+                return Ok(None);
+            }
+            a.parse().map(Some).map_err(|_| {
+                Error::Usage(format!("could not parse network address \"{a}\""))
+            })
+        })
+        .collect()
+}
+
+/// `connect_timeout`, as libpq reads it: values below 2 seconds are raised to 2; 0 or
+/// negative means none.
+fn connect_timeout(settings: &Settings) -> Result<Option<std::time::Duration>, Error> {
+    Ok(match settings.number::<i64>("connect_timeout")? {
+        None => None,
+        Some(n) if n <= 0 => None,
+        Some(n) => Some(std::time::Duration::from_secs(n.max(2) as u64)),
+    })
+}
+
+/// `keepalives` (0 turns them off) and `keepalives_{idle,interval,count}` over the defaults.
+fn keepalives(settings: &Settings) -> Result<Keepalives, Error> {
+    let mut keepalives = Keepalives::default();
+    if let Some(n) = settings.number::<i64>("keepalives")? {
+        keepalives.enabled = n != 0;
+    }
+    if let Some(n) = settings.number("keepalives_idle")? {
+        keepalives.idle = n;
+    }
+    if let Some(n) = settings.number("keepalives_interval")? {
+        keepalives.interval = n;
+    }
+    if let Some(n) = settings.number("keepalives_count")? {
+        keepalives.count = n;
+    }
+    Ok(keepalives)
+}
+
 /// TLS settings from the connection string and environment, with libpq's defaults:
 /// `sslmode=prefer`, `~/.postgresql/root.crt` and `postgresql.{crt,key}` when they exist,
 /// `sslrootcert=system` implying `verify-full`.
-fn tls_settings(
-    pick: &dyn Fn(&str, &str) -> Option<String>,
-) -> Result<super::tls::TlsSettings, Error> {
+fn tls_settings(settings: &Settings) -> Result<super::tls::TlsSettings, Error> {
     use super::tls::{default_file, ChannelBinding, RootCert, SslMode, TlsSettings};
-    let root = pick("sslrootcert", "PGSSLROOTCERT");
-    let mode = match pick("sslmode", "PGSSLMODE") {
-        Some(m) => SslMode::parse(&m)?,
-        None if root.as_deref() == Some("system") => SslMode::VerifyFull,
+    let root = settings.get("sslrootcert");
+    let mode = match settings.get("sslmode") {
+        Some(m) => SslMode::parse(m)?,
+        None if root == Some("system") => SslMode::VerifyFull,
         None => SslMode::Prefer,
     };
-    let root_cert = match root.as_deref() {
+    let root_cert = match root {
         Some("system") => Some(RootCert::System),
         Some(path) => Some(RootCert::File(PathBuf::from(path))),
         None => default_file("root.crt")
             .filter(|p| p.is_file())
             .map(RootCert::File),
     };
-    let cert = pick("sslcert", "PGSSLCERT");
-    let key = pick("sslkey", "PGSSLKEY");
-    let explicit = cert.is_some() || key.is_some();
-    let cert = cert
-        .map(PathBuf::from)
-        .or_else(|| default_file("postgresql.crt"));
-    let key = key
-        .map(PathBuf::from)
-        .or_else(|| default_file("postgresql.key"));
-    let client_cert = match (cert, key) {
-        (Some(c), Some(k)) if c.is_file() && k.is_file() => Some((c, k)),
-        (Some(c), _) if explicit && !c.is_file() => {
-            return Err(Error::Tls(format!(
-                "could not open certificate file \"{}\"",
-                c.display()
-            )))
-        }
-        _ => None,
-    };
-    let direct = match pick("sslnegotiation", "PGSSLNEGOTIATION").as_deref() {
+    let client_cert = client_cert(settings)?;
+    let direct = match settings.get("sslnegotiation") {
         None | Some("postgres") => false,
         Some("direct") => true,
         Some(other) => {
@@ -408,8 +445,8 @@ fn tls_settings(
             )))
         }
     };
-    let channel_binding = match pick("channel_binding", "PGCHANNELBINDING") {
-        Some(v) => ChannelBinding::parse(&v)?,
+    let channel_binding = match settings.get("channel_binding") {
+        Some(v) => ChannelBinding::parse(v)?,
         None => ChannelBinding::Prefer,
     };
     if direct && !mode.requires_tls() {
@@ -423,7 +460,7 @@ fn tls_settings(
         ));
     }
     Ok(TlsSettings {
-        crl: pick("sslcrl", "PGSSLCRL").map(PathBuf::from),
+        crl: settings.get("sslcrl").map(PathBuf::from),
         mode,
         root_cert_explicit: root.is_some(),
         root_cert,
@@ -433,6 +470,29 @@ fn tls_settings(
     })
 }
 
+/// `sslcert` and `sslkey`, or `~/.postgresql/postgresql.{crt,key}`: used when both files
+/// exist. A certificate given explicitly (either setting) that does not exist is an error.
+fn client_cert(settings: &Settings) -> Result<Option<(PathBuf, PathBuf)>, Error> {
+    use super::tls::default_file;
+    let cert = settings.get("sslcert");
+    let key = settings.get("sslkey");
+    let explicit = cert.is_some() || key.is_some();
+    let cert = cert
+        .map(PathBuf::from)
+        .or_else(|| default_file("postgresql.crt"));
+    let key = key
+        .map(PathBuf::from)
+        .or_else(|| default_file("postgresql.key"));
+    match (cert, key) {
+        (Some(c), Some(k)) if c.is_file() && k.is_file() => Ok(Some((c, k))),
+        (Some(c), _) if explicit && !c.is_file() => Err(Error::Tls(format!(
+            "could not open certificate file \"{}\"",
+            c.display()
+        ))),
+        _ => Ok(None),
+    }
+}
+
 /// libpq's default: the Unix socket directory (Debian's, else the upstream default).
 fn default_socket_dir() -> Host {
     let debian = Path::new("/var/run/postgresql");
@@ -440,39 +500,6 @@ fn default_socket_dir() -> Host {
         Host::Unix(debian.to_path_buf())
     } else {
         Host::Unix(PathBuf::from("/tmp"))
-    }
-}
-
-/// The name of the effective user, as libpq finds it (getpwuid).
-fn os_user_name() -> Option<String> {
-    let uid = passwd::geteuid();
-    passwd::user_name(uid).or_else(|| std::env::var("USER").ok())
-}
-
-/// The libc calls needed for the user name, kept in one place.
-mod passwd {
-    use std::ffi::CStr;
-
-    pub(super) fn geteuid() -> libc::uid_t {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        unsafe { libc::geteuid() }
-    }
-
-    pub(super) fn user_name(uid: libc::uid_t) -> Option<String> {
-        let mut buf = vec![0 as libc::c_char; 4096];
-        // SAFETY: all-zero is a valid passwd value (null pointers, zero ids).
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: buf and pwd outlive the call, buflen is buf's length; getpwuid_r writes only
-        // into them and sets result to &pwd or null.
-        let rc =
-            unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
-        if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
-            return None;
-        }
-        // SAFETY: on success pw_name points to a NUL-terminated string inside buf.
-        let name = unsafe { CStr::from_ptr(pwd.pw_name) };
-        name.to_str().ok().map(str::to_owned)
     }
 }
 
