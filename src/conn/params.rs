@@ -185,10 +185,7 @@ struct Settings(BTreeMap<String, String>);
 
 impl Settings {
     /// Layers the sources in order of precedence, lowest first.
-    fn layer(
-        flags: &ConnFlags<'_>,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, Error> {
+    fn layer(flags: &ConnFlags<'_>, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Error> {
         let mut settings = BTreeMap::new();
         for (var, key) in conninfo::ENV_VARS {
             if let Some(v) = env(var).filter(|v| !v.is_empty()) {
@@ -382,9 +379,9 @@ fn hostaddrs(value: Option<&str>) -> Result<Vec<Option<std::net::IpAddr>>, Error
             if a.is_empty() {
                 return Ok(None);
             }
-            a.parse().map(Some).map_err(|_| {
-                Error::Usage(format!("could not parse network address \"{a}\""))
-            })
+            a.parse()
+                .map(Some)
+                .map_err(|_| Error::Usage(format!("could not parse network address \"{a}\"")))
         })
         .collect()
 }
