@@ -165,21 +165,16 @@ fn tls_error(what: impl fmt::Display) -> Error {
     Error::Tls(what.to_string())
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| {
-            tls_error(format!(
-                "could not read certificate file \"{}\": {e}",
-                path.display()
-            ))
-        })?
-        .collect();
-    certs.map_err(|e| {
-        tls_error(format!(
-            "could not read certificate file \"{}\": {e}",
-            path.display()
-        ))
-    })
+/// Every PEM object of type `T` in the file at `path`; `what` names the file in errors
+/// (`certificate file`, `CRL file`).
+fn read_pem<T: PemObject>(path: &Path, what: &str) -> Result<Vec<T>, Error> {
+    let error = |e: rustls::pki_types::pem::Error| {
+        tls_error(format!("could not read {what} \"{}\": {e}", path.display()))
+    };
+    T::pem_file_iter(path)
+        .map_err(error)?
+        .collect::<Result<_, _>>()
+        .map_err(error)
 }
 
 /// The rustls configuration for these settings.
@@ -188,66 +183,14 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, Error>
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(tls_error)?;
-    let verify = match (settings.mode, &settings.root_cert) {
-        (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
-            let path =
-                default_file("root.crt").unwrap_or_else(|| PathBuf::from("~/.postgresql/root.crt"));
-            return Err(tls_error(format!(
-                "root certificate file \"{}\" does not exist\nHINT:  Either provide the file, use the system's trusted roots with sslrootcert=system, or change sslmode to disable server certificate verification.",
-                path.display()
-            )));
-        }
-        (SslMode::VerifyFull, Some(root)) => Some((root, true)),
-        (SslMode::VerifyCa | SslMode::Require, Some(root)) => Some((root, false)),
-        _ => None,
-    };
-    let builder = match verify {
-        None => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider))),
-        Some((root, check_name)) => {
-            let mut roots = RootCertStore::empty();
-            match root {
-                RootCert::File(path) => {
-                    for cert in load_certs(path)? {
-                        roots.add(cert).map_err(tls_error)?;
-                    }
-                }
-                RootCert::System => {
-                    let found = rustls_native_certs::load_native_certs();
-                    for cert in found.certs {
-                        let _ = roots.add(cert);
-                    }
-                }
-            }
-            let mut verifier =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider);
-            if let Some(crl) = &settings.crl {
-                let crls: Result<Vec<_>, _> = CertificateRevocationListDer::pem_file_iter(crl)
-                    .map_err(|e| {
-                        tls_error(format!(
-                            "could not read CRL file \"{}\": {e}",
-                            crl.display()
-                        ))
-                    })?
-                    .collect();
-                verifier = verifier.with_crls(crls.map_err(|e| {
-                    tls_error(format!(
-                        "could not read CRL file \"{}\": {e}",
-                        crl.display()
-                    ))
-                })?);
-            }
-            let inner = verifier.build().map_err(tls_error)?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Verifier { inner, check_name }))
-        }
-    };
+    let verifier = Verifier::for_settings(settings, provider)?;
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
     let mut config = match &settings.client_cert {
         Some((cert, key)) => {
             check_key_permissions(key)?;
-            let chain = load_certs(cert)?;
+            let chain = read_pem(cert, "certificate file")?;
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
                 tls_error(format!(
                     "could not load private key file \"{}\": {e}",
@@ -264,6 +207,26 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, Error>
         config.alpn_protocols = vec![b"postgresql".to_vec()];
     }
     Ok(Arc::new(config))
+}
+
+/// The trusted roots: a PEM file's certificates, or the operating system's (those it cannot
+/// use are skipped).
+fn root_store(root: &RootCert) -> Result<RootCertStore, Error> {
+    let mut roots = RootCertStore::empty();
+    match root {
+        RootCert::File(path) => {
+            for cert in read_pem(path, "certificate file")? {
+                roots.add(cert).map_err(tls_error)?;
+            }
+        }
+        RootCert::System => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    Ok(roots)
 }
 
 /// libpq refuses a private key others can read.
@@ -359,61 +322,64 @@ fn signature_algorithm_oid(cert: &[u8]) -> Option<&[u8]> {
     Some(oid)
 }
 
-/// `require`/`prefer`/`allow` without a root file: encryption without authentication, as
-/// libpq. Handshake signatures are still checked.
-#[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca` (chain only) and `verify-full` (chain and name).
+/// How the server's certificate is checked, as `sslmode` and `sslrootcert` say:
+/// - no chain check (`prefer`, `allow`, `require` without a root file): encryption without
+///   authentication, as libpq; handshake signatures are still checked;
+/// - the chain (`verify-ca`, `require` with a root file), with `sslcrl` if set;
+/// - the chain and the host name (`verify-full`).
 #[derive(Debug)]
 struct Verifier {
-    inner: Arc<WebPkiServerVerifier>,
+    /// The chain check; `None` accepts any certificate.
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    /// Whether the certificate must name the host.
     check_name: bool,
+    /// Its signature algorithms check the handshake.
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl Verifier {
+    /// The verifier for these settings; fails when a chain check has no root certificate or
+    /// its files cannot be read.
+    fn for_settings(
+        settings: &TlsSettings,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self, Error> {
+        let (root, check_name) = match (settings.mode, &settings.root_cert) {
+            (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+                let path = default_file("root.crt")
+                    .unwrap_or_else(|| PathBuf::from("~/.postgresql/root.crt"));
+                return Err(tls_error(format!(
+                    "root certificate file \"{}\" does not exist\nHINT:  Either provide the file, use the system's trusted roots with sslrootcert=system, or change sslmode to disable server certificate verification.",
+                    path.display()
+                )));
+            }
+            (SslMode::VerifyFull, Some(root)) => (root, true),
+            (SslMode::VerifyCa | SslMode::Require, Some(root)) => (root, false),
+            _ => {
+                return Ok(Self {
+                    chain: None,
+                    check_name: false,
+                    provider,
+                })
+            }
+        };
+        let roots = Arc::new(root_store(root)?);
+        let mut chain = WebPkiServerVerifier::builder_with_provider(roots, provider.clone());
+        if let Some(crl) = &settings.crl {
+            chain = chain.with_crls(read_pem::<CertificateRevocationListDer<'static>>(
+                crl, "CRL file",
+            )?);
+        }
+        Ok(Self {
+            chain: Some(chain.build().map_err(tls_error)?),
+            check_name,
+            provider,
+        })
+    }
+
+    fn algorithms(&self) -> &rustls::crypto::WebPkiSupportedAlgorithms {
+        &self.provider.signature_verification_algorithms
+    }
 }
 
 impl ServerCertVerifier for Verifier {
@@ -425,10 +391,10 @@ impl ServerCertVerifier for Verifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
             | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
                 ..
@@ -443,7 +409,7 @@ impl ServerCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, self.algorithms())
     }
 
     fn verify_tls13_signature(
@@ -452,11 +418,11 @@ impl ServerCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, self.algorithms())
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.algorithms().supported_schemes()
     }
 }
 
