@@ -339,10 +339,7 @@ fn redact_uri(uri: &str, prefix: usize) -> (String, isize) {
     let mut out = uri[..prefix].to_owned();
     let mut shift = 0isize;
     let mut tail = rest;
-    if let Some(at) = rest
-        .find(['@', '/'])
-        .filter(|i| rest.as_bytes()[*i] == b'@')
-    {
+    if let Some(at) = userinfo_end(rest) {
         let userinfo = &rest[..at];
         match userinfo.find(':') {
             Some(colon) if colon + 1 < userinfo.len() => {
@@ -373,19 +370,79 @@ fn redact_uri(uri: &str, prefix: usize) -> (String, isize) {
     (out, shift)
 }
 
-/// `postgresql://` URIs (libpq's `conninfo_uri_parse_options`). Works on bytes: every
-/// delimiter is ASCII, so slices stay on character boundaries.
+/// `postgresql://` URIs (libpq's `conninfo_uri_parse_options`): credentials, the host list,
+/// `/dbname`, then the query.
 fn parse_uri(uri: &str, prefix: usize) -> Result<BTreeMap<String, String>, ConnInfoError> {
     let mut out = BTreeMap::new();
-    let rest = &uri[prefix..];
-    let b = rest.as_bytes();
-    let end = b.len();
-    let redacted = || redact_uri(uri, prefix);
+    let mut cur = UriCursor {
+        uri,
+        prefix,
+        rest: &uri[prefix..],
+        p: 0,
+    };
+    cur.userinfo(&mut out)?;
+    let (hosts, ports) = cur.host_list()?;
+    if !hosts.is_empty() {
+        out.insert("host".to_owned(), uri_decode(&hosts, false)?);
+    }
+    if !ports.is_empty() {
+        out.insert("port".to_owned(), uri_decode(&ports, false)?);
+    }
+    if cur.peek() == Some(b'/') {
+        cur.p += 1;
+        let dbname = cur.take_until(b"?");
+        if !dbname.is_empty() {
+            out.insert("dbname".to_owned(), uri_decode(dbname, false)?);
+        }
+    }
+    // What is left starts with `?`.
+    if cur.peek().is_some() {
+        parse_uri_params(&cur.rest[cur.p + 1..], &mut out)?;
+    }
+    Ok(out)
+}
 
-    // Credentials: everything up to an `@` that comes before any `/`.
-    let mut p = 0;
-    if let Some(at) = rest.find(['@', '/']).filter(|i| b[*i] == b'@') {
-        let userinfo = &rest[..at];
+/// Where the userinfo of a URI's part after the prefix ends: at an `@` that comes before any
+/// `/`. `None` when there is no userinfo.
+fn userinfo_end(rest: &str) -> Option<usize> {
+    rest.find(['@', '/'])
+        .filter(|i| rest.as_bytes().get(*i) == Some(&b'@'))
+}
+
+/// A position in a URI after its prefix, moved along by [`parse_uri`]'s steps. Works on bytes:
+/// every delimiter is ASCII, so slices stay on character boundaries.
+struct UriCursor<'a> {
+    /// The whole URI, for error messages.
+    uri: &'a str,
+    /// The length of its `postgresql://` prefix.
+    prefix: usize,
+    /// The URI after the prefix.
+    rest: &'a str,
+    /// The byte position in `rest`.
+    p: usize,
+}
+
+impl<'a> UriCursor<'a> {
+    /// The byte at the position, `None` at the end.
+    fn peek(&self) -> Option<u8> {
+        self.rest.as_bytes().get(self.p).copied()
+    }
+
+    /// Moves to the first byte in `stops` (or the end) and returns what it passed.
+    fn take_until(&mut self, stops: &[u8]) -> &'a str {
+        let start = self.p;
+        while self.peek().is_some_and(|c| !stops.contains(&c)) {
+            self.p += 1;
+        }
+        &self.rest[start..self.p]
+    }
+
+    /// `user[:password]@`, if there, into `user` and `password` (each only when non-empty).
+    fn userinfo(&mut self, out: &mut BTreeMap<String, String>) -> Result<(), ConnInfoError> {
+        let Some(at) = userinfo_end(self.rest) else {
+            return Ok(());
+        };
+        let userinfo = &self.rest[..at];
         let (user, password) = match userinfo.split_once(':') {
             Some((u, pw)) => (u, Some(pw)),
             None => (userinfo, None),
@@ -396,88 +453,62 @@ fn parse_uri(uri: &str, prefix: usize) -> Result<BTreeMap<String, String>, ConnI
         if let Some(pw) = password.filter(|pw| !pw.is_empty()) {
             out.insert("password".to_owned(), uri_decode(pw, true)?);
         }
-        p = at + 1;
+        self.p = at + 1;
+        Ok(())
     }
 
-    // host[:port] pairs separated by commas.
-    let mut hosts = String::new();
-    let mut ports = String::new();
-    let mut term;
-    loop {
-        let host;
-        if b.get(p) == Some(&b'[') {
-            p += 1;
-            let start = p;
-            while p < end && b[p] != b']' {
-                p += 1;
+    /// `host[:port]` pairs separated by commas, as the comma-joined (still encoded) `host` and
+    /// `port` values; a pair without a port leaves its element of `port` empty.
+    fn host_list(&mut self) -> Result<(String, String), ConnInfoError> {
+        let mut hosts = String::new();
+        let mut ports = String::new();
+        loop {
+            let host = if self.peek() == Some(b'[') {
+                self.ipv6_host()?
+            } else {
+                self.take_until(b":/?,")
+            };
+            hosts.push_str(host);
+            if self.peek() == Some(b':') {
+                self.p += 1;
+                ports.push_str(self.take_until(b"/?,"));
             }
-            if p == end {
-                return Err(ConnInfoError::Ipv6Unterminated(redacted().0));
+            if self.peek() != Some(b',') {
+                return Ok((hosts, ports));
             }
-            if p == start {
-                return Err(ConnInfoError::Ipv6Empty(redacted().0));
-            }
-            host = &rest[start..p];
-            p += 1;
-            if p < end && !matches!(b[p], b':' | b'/' | b'?' | b',') {
-                let (uri, shift) = redacted();
-                return Err(ConnInfoError::UriUnexpectedChar {
-                    ch: rest[p..].chars().next().unwrap_or('?'),
-                    pos: (prefix + p + 1).saturating_add_signed(shift),
-                    uri,
-                });
-            }
-        } else {
-            let start = p;
-            while p < end && !matches!(b[p], b':' | b'/' | b'?' | b',') {
-                p += 1;
-            }
-            host = &rest[start..p];
+            self.p += 1;
+            hosts.push(',');
+            ports.push(',');
         }
-        hosts.push_str(host);
-        term = b.get(p).copied();
-        if term == Some(b':') {
-            p += 1;
-            let start = p;
-            while p < end && !matches!(b[p], b'/' | b'?' | b',') {
-                p += 1;
-            }
-            ports.push_str(&rest[start..p]);
-            term = b.get(p).copied();
-        }
-        if term != Some(b',') {
-            break;
-        }
-        p += 1;
-        hosts.push(',');
-        ports.push(',');
-    }
-    if !hosts.is_empty() {
-        out.insert("host".to_owned(), uri_decode(&hosts, false)?);
-    }
-    if !ports.is_empty() {
-        out.insert("port".to_owned(), uri_decode(&ports, false)?);
     }
 
-    // /dbname
-    if term == Some(b'/') {
-        p += 1;
-        let start = p;
-        while p < end && b[p] != b'?' {
-            p += 1;
+    /// `[address]`, at a `[`: the address, which must be non-empty, closed, and followed by
+    /// the end or one of `:/?,`.
+    fn ipv6_host(&mut self) -> Result<&'a str, ConnInfoError> {
+        self.p += 1;
+        let host = self.take_until(b"]");
+        if self.peek().is_none() {
+            return Err(ConnInfoError::Ipv6Unterminated(self.redacted().0));
         }
-        let dbname = &rest[start..p];
-        if !dbname.is_empty() {
-            out.insert("dbname".to_owned(), uri_decode(dbname, false)?);
+        if host.is_empty() {
+            return Err(ConnInfoError::Ipv6Empty(self.redacted().0));
         }
-        term = b.get(p).copied();
+        self.p += 1;
+        if self.peek().is_some_and(|c| !b":/?,".contains(&c)) {
+            let (uri, shift) = self.redacted();
+            return Err(ConnInfoError::UriUnexpectedChar {
+                ch: self.rest[self.p..].chars().next().unwrap_or('?'),
+                pos: (self.prefix + self.p + 1).saturating_add_signed(shift),
+                uri,
+            });
+        }
+        Ok(host)
     }
 
-    // ?key=value&...
-    if term.is_some() {
-        parse_uri_params(&rest[p + 1..], &mut out)?;
+    /// The URI with its passwords hidden, and how far that moved positions after the userinfo.
+    fn redacted(&self) -> (String, isize) {
+        redact_uri(self.uri, self.prefix)
     }
-    Ok(out)
 }
 
 /// The query of a URI (libpq's `conninfo_uri_parse_params`).
