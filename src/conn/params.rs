@@ -552,6 +552,25 @@ mod tests {
     }
 
     #[test]
+    fn the_environment_read_is_exactly_env_vars() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let env = |var: &str| {
+            asked.borrow_mut().push(var.to_owned());
+            None
+        };
+        let flags = ConnFlags {
+            user: Some("u"),
+            ..ConnFlags::default()
+        };
+        ConnParams::resolve(&flags, &env).expect("resolves");
+        let listed: Vec<String> = conninfo::ENV_VARS
+            .iter()
+            .map(|(var, _)| (*var).to_owned())
+            .collect();
+        assert_eq!(asked.into_inner(), listed);
+    }
+
+    #[test]
     fn bad_port_is_a_usage_error() {
         let env = env_of(&[]);
         let flags = ConnFlags {

@@ -209,113 +209,10 @@ mod tests {
         path
     }
 
-    /// (file, host, port, dbname, user, expected password)
-    type Case<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, Option<&'a str>);
-
-    #[test]
-    fn matches_like_libpq() {
-        let cases: &[Case<'_>] = &[
-            ("h:5432:db:u:pw\n", "h", "5432", "db", "u", Some("pw")),
-            ("h:5432:db:u:pw", "h", "5432", "db", "u", Some("pw")),
-            ("h:5432:db:u:pw\r\n", "h", "5432", "db", "u", Some("pw")),
-            ("h:5432:db:u:pw\r\r\n", "h", "5432", "db", "u", Some("pw")),
-            ("h:5432:db:u:pw  \n", "h", "5432", "db", "u", Some("pw  ")),
-            ("h:5432:db:u:\n", "h", "5432", "db", "u", Some("")),
-            ("h:5432:db:u\n", "h", "5432", "db", "u", None),
-            ("h:5432:db:u:pw\n", "other", "5432", "db", "u", None),
-            ("h:5432:db:u:pw\n", "h", "5433", "db", "u", None),
-            ("h:5432:db:u:pw\n", "h", "5432", "db2", "u", None),
-            ("h:5432:db:u:pw\n", "h", "5432", "db", "u2", None),
-            ("h:5432:db:u:pw\n", "hh", "5432", "db", "u", None),
-            ("hh:5432:db:u:pw\n", "h", "5432", "db", "u", None),
-            ("*:*:*:*:any\n", "h", "1", "d", "u", Some("any")),
-            (
-                "h:*:replication:rep:r\n",
-                "h",
-                "6000",
-                "replication",
-                "rep",
-                Some("r"),
-            ),
-            ("*:5432:*:u:pw\n", "x", "5432", "y", "u", Some("pw")),
-            ("h*:5432:db:u:pw\n", "hx", "5432", "db", "u", None),
-            ("h*:5432:db:u:pw\n", "h*", "5432", "db", "u", Some("pw")),
-            ("**:5432:db:u:pw\n", "h", "5432", "db", "u", None),
-            // Escapes in fields and in the password.
-            (
-                r"h:5432:d\:b:u\\x:p\:w\\",
-                "h",
-                "5432",
-                "d:b",
-                r"u\x",
-                Some(r"p:w\"),
-            ),
-            (r"h:5432:db:u:a\bc", "h", "5432", "db", "u", Some("abc")),
-            (r"h:5432:db:u:abc\", "h", "5432", "db", "u", Some(r"abc\")),
-            (r"h:5432:db:u:\*", "h", "5432", "db", "u", Some("*")),
-            (r"\*:5432:db:u:pw", "*", "5432", "db", "u", Some("pw")),
-            (r"\*:5432:db:u:pw", "h", "5432", "db", "u", None),
-            // Fields after the password are ignored.
-            ("h:5432:db:u:pw:extra\n", "h", "5432", "db", "u", Some("pw")),
-            // IPv6: escaped or not, as libpq.
-            (r"\:\:1:5432:db:u:pw", "::1", "5432", "db", "u", Some("pw")),
-            ("::1:5432:db:u:pw", "::1", "5432", "db", "u", Some("pw")),
-            // Comments, blank lines, first match wins.
-            (
-                "#h:5432:db:u:no\nh:5432:db:u:yes\n",
-                "h",
-                "5432",
-                "db",
-                "u",
-                Some("yes"),
-            ),
-            (" #h:5432:db:u:pw\n", "h", "5432", "db", "u", None),
-            ("\n\r\nh:5432:db:u:pw\n", "h", "5432", "db", "u", Some("pw")),
-            (
-                "h:*:*:u:first\n*:*:*:*:second\n",
-                "h",
-                "1",
-                "d",
-                "u",
-                Some("first"),
-            ),
-            (
-                "x:*:*:u:first\n*:*:*:*:second\n",
-                "h",
-                "1",
-                "d",
-                "u",
-                Some("second"),
-            ),
-            // Socket connections: the caller passes localhost; empty host and port default.
-            (
-                "localhost:5432:db:u:pw\n",
-                "localhost",
-                "5432",
-                "db",
-                "u",
-                Some("pw"),
-            ),
-            ("localhost:5432:db:u:pw\n", "", "", "db", "u", Some("pw")),
-            ("/tmp:5432:db:u:pw\n", "/tmp", "5432", "db", "u", Some("pw")),
-            ("localhost:5432:db:u:pw\n", "/tmp", "5432", "db", "u", None),
-            // libpq does not look without a database or user name.
-            ("*:*:*:*:pw\n", "h", "5432", "", "u", None),
-            ("*:*:*:*:pw\n", "h", "5432", "db", "", None),
-            // Case matters.
-            ("H:5432:db:u:pw\n", "h", "5432", "db", "u", None),
-            (
-                "h:5432:db:u:pässwört\n",
-                "h",
-                "5432",
-                "db",
-                "u",
-                Some("pässwört"),
-            ),
-            ("", "h", "5432", "db", "u", None),
-        ];
+    /// Looks each file up for a connection (host, port, dbname, user) and checks the password.
+    fn check(cases: &[(&str, [&str; 4], Option<&str>)]) {
         let dir = tempfile::tempdir().expect("tempdir");
-        for (content, host, port, db, user, want) in cases {
+        for (content, [host, port, db, user], want) in cases {
             let path = passfile(&dir, content.as_bytes(), 0o600);
             let got = lookup(&path, host, port, db, user);
             assert_eq!(
@@ -324,6 +221,105 @@ mod tests {
                 "{content:?} {host} {port} {db} {user}"
             );
         }
+    }
+
+    #[test]
+    fn matches_like_libpq() {
+        // (file, expected password) for host h, port 5432, database db, user u.
+        let cases: &[(&str, Option<&str>)] = &[
+            ("h:5432:db:u:pw\n", Some("pw")),
+            ("h:5432:db:u:pw", Some("pw")),
+            ("h:5432:db:u:pw\r\n", Some("pw")),
+            ("h:5432:db:u:pw\r\r\n", Some("pw")),
+            ("h:5432:db:u:pw  \n", Some("pw  ")),
+            ("h:5432:db:u:\n", Some("")),
+            ("h:5432:db:u\n", None),
+            ("hh:5432:db:u:pw\n", None),
+            ("*:5432:*:u:pw\n", Some("pw")),
+            ("**:5432:db:u:pw\n", None),
+            // Escapes in fields and in the password.
+            (r"h:5432:db:u:a\bc", Some("abc")),
+            (r"h:5432:db:u:abc\", Some(r"abc\")),
+            (r"h:5432:db:u:\*", Some("*")),
+            (r"\*:5432:db:u:pw", None),
+            // Fields after the password are ignored.
+            ("h:5432:db:u:pw:extra\n", Some("pw")),
+            // Comments, blank lines, first match wins.
+            ("#h:5432:db:u:no\nh:5432:db:u:yes\n", Some("yes")),
+            (" #h:5432:db:u:pw\n", None),
+            ("\n\r\nh:5432:db:u:pw\n", Some("pw")),
+            // Case matters.
+            ("H:5432:db:u:pw\n", None),
+            ("h:5432:db:u:pässwört\n", Some("pässwört")),
+            ("", None),
+        ];
+        let default: Vec<_> = cases
+            .iter()
+            .map(|(file, want)| (*file, ["h", "5432", "db", "u"], *want))
+            .collect();
+        check(&default);
+
+        // Other connections.
+        check(&[
+            ("h:5432:db:u:pw\n", ["other", "5432", "db", "u"], None),
+            ("h:5432:db:u:pw\n", ["h", "5433", "db", "u"], None),
+            ("h:5432:db:u:pw\n", ["h", "5432", "db2", "u"], None),
+            ("h:5432:db:u:pw\n", ["h", "5432", "db", "u2"], None),
+            ("h:5432:db:u:pw\n", ["hh", "5432", "db", "u"], None),
+            ("*:*:*:*:any\n", ["h", "1", "d", "u"], Some("any")),
+            (
+                "h:*:replication:rep:r\n",
+                ["h", "6000", "replication", "rep"],
+                Some("r"),
+            ),
+            ("*:5432:*:u:pw\n", ["x", "5432", "y", "u"], Some("pw")),
+            ("h*:5432:db:u:pw\n", ["hx", "5432", "db", "u"], None),
+            ("h*:5432:db:u:pw\n", ["h*", "5432", "db", "u"], Some("pw")),
+            (
+                r"h:5432:d\:b:u\\x:p\:w\\",
+                ["h", "5432", "d:b", r"u\x"],
+                Some(r"p:w\"),
+            ),
+            (r"\*:5432:db:u:pw", ["*", "5432", "db", "u"], Some("pw")),
+            // IPv6: escaped or not, as libpq.
+            (
+                r"\:\:1:5432:db:u:pw",
+                ["::1", "5432", "db", "u"],
+                Some("pw"),
+            ),
+            ("::1:5432:db:u:pw", ["::1", "5432", "db", "u"], Some("pw")),
+            // First match wins.
+            (
+                "h:*:*:u:first\n*:*:*:*:second\n",
+                ["h", "1", "d", "u"],
+                Some("first"),
+            ),
+            (
+                "x:*:*:u:first\n*:*:*:*:second\n",
+                ["h", "1", "d", "u"],
+                Some("second"),
+            ),
+            // Socket connections: the caller passes localhost; empty host and port default.
+            (
+                "localhost:5432:db:u:pw\n",
+                ["localhost", "5432", "db", "u"],
+                Some("pw"),
+            ),
+            ("localhost:5432:db:u:pw\n", ["", "", "db", "u"], Some("pw")),
+            (
+                "/tmp:5432:db:u:pw\n",
+                ["/tmp", "5432", "db", "u"],
+                Some("pw"),
+            ),
+            (
+                "localhost:5432:db:u:pw\n",
+                ["/tmp", "5432", "db", "u"],
+                None,
+            ),
+            // libpq does not look without a database or user name.
+            ("*:*:*:*:pw\n", ["h", "5432", "", "u"], None),
+            ("*:*:*:*:pw\n", ["h", "5432", "db", ""], None),
+        ]);
     }
 
     #[test]
