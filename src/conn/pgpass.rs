@@ -260,62 +260,36 @@ mod tests {
         check(&default);
 
         // Other connections.
+        let rep = ["h", "6000", "replication", "rep"];
+        let any = ["h", "1", "d", "u"];
+        let escaped = ["h", "5432", "d:b", r"u\x"];
+        let v6 = ["::1", "5432", "db", "u"];
+        let local = ["localhost", "5432", "db", "u"];
+        let tmp = ["/tmp", "5432", "db", "u"];
         check(&[
             ("h:5432:db:u:pw\n", ["other", "5432", "db", "u"], None),
             ("h:5432:db:u:pw\n", ["h", "5433", "db", "u"], None),
             ("h:5432:db:u:pw\n", ["h", "5432", "db2", "u"], None),
             ("h:5432:db:u:pw\n", ["h", "5432", "db", "u2"], None),
             ("h:5432:db:u:pw\n", ["hh", "5432", "db", "u"], None),
-            ("*:*:*:*:any\n", ["h", "1", "d", "u"], Some("any")),
-            (
-                "h:*:replication:rep:r\n",
-                ["h", "6000", "replication", "rep"],
-                Some("r"),
-            ),
+            ("*:*:*:*:any\n", any, Some("any")),
+            ("h:*:replication:rep:r\n", rep, Some("r")),
             ("*:5432:*:u:pw\n", ["x", "5432", "y", "u"], Some("pw")),
             ("h*:5432:db:u:pw\n", ["hx", "5432", "db", "u"], None),
             ("h*:5432:db:u:pw\n", ["h*", "5432", "db", "u"], Some("pw")),
-            (
-                r"h:5432:d\:b:u\\x:p\:w\\",
-                ["h", "5432", "d:b", r"u\x"],
-                Some(r"p:w\"),
-            ),
+            (r"h:5432:d\:b:u\\x:p\:w\\", escaped, Some(r"p:w\")),
             (r"\*:5432:db:u:pw", ["*", "5432", "db", "u"], Some("pw")),
             // IPv6: escaped or not, as libpq.
-            (
-                r"\:\:1:5432:db:u:pw",
-                ["::1", "5432", "db", "u"],
-                Some("pw"),
-            ),
-            ("::1:5432:db:u:pw", ["::1", "5432", "db", "u"], Some("pw")),
+            (r"\:\:1:5432:db:u:pw", v6, Some("pw")),
+            ("::1:5432:db:u:pw", v6, Some("pw")),
             // First match wins.
-            (
-                "h:*:*:u:first\n*:*:*:*:second\n",
-                ["h", "1", "d", "u"],
-                Some("first"),
-            ),
-            (
-                "x:*:*:u:first\n*:*:*:*:second\n",
-                ["h", "1", "d", "u"],
-                Some("second"),
-            ),
+            ("h:*:*:u:first\n*:*:*:*:second\n", any, Some("first")),
+            ("x:*:*:u:first\n*:*:*:*:second\n", any, Some("second")),
             // Socket connections: the caller passes localhost; empty host and port default.
-            (
-                "localhost:5432:db:u:pw\n",
-                ["localhost", "5432", "db", "u"],
-                Some("pw"),
-            ),
+            ("localhost:5432:db:u:pw\n", local, Some("pw")),
             ("localhost:5432:db:u:pw\n", ["", "", "db", "u"], Some("pw")),
-            (
-                "/tmp:5432:db:u:pw\n",
-                ["/tmp", "5432", "db", "u"],
-                Some("pw"),
-            ),
-            (
-                "localhost:5432:db:u:pw\n",
-                ["/tmp", "5432", "db", "u"],
-                None,
-            ),
+            ("/tmp:5432:db:u:pw\n", tmp, Some("pw")),
+            ("localhost:5432:db:u:pw\n", tmp, None),
             // libpq does not look without a database or user name.
             ("*:*:*:*:pw\n", ["h", "5432", "", "u"], None),
             ("*:*:*:*:pw\n", ["h", "5432", "db", ""], None),
