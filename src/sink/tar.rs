@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -181,6 +181,8 @@ impl Writer {
         Ok(())
     }
 
+    /// Opens the output of archive `name`: its file (compressed unless the server did) or
+    /// standard output, with the rewriter when `-R` or standard output needs one.
     fn open(&self, name: String, base: bool, server_terminated: bool) -> Result<ArchiveOut, Error> {
         let server_compressed = Method::from_archive_name(&name) != Method::None;
         let spec = if server_compressed {
@@ -188,21 +190,16 @@ impl Writer {
         } else {
             self.layout.compression
         };
-        let (sink, file, path): (Box<dyn Write + Send>, Option<File>, String) =
-            match &self.layout.dir {
-                Some(dir) => {
-                    let path = dir.join(format!("{name}{}", spec.method.suffix()));
-                    let f = fs::create_new(&path)?;
-                    let clone = f.try_clone().map_err(Error::fs("open", path.clone()))?;
-                    let sink: Box<dyn Write + Send> = match &self.writeback {
-                        Some(wb) => Box::new(TrackedFile::new(f, Arc::clone(wb))),
-                        None => Box::new(f),
-                    };
-                    let clone = self.layout.sync.then_some(clone);
-                    (sink, clone, path.display().to_string())
-                }
-                None => (Box::new(std::io::stdout()), None, "standard output".into()),
-            };
+        let Destination { sink, file, path } = match &self.layout.dir {
+            Some(dir) => {
+                self.create_archive_file(&dir.join(format!("{name}{}", spec.method.suffix())))?
+            }
+            None => Destination {
+                sink: Box::new(std::io::stdout()),
+                file: None,
+                path: "standard output".into(),
+            },
+        };
         let writer =
             codec::writer(spec, sink).map_err(Error::fs("start compressing", path.clone()))?;
         let rewrite = (!server_compressed
@@ -219,6 +216,31 @@ impl Writer {
             server_terminated: server_terminated || server_compressed,
         })
     }
+
+    /// Creates an archive file (which must not exist).
+    fn create_archive_file(&self, path: &Path) -> Result<Destination, Error> {
+        let f = fs::create_new(path)?;
+        let clone = f.try_clone().map_err(Error::fs("open", path))?;
+        let sink: Box<dyn Write + Send> = match &self.writeback {
+            Some(wb) => Box::new(TrackedFile::new(f, Arc::clone(wb))),
+            None => Box::new(f),
+        };
+        Ok(Destination {
+            sink,
+            file: self.layout.sync.then_some(clone),
+            path: path.display().to_string(),
+        })
+    }
+}
+
+/// Where an archive's bytes go before compression.
+struct Destination {
+    /// The file (tracked for early writeback when syncing) or standard output.
+    sink: Box<dyn Write + Send>,
+    /// The file to fsync at the end (with sync).
+    file: Option<File>,
+    /// Its name for messages.
+    path: String,
 }
 
 struct ArchiveOut {
@@ -347,7 +369,8 @@ impl From<std::io::Error> for RewriteError {
     }
 }
 
-enum Current {
+/// What the rewriter does with the member in progress.
+enum MemberAction {
     /// Copy the member's contents through.
     Pass(u64),
     /// Drop the member.
@@ -361,7 +384,7 @@ enum Current {
 struct Rewriter {
     splitter: TarSplitter,
     recovery: Option<RecoveryFiles>,
-    current: Option<Current>,
+    current: Option<MemberAction>,
     saw_auto_conf: bool,
 }
 
@@ -384,38 +407,38 @@ impl Rewriter {
                     let signal = self.recovery.as_ref().map(|r| r.signal_file);
                     self.current = Some(match (name.as_slice(), signal) {
                         (b"standby.signal", Some(true)) | (b"recovery.conf", Some(false)) => {
-                            Current::Skip
+                            MemberAction::Skip
                         }
                         (b"postgresql.auto.conf", Some(true)) => {
                             self.saw_auto_conf = true;
-                            Current::AutoConf(m, Vec::new())
+                            MemberAction::AutoConf(m, Vec::new())
                         }
                         _ => {
                             w.write_all(&m.raw_header)?;
-                            Current::Pass(m.size)
+                            MemberAction::Pass(m.size)
                         }
                     });
                 }
                 TarEvent::Data(d) => match self.current.as_mut() {
-                    Some(Current::Pass(_)) => w.write_all(&d)?,
-                    Some(Current::AutoConf(_, buf)) => {
+                    Some(MemberAction::Pass(_)) => w.write_all(&d)?,
+                    Some(MemberAction::AutoConf(_, buf)) => {
                         if buf.len() + d.len() > MAX_AUTO_CONF {
                             return Err(RewriteError::TooLarge);
                         }
                         buf.extend_from_slice(&d);
                     }
-                    Some(Current::Skip) | None => {}
+                    Some(MemberAction::Skip) | None => {}
                 },
                 TarEvent::MemberEnd => match self.current.take() {
-                    Some(Current::Pass(size)) => w.write_all(fs::tar_padding(size))?,
-                    Some(Current::AutoConf(m, mut buf)) => {
+                    Some(MemberAction::Pass(size)) => w.write_all(fs::tar_padding(size))?,
+                    Some(MemberAction::AutoConf(m, mut buf)) => {
                         if let Some(r) = &self.recovery {
                             buf.extend_from_slice(r.settings.as_bytes());
                         }
                         let name = String::from_utf8_lossy(&m.name).into_owned();
                         fs::write_tar_member(w, &name, m.mode, &buf)?;
                     }
-                    Some(Current::Skip) | None => {}
+                    Some(MemberAction::Skip) | None => {}
                 },
             }
         }

@@ -9,9 +9,9 @@
 //! base archive, for a tablespace the server listed, pointing where pgclone decided (the
 //! tablespace's location or its `-T` mapping), never where the member says; anything beneath
 //! such a link is refused. Hard links, devices, FIFOs and other member types are refused.
-//! Files are created with `O_CREAT|O_EXCL|O_NOFOLLOW` ([`create_new`]), so an existing
-//! file or link is never written through. Modes are applied as sent, without set-id or sticky bits; owners and
-//! times are not applied.
+//! Files are created with `O_CREAT|O_EXCL|O_NOFOLLOW` ([`create_new`]), so an existing file or
+//! link is never written through. Modes are applied as sent, without set-id or sticky bits;
+//! owners and times are not applied.
 //!
 //! Memory stays bounded: contents are written as they arrive, never buffered whole.
 
@@ -40,14 +40,15 @@ use crate::sink::{ArchiveRoot, Chunk, Stats};
 /// Also here for the callers that import it with the layout; defined in [`crate::sink`].
 pub use crate::sink::MANIFEST_TMP;
 
-/// The output layout, fixed before the first archive arrives.
+/// Where plain-format output goes, fixed before the first archive arrives.
 #[derive(Debug, Clone)]
 pub struct Layout {
     /// The data directory.
     pub dest: PathBuf,
     /// `--waldir`: where `pg_wal`'s contents go (`dest/pg_wal` is a symlink to it).
     pub waldir: Option<PathBuf>,
-    /// Mode of directories pgclone creates itself.
+    /// Mode of directories pgclone creates itself (the tablespace directories, created by the
+    /// clone run before unpacking; members' directories get their own mode).
     pub dir_mode: u32,
     /// Target of the `pg_tblspc/<oid>` symlink for each tablespace outside the data directory.
     pub tablespace_links: HashMap<Oid, PathBuf>,
