@@ -366,6 +366,8 @@ impl Unpacker {
         Ok(())
     }
 
+    /// A member starts: its name is checked (no escape, nothing beneath a link written), then
+    /// its directory, file or tablespace link is made; any other member is refused.
     fn begin_member(&mut self, m: &Member) -> Result<(), Error> {
         let Some(archive) = self.archive.as_ref() else {
             return Ok(());
@@ -396,30 +398,15 @@ impl Unpacker {
                 let path = self
                     .resolve(archive, &rel)
                     .ok_or_else(|| refuse("a file where the WAL directory link is".into()))?;
-                let file = create_file(&path, mode)?;
-                preallocate(&file, m.size).map_err(Error::fs("preallocate", &path))?;
-                self.file = Some(OpenFile {
-                    file,
-                    path,
-                    written: FileProgress::default(),
-                });
-                if let Some(v) = self.verifier.as_mut() {
-                    v.begin_file(&m.name);
-                }
-                Ok(())
+                self.begin_file(path, mode, m)
             }
             MemberKind::Symlink => {
-                let target = archive
-                    .base
-                    .then(|| tablespace_oid(&rel))
-                    .flatten()
-                    .and_then(|oid| self.layout.tablespace_links.get(&oid))
-                    .ok_or_else(|| {
-                        refuse(
-                            "symbolic links are only accepted for listed tablespaces in pg_tblspc"
-                                .into(),
-                        )
-                    })?;
+                let target = self.tablespace_link(archive, &rel).ok_or_else(|| {
+                    refuse(
+                        "symbolic links are only accepted for listed tablespaces in pg_tblspc"
+                            .into(),
+                    )
+                })?;
                 let path = archive.root.join(&rel);
                 std::os::unix::fs::symlink(target, &path)
                     .map_err(Error::fs("create symbolic link", &path))?;
@@ -431,6 +418,32 @@ impl Unpacker {
                 char::from(t).escape_default()
             ))),
         }
+    }
+
+    /// A regular file starts: created (it must not exist) with its mode, its blocks reserved,
+    /// and announced to the verifier.
+    fn begin_file(&mut self, path: PathBuf, mode: u32, m: &Member) -> Result<(), Error> {
+        let file = create_file(&path, mode)?;
+        preallocate(&file, m.size).map_err(Error::fs("preallocate", &path))?;
+        self.file = Some(OpenFile {
+            file,
+            path,
+            written: FileProgress::default(),
+        });
+        if let Some(v) = self.verifier.as_mut() {
+            v.begin_file(&m.name);
+        }
+        Ok(())
+    }
+
+    /// The target pgclone chose for the symbolic link `rel`, if it is `pg_tblspc/<oid>` in the
+    /// base archive for a listed tablespace; `None` refuses the link.
+    fn tablespace_link(&self, archive: &Archive, rel: &Path) -> Option<&PathBuf> {
+        archive
+            .base
+            .then(|| tablespace_oid(rel))
+            .flatten()
+            .and_then(|oid| self.layout.tablespace_links.get(&oid))
     }
 
     /// Where a member goes: under the archive root, except `pg_wal` contents with `--waldir`.
