@@ -11,15 +11,16 @@
 //! dbname (17+, if given). pg_basebackup instead writes every key its own libpq knows, which
 //! breaks standbys of older servers (`invalid connection option "channel_binding"`).
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use pgclone_proto::ServerVersion;
 
 use crate::conn::conninfo::quote_value;
 use crate::error::Error;
+use crate::sink::fs::{self as sinkfs, Existing};
 
 /// What the standby needs to know to connect to its primary.
 #[derive(Clone, PartialEq, Eq)]
@@ -154,13 +155,7 @@ pub fn write(
     let secret = info.password.is_some() || info.passfile.is_some();
     if version.is_at_least(12) {
         let auto = dest.join("postgresql.auto.conf");
-        let mut f = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&auto)
-            .map_err(Error::fs("open", &auto))?;
+        let mut f = sinkfs::open(&auto, Existing::Append).map_err(Error::fs("open", &auto))?;
         f.write_all(text.as_bytes())
             .map_err(Error::fs("write to file", &auto))?;
         if secret {
@@ -177,14 +172,7 @@ pub fn write(
 }
 
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(Error::fs("create file", path))?;
+    let mut f = sinkfs::open(path, Existing::Truncate).map_err(Error::fs("create file", path))?;
     f.write_all(bytes)
         .map_err(Error::fs("write to file", path))?;
     f.set_permissions(fs::Permissions::from_mode(mode))

@@ -23,7 +23,8 @@ use crate::clone::progress::Progress;
 use crate::conn::server::ServerFacts;
 use crate::options::tablespace::canonicalize;
 use crate::sink::tar::{self, TarLayout};
-use crate::sink::plain::{self, ArchiveRoot, Chunk, Layout, Stats};
+use crate::sink::plain::{self, Layout};
+use crate::sink::{ArchiveRoot, Chunk, Stats};
 
 /// Batches in flight to the decompressing thread: 16 × 256 kB ≈ 4 MB.
 const CHANNEL_DEPTH: usize = 16;
@@ -149,8 +150,8 @@ pub enum Sink {
 /// server compressed are decompressed on a blocking thread fed through a bounded channel, as
 /// the decoder pulls its input.
 enum Unpacker {
-    Plain(Box<plain::Inline>),
-    Tar(Box<tar::Inline>),
+    Plain(Box<plain::Writer>),
+    Tar(Box<tar::Writer>),
     Discard(Stats),
     Thread {
         tx: mpsc::Sender<Chunk>,
@@ -166,8 +167,8 @@ impl Unpacker {
                 let handle = tokio::task::spawn_blocking(move || plain::run(rx, layout));
                 Self::Thread { tx, handle }
             }
-            Sink::Plain(layout) => Self::Plain(Box::new(plain::Inline::new(layout))),
-            Sink::Tar(layout) => Self::Tar(Box::new(tar::Inline::new(layout))),
+            Sink::Plain(layout) => Self::Plain(Box::new(plain::Writer::new(layout))),
+            Sink::Tar(layout) => Self::Tar(Box::new(tar::Writer::new(layout))),
             Sink::Discard => Self::Discard(Stats::default()),
         }
     }

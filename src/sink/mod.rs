@@ -1,10 +1,73 @@
 //! Where the archive bytes land: the plain-format writer (`plain`), the tar-format writer
-//! (`tar`), compression codecs (`codec`), writeback and fsync (`writeback`, `durable`), and the
-//! destination checks and cleanup (`dest`). Nothing here knows about connections or the clone run.
+//! (`tar`), both fed the same [`Chunk`]s; the manifest file they share (`manifest_out`); the
+//! file steps every writer uses (`fs`: no-follow creation, preallocation, tar members);
+//! compression codecs (`codec`), writeback and fsync (`writeback`, `durable`), and the
+//! destination checks and cleanup (`dest`). Nothing here knows about connections, options or the
+//! clone run.
 
 pub mod codec;
 pub mod dest;
 pub mod durable;
+pub mod fs;
+pub mod manifest_out;
 pub mod plain;
 pub mod tar;
 pub mod writeback;
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use pgclone_proto::Oid;
+
+/// Name of the manifest while it is being written; renamed once the backup is synced.
+pub const MANIFEST_TMP: &str = "backup_manifest.tmp";
+
+/// A piece of the backup for a writer (plain or tar), in stream order.
+#[derive(Debug)]
+pub enum Chunk {
+    /// An archive starts.
+    ArchiveStart {
+        /// Archive name (`base.tar`, `16384.tar.gz`...).
+        name: String,
+        /// What it holds (and, for plain format, where its members go).
+        root: ArchiveRoot,
+        /// Whether the server ends it with the two zero blocks (15+).
+        server_terminated: bool,
+    },
+    /// Archive bytes.
+    Data(Bytes),
+    /// Several consecutive pieces of archive bytes (fewer hand-offs between threads).
+    Batch(Vec<Bytes>),
+    /// The archive is complete.
+    ArchiveEnd,
+    /// The manifest starts.
+    ManifestStart,
+    /// Manifest bytes.
+    ManifestData(Bytes),
+    /// The manifest is complete.
+    ManifestEnd,
+}
+
+/// Which archive this is: the base one or a tablespace's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveRoot {
+    /// The main data directory.
+    Base,
+    /// A tablespace, unpacked into `dir` in plain format.
+    Tablespace {
+        /// Its oid.
+        oid: Oid,
+        /// Where its contents go.
+        dir: PathBuf,
+    },
+}
+
+/// What a writer wrote: in plain format, regular files and the bytes of their contents; in tar
+/// format, archives and their bytes as received.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Regular files (plain) or archives (tar) written.
+    pub files: u64,
+    /// Bytes written: file contents (plain) or archive bytes (tar).
+    pub bytes: u64,
+}

@@ -1,6 +1,6 @@
 //! Tar-format output (`-F t`): each archive the server sends becomes `<name>` (plus the client
 //! compression's suffix) in the destination, or the base archive goes to standard output
-//! (`-D -`). Written by the task that reads the socket, chunk by chunk ([`Inline`]); client
+//! (`-D -`). Written by the task that reads the socket, chunk by chunk ([`Writer`]); client
 //! compression runs on its own worker threads.
 //!
 //! Archives pass through untouched unless something must be changed inside them:
@@ -10,22 +10,22 @@
 //!   `postgresql.auto.conf` (12+), and `standby.signal` or `recovery.conf` is added;
 //! - on standard output, the manifest is added to the base archive as `backup_manifest`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use pgclone_proto::tar::{build_header, Member, MemberKind, TarEvent, TarSplitter, BLOCK};
+use pgclone_proto::tar::{Member, MemberKind, TarEvent, TarSplitter};
 
-use crate::sink::codec::{self, ArchiveWriter, ClientSpec, Method};
 use crate::error::Error;
 use crate::manifest::check::Verifier;
 use crate::manifest::ChecksumAlgorithm;
-use crate::sink::plain::{Chunk, Stats, MANIFEST_TMP};
+use crate::sink::codec::{self, ArchiveWriter, ClientSpec, Method};
+use crate::sink::fs::{self, TAR_END};
+use crate::sink::manifest_out::ManifestOut;
 use crate::sink::writeback::{TrackedFile, Writeback};
+use crate::sink::{ArchiveRoot, Chunk, Stats};
 
 /// Largest `postgresql.auto.conf` the injector buffers.
 const MAX_AUTO_CONF: usize = 16 << 20;
@@ -33,7 +33,7 @@ const MAX_AUTO_CONF: usize = 16 << 20;
 /// What `-R` adds to the base archive.
 #[derive(Debug, Clone)]
 pub struct RecoveryFiles {
-    /// The settings text (from [`crate::recovery::settings`]).
+    /// The settings text (what `recovery::settings` builds).
     pub settings: String,
     /// 12+: `postgresql.auto.conf` + `standby.signal`; older: `recovery.conf`.
     pub signal_file: bool,
@@ -55,51 +55,9 @@ pub struct TarLayout {
     pub sync: bool,
 }
 
-/// The tar writer driven on the caller's thread, chunk by chunk (no thread hand-off between
+/// The tar writer, driven on the caller's thread chunk by chunk (no thread hand-off between
 /// the socket and the files; compression runs on its own worker threads).
-pub struct Inline(Writer);
-
-impl Inline {
-    /// A writer for `layout`.
-    pub fn new(layout: TarLayout) -> Self {
-        let writeback = (layout.sync && layout.dir.is_some())
-            .then(Writeback::start)
-            .flatten()
-            .map(Arc::new);
-        Self(Writer {
-            writeback,
-            verifier: layout.verify.map(Verifier::new),
-            layout,
-            current: None,
-            stdout_base: None,
-            manifest: None,
-            stats: Stats::default(),
-        })
-    }
-
-    /// Writes one chunk (blocking I/O).
-    pub fn handle(&mut self, chunk: Chunk) -> Result<(), Error> {
-        self.0.handle(chunk)
-    }
-
-    /// Completes the base archive on standard output once the manifest (if any) is in;
-    /// returns what was written.
-    pub fn finish(self) -> Result<Stats, Error> {
-        let mut w = self.0;
-        if let Some(base) = w.stdout_base.take() {
-            let manifest = w.manifest.take().map(|m| m.bytes);
-            base.close(manifest.as_deref())?;
-        }
-        Ok(w.stats)
-    }
-}
-
-struct ManifestOut {
-    file: Option<(File, PathBuf)>,
-    bytes: Vec<u8>,
-}
-
-struct Writer {
+pub struct Writer {
     /// Early writeback of the archive files as they grow.
     writeback: Option<Arc<Writeback>>,
     layout: TarLayout,
@@ -107,117 +65,124 @@ struct Writer {
     current: Option<ArchiveOut>,
     /// The base archive on standard output, kept open for the manifest.
     stdout_base: Option<ArchiveOut>,
-    manifest: Option<ManifestOut>,
+    manifest: ManifestOut,
     stats: Stats,
 }
 
 impl Writer {
-    fn handle(&mut self, chunk: Chunk) -> Result<(), Error> {
+    /// A writer for `layout`.
+    pub fn new(layout: TarLayout) -> Self {
+        let writeback = (layout.sync && layout.dir.is_some())
+            .then(Writeback::start)
+            .flatten()
+            .map(Arc::new);
+        Self {
+            writeback,
+            verifier: layout.verify.map(Verifier::new),
+            manifest: ManifestOut::new(layout.dir.clone()),
+            layout,
+            current: None,
+            stdout_base: None,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Writes one chunk (blocking I/O).
+    pub fn handle(&mut self, chunk: Chunk) -> Result<(), Error> {
         match chunk {
             Chunk::ArchiveStart {
                 name,
                 root,
                 server_terminated,
-            } => {
-                let (base, oid) = match root {
-                    crate::sink::plain::ArchiveRoot::Base => (true, None),
-                    crate::sink::plain::ArchiveRoot::Tablespace { oid, .. } => (false, Some(oid)),
-                };
-                let archive = self.open(name, base, server_terminated)?;
-                if let Some(v) = self.verifier.as_mut() {
-                    v.start_archive(oid);
-                    if archive.inspect.is_none() {
-                        v.disable("the server compressed the archives");
-                    }
-                }
-                self.current = Some(archive);
+            } => self.start_archive(name, root, server_terminated)?,
+            Chunk::Batch(pieces) => self.write_batch(pieces)?,
+            Chunk::Data(data) => self.write_data(data)?,
+            Chunk::ArchiveEnd => self.end_archive()?,
+            Chunk::ManifestStart => self.manifest.start()?,
+            Chunk::ManifestData(data) => self.manifest.data(&data, self.verifier.as_mut())?,
+            Chunk::ManifestEnd => self.manifest.end(self.verifier.as_mut())?,
+        }
+        Ok(())
+    }
+
+    /// Completes the base archive on standard output once the manifest (if any) is in;
+    /// returns what was written.
+    pub fn finish(mut self) -> Result<Stats, Error> {
+        if let Some(base) = self.stdout_base.take() {
+            let manifest = self.manifest.take_memory();
+            base.close(manifest.as_deref())?;
+        }
+        Ok(self.stats)
+    }
+
+    /// Opens the archive's output and tells the verifier which archive it is (verification is
+    /// off for archives the server compressed).
+    fn start_archive(
+        &mut self,
+        name: String,
+        root: ArchiveRoot,
+        server_terminated: bool,
+    ) -> Result<(), Error> {
+        let (base, oid) = match root {
+            ArchiveRoot::Base => (true, None),
+            ArchiveRoot::Tablespace { oid, .. } => (false, Some(oid)),
+        };
+        let archive = self.open(name, base, server_terminated)?;
+        if let Some(v) = self.verifier.as_mut() {
+            v.start_archive(oid);
+            if archive.inspect.is_none() {
+                v.disable("the server compressed the archives");
             }
-            Chunk::Batch(pieces) => match self.current.as_mut() {
-                // Passed through untouched: verify, then one vectored write.
-                Some(a) if a.rewrite.is_none() => {
-                    for data in &pieces {
-                        self.stats.bytes += data.len() as u64;
-                        if let (Some(v), Some(inspect)) =
-                            (self.verifier.as_mut(), a.inspect.as_mut())
-                        {
-                            inspect_members(inspect, data.clone(), v).map_err(|source| {
-                                Error::Tar {
-                                    archive: a.name.clone(),
-                                    source,
-                                }
-                            })?;
-                        }
-                    }
-                    a.writer
-                        .write_batch(&pieces)
-                        .map_err(Error::fs("write to file", a.path.clone()))?;
-                }
-                _ => {
-                    for data in pieces {
-                        self.handle(Chunk::Data(data))?;
-                    }
-                }
-            },
-            Chunk::Data(data) => {
-                if let Some(a) = self.current.as_mut() {
+        }
+        self.current = Some(archive);
+        Ok(())
+    }
+
+    /// Several pieces: passed through untouched, they are verified, then written in one
+    /// vectored write; an archive being rewritten takes them one by one.
+    fn write_batch(&mut self, pieces: Vec<Bytes>) -> Result<(), Error> {
+        match self.current.as_mut() {
+            Some(a) if a.rewrite.is_none() => {
+                for data in &pieces {
                     self.stats.bytes += data.len() as u64;
-                    if let (Some(v), Some(inspect)) = (self.verifier.as_mut(), a.inspect.as_mut()) {
-                        inspect_members(inspect, data.clone(), v).map_err(|source| Error::Tar {
-                            archive: a.name.clone(),
-                            source,
-                        })?;
-                    }
-                    a.write(data)?;
+                    a.inspect(self.verifier.as_mut(), data)?;
                 }
+                a.writer
+                    .write_batch(&pieces)
+                    .map_err(Error::fs("write to file", a.path.clone()))
             }
-            Chunk::ArchiveEnd => {
-                if let Some(a) = self.current.take() {
-                    self.stats.files += 1;
-                    if self.layout.dir.is_none() {
-                        self.stdout_base = Some(a);
-                    } else {
-                        a.close(None)?;
-                    }
-                }
-            }
-            Chunk::ManifestStart => {
-                let file = match &self.layout.dir {
-                    Some(dir) => {
-                        let path = dir.join(MANIFEST_TMP);
-                        Some((create(&path)?, path))
-                    }
-                    None => None,
-                };
-                self.manifest = Some(ManifestOut {
-                    file,
-                    bytes: Vec::new(),
-                });
-            }
-            Chunk::ManifestData(data) => {
-                if let Some(v) = self.verifier.as_mut() {
-                    v.manifest_data(&data);
-                }
-                if let Some(m) = self.manifest.as_mut() {
-                    match &mut m.file {
-                        Some((f, path)) => f
-                            .write_all(&data)
-                            .map_err(Error::fs("write to file", path.clone()))?,
-                        None => m.bytes.extend_from_slice(&data),
-                    }
-                }
-            }
-            Chunk::ManifestEnd => {
-                if self.layout.dir.is_some() {
-                    self.manifest = None;
-                }
-                if let Some(v) = self.verifier.as_mut() {
-                    v.finish_manifest()?;
-                }
+            _ => pieces
+                .into_iter()
+                .try_for_each(|data| self.write_data(data)),
+        }
+    }
+
+    /// One piece: verified, then written (through the rewriter, if any).
+    fn write_data(&mut self, data: Bytes) -> Result<(), Error> {
+        if let Some(a) = self.current.as_mut() {
+            self.stats.bytes += data.len() as u64;
+            a.inspect(self.verifier.as_mut(), &data)?;
+            a.write(data)?;
+        }
+        Ok(())
+    }
+
+    /// The archive is complete: closed now, or on standard output kept open until
+    /// [`Self::finish`] for the manifest.
+    fn end_archive(&mut self) -> Result<(), Error> {
+        if let Some(a) = self.current.take() {
+            self.stats.files += 1;
+            if self.layout.dir.is_none() {
+                self.stdout_base = Some(a);
+            } else {
+                a.close(None)?;
             }
         }
         Ok(())
     }
 
+    /// Opens the output of archive `name`: its file (compressed unless the server did) or
+    /// standard output, with the rewriter when `-R` or standard output needs one.
     fn open(&self, name: String, base: bool, server_terminated: bool) -> Result<ArchiveOut, Error> {
         let server_compressed = Method::from_archive_name(&name) != Method::None;
         let spec = if server_compressed {
@@ -225,21 +190,16 @@ impl Writer {
         } else {
             self.layout.compression
         };
-        let (sink, file, path): (Box<dyn Write + Send>, Option<File>, String) =
-            match &self.layout.dir {
-                Some(dir) => {
-                    let path = dir.join(format!("{name}{}", spec.method.suffix()));
-                    let f = create(&path)?;
-                    let clone = f.try_clone().map_err(Error::fs("open", path.clone()))?;
-                    let sink: Box<dyn Write + Send> = match &self.writeback {
-                        Some(wb) => Box::new(TrackedFile::new(f, Arc::clone(wb))),
-                        None => Box::new(f),
-                    };
-                    let clone = self.layout.sync.then_some(clone);
-                    (sink, clone, path.display().to_string())
-                }
-                None => (Box::new(std::io::stdout()), None, "standard output".into()),
-            };
+        let Destination { sink, file, path } = match &self.layout.dir {
+            Some(dir) => {
+                self.create_archive_file(&dir.join(format!("{name}{}", spec.method.suffix())))?
+            }
+            None => Destination {
+                sink: Box::new(std::io::stdout()),
+                file: None,
+                path: "standard output".into(),
+            },
+        };
         let writer =
             codec::writer(spec, sink).map_err(Error::fs("start compressing", path.clone()))?;
         let rewrite = (!server_compressed
@@ -256,16 +216,31 @@ impl Writer {
             server_terminated: server_terminated || server_compressed,
         })
     }
+
+    /// Creates an archive file (which must not exist).
+    fn create_archive_file(&self, path: &Path) -> Result<Destination, Error> {
+        let f = fs::create_new(path)?;
+        let clone = f.try_clone().map_err(Error::fs("open", path))?;
+        let sink: Box<dyn Write + Send> = match &self.writeback {
+            Some(wb) => Box::new(TrackedFile::new(f, Arc::clone(wb))),
+            None => Box::new(f),
+        };
+        Ok(Destination {
+            sink,
+            file: self.layout.sync.then_some(clone),
+            path: path.display().to_string(),
+        })
+    }
 }
 
-fn create(path: &std::path::Path) -> Result<File, Error> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(Error::fs("create file", path))
+/// Where an archive's bytes go before compression.
+struct Destination {
+    /// The file (tracked for early writeback when syncing) or standard output.
+    sink: Box<dyn Write + Send>,
+    /// The file to fsync at the end (with sync).
+    file: Option<File>,
+    /// Its name for messages.
+    path: String,
 }
 
 struct ArchiveOut {
@@ -317,6 +292,17 @@ fn inspect_members(
 }
 
 impl ArchiveOut {
+    /// Feeds `data` to the verifier (when verifying and the archive can be split).
+    fn inspect(&mut self, verifier: Option<&mut Verifier>, data: &Bytes) -> Result<(), Error> {
+        if let (Some(v), Some(inspect)) = (verifier, self.inspect.as_mut()) {
+            inspect_members(inspect, data.clone(), v).map_err(|source| Error::Tar {
+                archive: self.name.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     fn write(&mut self, data: Bytes) -> Result<(), Error> {
         match self.rewrite.as_mut() {
             Some(r) => r
@@ -339,7 +325,7 @@ impl ArchiveOut {
                 .map_err(|e| e.into_error(&self.name, &path))?,
             None if !self.server_terminated => self
                 .writer
-                .write_all(&[0u8; 2 * BLOCK])
+                .write_all(&TAR_END)
                 .map_err(Error::fs("write to file", path.clone()))?,
             None => {}
         }
@@ -383,7 +369,8 @@ impl From<std::io::Error> for RewriteError {
     }
 }
 
-enum Current {
+/// What the rewriter does with the member in progress.
+enum MemberAction {
     /// Copy the member's contents through.
     Pass(u64),
     /// Drop the member.
@@ -397,25 +384,8 @@ enum Current {
 struct Rewriter {
     splitter: TarSplitter,
     recovery: Option<RecoveryFiles>,
-    current: Option<Current>,
+    current: Option<MemberAction>,
     saw_auto_conf: bool,
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn padding(size: u64) -> usize {
-    ((BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64) as usize
-}
-
-fn emit(w: &mut dyn Write, name: &str, mode: u32, contents: &[u8]) -> std::io::Result<()> {
-    let h = build_header(name, MemberKind::File, mode, contents.len() as u64, now());
-    w.write_all(h.as_bytes())?;
-    w.write_all(contents)?;
-    w.write_all(&[0u8; BLOCK][..padding(contents.len() as u64)])
 }
 
 impl Rewriter {
@@ -437,38 +407,38 @@ impl Rewriter {
                     let signal = self.recovery.as_ref().map(|r| r.signal_file);
                     self.current = Some(match (name.as_slice(), signal) {
                         (b"standby.signal", Some(true)) | (b"recovery.conf", Some(false)) => {
-                            Current::Skip
+                            MemberAction::Skip
                         }
                         (b"postgresql.auto.conf", Some(true)) => {
                             self.saw_auto_conf = true;
-                            Current::AutoConf(m, Vec::new())
+                            MemberAction::AutoConf(m, Vec::new())
                         }
                         _ => {
                             w.write_all(&m.raw_header)?;
-                            Current::Pass(m.size)
+                            MemberAction::Pass(m.size)
                         }
                     });
                 }
                 TarEvent::Data(d) => match self.current.as_mut() {
-                    Some(Current::Pass(_)) => w.write_all(&d)?,
-                    Some(Current::AutoConf(_, buf)) => {
+                    Some(MemberAction::Pass(_)) => w.write_all(&d)?,
+                    Some(MemberAction::AutoConf(_, buf)) => {
                         if buf.len() + d.len() > MAX_AUTO_CONF {
                             return Err(RewriteError::TooLarge);
                         }
                         buf.extend_from_slice(&d);
                     }
-                    Some(Current::Skip) | None => {}
+                    Some(MemberAction::Skip) | None => {}
                 },
                 TarEvent::MemberEnd => match self.current.take() {
-                    Some(Current::Pass(size)) => w.write_all(&[0u8; BLOCK][..padding(size)])?,
-                    Some(Current::AutoConf(m, mut buf)) => {
+                    Some(MemberAction::Pass(size)) => w.write_all(fs::tar_padding(size))?,
+                    Some(MemberAction::AutoConf(m, mut buf)) => {
                         if let Some(r) = &self.recovery {
                             buf.extend_from_slice(r.settings.as_bytes());
                         }
                         let name = String::from_utf8_lossy(&m.name).into_owned();
-                        emit(w, &name, m.mode, &buf)?;
+                        fs::write_tar_member(w, &name, m.mode, &buf)?;
                     }
-                    Some(Current::Skip) | None => {}
+                    Some(MemberAction::Skip) | None => {}
                 },
             }
         }
@@ -480,17 +450,17 @@ impl Rewriter {
         if let Some(r) = &self.recovery {
             if r.signal_file {
                 if !self.saw_auto_conf {
-                    emit(w, "postgresql.auto.conf", 0o600, r.settings.as_bytes())?;
+                    fs::write_tar_member(w, "postgresql.auto.conf", 0o600, r.settings.as_bytes())?;
                 }
-                emit(w, "standby.signal", 0o600, b"")?;
+                fs::write_tar_member(w, "standby.signal", 0o600, b"")?;
             } else {
-                emit(w, "recovery.conf", 0o600, r.settings.as_bytes())?;
+                fs::write_tar_member(w, "recovery.conf", 0o600, r.settings.as_bytes())?;
             }
         }
         if let Some(m) = manifest {
-            emit(w, "backup_manifest", 0o600, m)?;
+            fs::write_tar_member(w, "backup_manifest", 0o600, m)?;
         }
-        w.write_all(&[0u8; 2 * BLOCK])?;
+        w.write_all(&TAR_END)?;
         Ok(())
     }
 }
@@ -502,10 +472,10 @@ mod tests {
     fn archive(members: &[(&str, &[u8])], terminated: bool) -> Vec<u8> {
         let mut out = Vec::new();
         for (name, data) in members {
-            emit(&mut out, name, 0o600, data).expect("emit");
+            fs::write_tar_member(&mut out, name, 0o600, data).expect("emit");
         }
         if terminated {
-            out.extend([0u8; 2 * BLOCK]);
+            out.extend(TAR_END);
         }
         out
     }

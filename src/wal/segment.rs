@@ -4,17 +4,18 @@
 //! Like pg_basebackup (and unlike pg_receivewal), the last, incomplete segment keeps its final
 //! name: the clone needs it under that name to start.
 
-use std::fs::{self, File, OpenOptions};
-use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use pgclone_proto::replication::WalChunk;
 use pgclone_proto::{Lsn, SegNo, TimelineId, WalSegSize};
 
+use super::WalSink;
 use crate::error::Error;
+use crate::sink::fs::{self, Existing};
 
 struct OpenSegment {
     segno: SegNo,
@@ -36,7 +37,7 @@ pub struct SegmentWriter {
 
 impl SegmentWriter {
     /// A writer into `dir` (which must exist, with `archive_status` inside); `sync` fsyncs each
-    /// segment as it completes and on [`Self::flush`].
+    /// segment as it completes and on [`WalSink::flush`].
     pub fn new(dir: PathBuf, seg_size: WalSegSize, timeline: TimelineId, sync: bool) -> Self {
         Self {
             dir,
@@ -48,44 +49,6 @@ impl SegmentWriter {
             flushed: Lsn::INVALID,
             completed: 0,
         }
-    }
-
-    /// Starts (or continues, after a timeline switch) streaming on `timeline` from `start`,
-    /// a segment boundary; the open segment of the previous timeline is flushed and closed.
-    pub fn set_timeline(&mut self, timeline: TimelineId, start: Lsn) -> Result<(), Error> {
-        if self.current.is_some() {
-            self.flush()?;
-            self.current = None;
-        }
-        self.timeline = timeline;
-        self.written = start;
-        self.flushed = start;
-        Ok(())
-    }
-
-    /// End of WAL written.
-    pub fn written(&self) -> Lsn {
-        self.written
-    }
-
-    /// End of WAL made durable (or, without sync, written and closed or flushed).
-    pub fn flushed(&self) -> Lsn {
-        self.flushed
-    }
-
-    /// Segments completed so far.
-    pub fn completed(&self) -> u64 {
-        self.completed
-    }
-
-    /// Appends a chunk (the receiver guarantees chunks are contiguous).
-    pub fn write(&mut self, chunk: WalChunk) -> Result<(), Error> {
-        let end = chunk.end();
-        for (segno, offset, bytes) in chunk.split_at_segments(self.seg_size) {
-            self.write_piece(segno, offset, &bytes)?;
-        }
-        self.written = end;
-        Ok(())
     }
 
     fn write_piece(&mut self, segno: SegNo, offset: u64, bytes: &Bytes) -> Result<(), Error> {
@@ -109,18 +72,10 @@ impl SegmentWriter {
         let name = segno.file_name(self.timeline, self.seg_size);
         let path = self.dir.join(&name);
         let size = u64::from(self.seg_size.bytes());
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(Error::fs("open WAL segment", &path))?;
+        let file = fs::open(&path, Existing::Keep).map_err(Error::fs("open WAL segment", &path))?;
         let existing = file.metadata().map_err(Error::fs("stat", &path))?.len();
         match existing {
-            0 => preallocate(&file, size).map_err(Error::fs("preallocate WAL segment", &path))?,
+            0 => full_size(&file, size).map_err(Error::fs("preallocate WAL segment", &path))?,
             n if n == size => {}
             n => {
                 return Err(Error::Fs {
@@ -154,9 +109,34 @@ impl SegmentWriter {
         self.flushed = seg_end.unwrap_or(self.written);
         Ok(())
     }
+}
+
+impl WalSink for SegmentWriter {
+    /// Starts (or continues, after a timeline switch) streaming on `timeline` from `start`,
+    /// a segment boundary; the open segment of the previous timeline is flushed and closed.
+    fn set_timeline(&mut self, timeline: TimelineId, start: Lsn) -> Result<(), Error> {
+        if self.current.is_some() {
+            self.flush()?;
+            self.current = None;
+        }
+        self.timeline = timeline;
+        self.written = start;
+        self.flushed = start;
+        Ok(())
+    }
+
+    /// Appends a chunk (the receiver guarantees chunks are contiguous).
+    fn write(&mut self, chunk: WalChunk) -> Result<(), Error> {
+        let end = chunk.end();
+        for (segno, offset, bytes) in chunk.split_at_segments(self.seg_size) {
+            self.write_piece(segno, offset, &bytes)?;
+        }
+        self.written = end;
+        Ok(())
+    }
 
     /// Makes everything written so far durable (fsyncs the open segment).
-    pub fn flush(&mut self) -> Result<Lsn, Error> {
+    fn flush(&mut self) -> Result<Lsn, Error> {
         if let (Some(seg), true) = (self.current.as_ref(), self.sync) {
             seg.file.sync_all().map_err(Error::fs("fsync", &seg.path))?;
         }
@@ -164,64 +144,43 @@ impl SegmentWriter {
         Ok(self.flushed)
     }
 
-    /// The directory written into.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-}
-
-impl super::WalSink for SegmentWriter {
-    fn set_timeline(&mut self, timeline: TimelineId, start: Lsn) -> Result<(), Error> {
-        Self::set_timeline(self, timeline, start)
-    }
-    fn write(&mut self, chunk: WalChunk) -> Result<(), Error> {
-        Self::write(self, chunk)
-    }
-    fn flush(&mut self) -> Result<Lsn, Error> {
-        Self::flush(self)
-    }
     fn written(&self) -> Lsn {
         self.written
     }
+
+    /// End of WAL made durable (or, without sync, written and closed or flushed).
     fn flushed(&self) -> Lsn {
         self.flushed
     }
+
     fn completed(&self) -> u64 {
         self.completed
     }
+
     fn write_history(&mut self, name: &str, content: &[u8]) -> Result<(), Error> {
         write_history(&self.dir, name, content)
     }
+
     fn finish(&mut self) -> Result<(), Error> {
-        Self::flush(self).map(drop)
+        self.flush().map(drop)
     }
 }
 
-/// Creates `archive_status/<name>.done`, so the clone does not archive what it received.
+/// Creates `archive_status/<name>.done` (emptied if it exists), so the clone does not archive
+/// what it received.
 pub fn mark_done(dir: &Path, name: &str) -> Result<(), Error> {
     let path = dir.join("archive_status").join(format!("{name}.done"));
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
+    fs::open(&path, Existing::Truncate)
         .map(drop)
         .map_err(Error::fs("create file", &path))
 }
 
-/// Gives the file `size` bytes of real (zeroed) blocks: posix_fallocate where the file system
-/// supports it, else writing zeros.
-fn preallocate(file: &File, size: u64) -> io::Result<()> {
-    let len = libc::off_t::try_from(size).map_err(io::Error::other)?;
-    // SAFETY: the descriptor is valid for the lifetime of `file`; posix_fallocate only changes
-    // the file's allocation.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
-    if rc == 0 {
+/// Gives a new segment file its full `size` in real (zeroed) blocks: preallocated where the
+/// file system can ([`fs::preallocate`]), else by writing zeros, so that the last, incomplete
+/// segment has its full size too.
+fn full_size(file: &File, size: u64) -> io::Result<()> {
+    if fs::preallocate(file, size)? {
         return Ok(());
-    }
-    if rc != libc::EOPNOTSUPP && rc != libc::EINVAL {
-        return Err(io::Error::from_raw_os_error(rc));
     }
     let zeros = vec![0u8; 1 << 20];
     let mut done = 0u64;
@@ -233,10 +192,12 @@ fn preallocate(file: &File, size: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes a timeline history file and marks it done.
+/// Writes a timeline history file (replacing one that exists) and marks it done.
 pub fn write_history(dir: &Path, name: &str, content: &[u8]) -> Result<(), Error> {
     let path = dir.join(name);
-    fs::write(&path, content).map_err(Error::fs("write", &path))?;
+    fs::open(&path, Existing::Truncate)
+        .and_then(|mut f| f.write_all(content))
+        .map_err(Error::fs("write", &path))?;
     mark_done(dir, name)
 }
 
@@ -247,7 +208,7 @@ mod tests {
     #[test]
     fn writes_segments_across_boundaries_and_marks_them_done() {
         let tmp = tempfile::tempdir().expect("tmp");
-        fs::create_dir(tmp.path().join("archive_status")).expect("mkdir");
+        std::fs::create_dir(tmp.path().join("archive_status")).expect("mkdir");
         let seg = WalSegSize::from_bytes(1 << 20).expect("1MB");
         let mut w = SegmentWriter::new(tmp.path().to_path_buf(), seg, TimelineId(1), true);
         let start = Lsn(3 << 20);
@@ -269,9 +230,9 @@ mod tests {
         assert_eq!(w.written(), Lsn((4 << 20) + 200));
         let full = tmp.path().join("000000010000000000000003");
         let partial = tmp.path().join("000000010000000000000004");
-        assert_eq!(fs::metadata(&full).expect("full").len(), 1 << 20);
+        assert_eq!(std::fs::metadata(&full).expect("full").len(), 1 << 20);
         assert_eq!(
-            fs::metadata(&partial).expect("partial").len(),
+            std::fs::metadata(&partial).expect("partial").len(),
             1 << 20,
             "preallocated"
         );
@@ -283,7 +244,7 @@ mod tests {
             .path()
             .join("archive_status/000000010000000000000004.done")
             .exists());
-        let bytes = fs::read(&partial).expect("read");
+        let bytes = std::fs::read(&partial).expect("read");
         assert_eq!(&bytes[..200], &[2u8; 200][..]);
         assert!(bytes[200..].iter().all(|&b| b == 0));
         assert_eq!(w.flush().expect("flush"), Lsn((4 << 20) + 200));
@@ -292,8 +253,8 @@ mod tests {
     #[test]
     fn refuses_a_segment_of_the_wrong_size() {
         let tmp = tempfile::tempdir().expect("tmp");
-        fs::create_dir(tmp.path().join("archive_status")).expect("mkdir");
-        fs::write(tmp.path().join("000000010000000000000001"), b"short").expect("write");
+        std::fs::create_dir(tmp.path().join("archive_status")).expect("mkdir");
+        std::fs::write(tmp.path().join("000000010000000000000001"), b"short").expect("write");
         let seg = WalSegSize::from_bytes(1 << 20).expect("1MB");
         let mut w = SegmentWriter::new(tmp.path().to_path_buf(), seg, TimelineId(1), false);
         let err = w

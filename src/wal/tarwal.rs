@@ -7,19 +7,17 @@
 //! The tar is only valid once finished, so flushing reports what was written: a crash before
 //! the end voids the backup anyway.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use pgclone_proto::replication::WalChunk;
-use pgclone_proto::tar::{build_header, MemberKind, BLOCK};
 use pgclone_proto::{Lsn, SegNo, TimelineId, WalSegSize};
 
 use super::WalSink;
-use crate::sink::codec::{self, ArchiveWriter, ClientSpec};
 use crate::error::Error;
+use crate::sink::codec::{self, ArchiveWriter, ClientSpec};
+use crate::sink::fs;
 
 /// Writes WAL into one tar archive.
 pub struct TarWalWriter {
@@ -36,12 +34,6 @@ pub struct TarWalWriter {
     completed: u64,
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl TarWalWriter {
     /// Creates `path` (which must not exist), compressed as `spec` says.
     pub fn create(
@@ -51,13 +43,7 @@ impl TarWalWriter {
         timeline: TimelineId,
         sync: bool,
     ) -> Result<Self, Error> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(Error::fs("create file", &path))?;
+        let file = fs::create_new(&path)?;
         let clone = file.try_clone().map_err(Error::fs("open", &path))?;
         let out = codec::writer(spec, file).map_err(Error::fs("start compressing", &path))?;
         Ok(Self {
@@ -73,21 +59,24 @@ impl TarWalWriter {
         })
     }
 
-    fn put(&mut self, bytes: &[u8]) -> Result<(), Error> {
+    /// Writes through `write` to the archive (an error once it is finished).
+    fn with_out(
+        &mut self,
+        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<(), Error> {
         match self.out.as_mut() {
-            Some(out) => out
-                .write_all(bytes)
-                .map_err(Error::fs("write to file", &self.path)),
+            Some(out) => write(&mut **out).map_err(Error::fs("write to file", &self.path)),
             None => Err(Error::Internal("pg_wal.tar already finished".into())),
         }
     }
 
+    fn put(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.with_out(|w| w.write_all(bytes))
+    }
+
+    /// A whole member, mode 0600.
     fn member(&mut self, name: &str, contents: &[u8]) -> Result<(), Error> {
-        let h = build_header(name, MemberKind::File, 0o600, contents.len() as u64, now());
-        self.put(h.as_bytes())?;
-        self.put(contents)?;
-        let pad = (BLOCK - contents.len() % BLOCK) % BLOCK;
-        self.put(&[0u8; BLOCK][..pad])
+        self.with_out(|w| fs::write_tar_member(w, name, 0o600, contents))
     }
 
     /// Pads the open segment to its declared size (an incomplete last segment).
@@ -126,8 +115,7 @@ impl WalSink for TarWalWriter {
                     )));
                 }
                 let name = segno.file_name(self.timeline, self.seg_size);
-                let h = build_header(&name, MemberKind::File, 0o600, size, now());
-                self.put(h.as_bytes())?;
+                self.put(&fs::tar_file_header(&name, 0o600, size))?;
                 self.current = Some((segno, 0));
             }
             self.put(&bytes)?;
@@ -170,7 +158,7 @@ impl WalSink for TarWalWriter {
 
     fn finish(&mut self) -> Result<(), Error> {
         self.close_partial()?;
-        self.put(&[0u8; 2 * BLOCK])?;
+        self.put(&fs::TAR_END)?;
         if let Some(out) = self.out.take() {
             out.finish()
                 .map_err(Error::fs("finish writing", &self.path))?;

@@ -64,37 +64,15 @@ impl<W: Write + Send> ArchiveWriter for pgzip::ParallelGzWriter<W> {
     }
 }
 
-struct Zstd<W: Write + Send>(zstd::stream::write::Encoder<'static, W>);
-
-impl<W: Write + Send> Write for Zstd<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
-    }
-}
-
-impl<W: Write + Send> ArchiveWriter for Zstd<W> {
+impl<W: Write + Send> ArchiveWriter for zstd::stream::write::Encoder<'static, W> {
     fn finish(self: Box<Self>) -> io::Result<()> {
-        self.0.finish()?.flush()
+        (*self).finish()?.flush()
     }
 }
 
-struct Lz4<W: Write + Send>(lz4::Encoder<W>);
-
-impl<W: Write + Send> Write for Lz4<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
-    }
-}
-
-impl<W: Write + Send> ArchiveWriter for Lz4<W> {
+impl<W: Write + Send> ArchiveWriter for lz4::Encoder<W> {
     fn finish(self: Box<Self>) -> io::Result<()> {
-        let (mut w, result) = self.0.finish();
+        let (mut w, result) = (*self).finish();
         result?;
         w.flush()
     }
@@ -128,11 +106,11 @@ pub fn writer<W: Write + Send + 'static>(
             if spec.long {
                 enc.long_distance_matching(true)?;
             }
-            Box::new(Zstd(enc))
+            Box::new(enc)
         }
         Method::Lz4 => {
             let level = spec.level.unwrap_or(0).max(0) as u32;
-            Box::new(Lz4(lz4::EncoderBuilder::new().level(level).build(out)?))
+            Box::new(lz4::EncoderBuilder::new().level(level).build(out)?)
         }
     })
 }

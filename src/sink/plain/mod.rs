@@ -1,5 +1,5 @@
 //! Plain-format output: the archives the server streams, unpacked into the data directory and
-//! the tablespace directories: written by the reading task itself ([`Inline`]), or, for
+//! the tablespace directories: written by the reading task itself ([`Writer`]), or, for
 //! archives the server compressed, decompressed on a blocking thread fed through a bounded
 //! channel ([`run`]).
 //!
@@ -9,18 +9,18 @@
 //! base archive, for a tablespace the server listed, pointing where pgclone decided (the
 //! tablespace's location or its `-T` mapping), never where the member says; anything beneath
 //! such a link is refused. Hard links, devices, FIFOs and other member types are refused.
-//! Files are created with `O_CREAT|O_EXCL|O_NOFOLLOW`, so an existing file or link is never
-//! written through. Modes are applied as sent, without set-id or sticky bits; owners and
-//! times are not applied.
+//! Files are created with `O_CREAT|O_EXCL|O_NOFOLLOW` ([`create_new`]), so an existing file or
+//! link is never written through. Modes are applied as sent, without set-id or sticky bits;
+//! owners and times are not applied.
 //!
 //! Memory stays bounded: contents are written as they arrive, never buffered whole.
 
 pub mod path;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -28,63 +28,27 @@ use pgclone_proto::tar::{Member, MemberKind, TarEvent, TarSplitter};
 use pgclone_proto::Oid;
 use tokio::sync::mpsc;
 
-use crate::sink::codec::{self, Method};
 use crate::error::Error;
 use crate::manifest::check::Verifier;
 use crate::manifest::ChecksumAlgorithm;
+use crate::sink::codec::{self, Method};
+use crate::sink::fs::{create_new, preallocate};
+use crate::sink::manifest_out::ManifestOut;
 use crate::sink::writeback::{FileProgress, Writeback};
+use crate::sink::{ArchiveRoot, Chunk, Stats};
 
-/// Name of the manifest while it is being written; renamed once the backup is synced.
-pub const MANIFEST_TMP: &str = "backup_manifest.tmp";
+/// Also here for the callers that import it with the layout; defined in [`crate::sink`].
+pub use crate::sink::MANIFEST_TMP;
 
-/// A piece of the backup for the unpacker, in stream order.
-#[derive(Debug)]
-pub enum Chunk {
-    /// An archive starts; its members go under `root`.
-    ArchiveStart {
-        /// Archive name (`base.tar`, `16384.tar.gz`...).
-        name: String,
-        /// What it holds.
-        root: ArchiveRoot,
-        /// Whether the server ends it with the two zero blocks (15+).
-        server_terminated: bool,
-    },
-    /// Archive bytes.
-    Data(Bytes),
-    /// Several consecutive pieces of archive bytes (fewer hand-offs between threads).
-    Batch(Vec<Bytes>),
-    /// The archive is complete.
-    ArchiveEnd,
-    /// The manifest starts.
-    ManifestStart,
-    /// Manifest bytes.
-    ManifestData(Bytes),
-    /// The manifest is complete.
-    ManifestEnd,
-}
-
-/// Where an archive's members go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ArchiveRoot {
-    /// The main data directory.
-    Base,
-    /// A tablespace, unpacked into `dir`.
-    Tablespace {
-        /// Its oid.
-        oid: Oid,
-        /// Where its contents go.
-        dir: PathBuf,
-    },
-}
-
-/// The output layout, fixed before the first archive arrives.
+/// Where plain-format output goes, fixed before the first archive arrives.
 #[derive(Debug, Clone)]
 pub struct Layout {
     /// The data directory.
     pub dest: PathBuf,
     /// `--waldir`: where `pg_wal`'s contents go (`dest/pg_wal` is a symlink to it).
     pub waldir: Option<PathBuf>,
-    /// Mode of directories pgclone creates itself.
+    /// Mode of directories pgclone creates itself (the tablespace directories, created by the
+    /// clone run before unpacking; members' directories get their own mode).
     pub dir_mode: u32,
     /// Target of the `pg_tblspc/<oid>` symlink for each tablespace outside the data directory.
     pub tablespace_links: HashMap<Oid, PathBuf>,
@@ -98,60 +62,22 @@ pub struct Layout {
     pub start_writeback: bool,
 }
 
-/// What the unpacker wrote.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Stats {
-    /// Regular files written.
-    pub files: u64,
-    /// Bytes of file contents written.
-    pub bytes: u64,
-}
-
 /// Unpacks chunks from `rx` until the sender is dropped. Blocking: run it on its own thread.
 /// Archives the server compressed (`.tar.gz`, `.tar.lz4`, `.tar.zst`) are decompressed on the
 /// way.
 pub fn run(mut rx: mpsc::Receiver<Chunk>, layout: Layout) -> Result<Stats, Error> {
-    let mut w = Writer::new(layout);
+    let mut w = Unpacker::new(layout);
     while let Some(chunk) = rx.blocking_recv() {
         match chunk {
             Chunk::ArchiveStart { name, root, .. }
                 if Method::from_archive_name(&name) != Method::None =>
             {
-                let method = Method::from_archive_name(&name);
                 w.handle(Chunk::ArchiveStart {
                     name: name.clone(),
                     root,
                     server_terminated: true,
                 })?;
-                let mut reader = ArchiveReader {
-                    rx: &mut rx,
-                    current: Bytes::new(),
-                    queued: std::collections::VecDeque::new(),
-                    ended: false,
-                };
-                {
-                    let mut decoder = codec::reader(method, &mut reader)
-                        .map_err(|e| decode_error(&name, e))?;
-                    let mut buf = vec![0u8; 256 * 1024];
-                    loop {
-                        let n = decoder.read(&mut buf).map_err(|e| decode_error(&name, e))?;
-                        if n == 0 {
-                            break;
-                        }
-                        w.handle(Chunk::Data(Bytes::copy_from_slice(
-                            buf.get(..n).unwrap_or_default(),
-                        )))?;
-                    }
-                }
-                // The decoder may stop at the end of its frame before the archive's end
-                // marker has been read: nothing but that marker may follow.
-                let mut rest = [0u8; 512];
-                if reader.read(&mut rest).map_err(|e| decode_error(&name, e))? > 0 {
-                    return Err(decode_error(
-                        &name,
-                        io::Error::other("data after the end of the compressed stream"),
-                    ));
-                }
+                unpack_compressed(&mut w, &mut rx, &name)?;
                 w.handle(Chunk::ArchiveEnd)?;
             }
             chunk => w.handle(chunk)?,
@@ -160,15 +86,54 @@ pub fn run(mut rx: mpsc::Receiver<Chunk>, layout: Layout) -> Result<Stats, Error
     w.finish()
 }
 
+/// Reads the server-compressed archive `name` from `rx` up to its `ArchiveEnd` and unpacks it
+/// decompressed.
+fn unpack_compressed(
+    w: &mut Unpacker,
+    rx: &mut mpsc::Receiver<Chunk>,
+    name: &str,
+) -> Result<(), Error> {
+    let mut reader = ArchiveReader {
+        rx,
+        current: Bytes::new(),
+        queued: std::collections::VecDeque::new(),
+        ended: false,
+    };
+    {
+        let method = Method::from_archive_name(name);
+        let mut decoder = codec::reader(method, &mut reader).map_err(|e| decode_error(name, e))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = decoder.read(&mut buf).map_err(|e| decode_error(name, e))?;
+            if n == 0 {
+                break;
+            }
+            w.handle(Chunk::Data(Bytes::copy_from_slice(
+                buf.get(..n).unwrap_or_default(),
+            )))?;
+        }
+    }
+    // The decoder may stop at the end of its frame before the archive's end marker has been
+    // read: nothing but that marker may follow.
+    let mut rest = [0u8; 512];
+    if reader.read(&mut rest).map_err(|e| decode_error(name, e))? > 0 {
+        return Err(decode_error(
+            name,
+            io::Error::other("data after the end of the compressed stream"),
+        ));
+    }
+    Ok(())
+}
+
 /// The plain-format writer driven on the caller's thread, chunk by chunk: the reading task
 /// writes each batch itself, so no thread hand-off sits between the socket and the files.
 /// Takes only uncompressed archives; server-compressed ones need [`run`]'s decompressing reader.
-pub struct Inline(Writer);
+pub struct Writer(Unpacker);
 
-impl Inline {
+impl Writer {
     /// A writer for `layout`.
     pub fn new(layout: Layout) -> Self {
-        Self(Writer::new(layout))
+        Self(Unpacker::new(layout))
     }
 
     /// Writes one chunk (blocking file I/O).
@@ -254,12 +219,13 @@ struct OpenFile {
     written: FileProgress,
 }
 
-struct Writer {
+/// Unpacks uncompressed archives member by member; what [`Writer`] and [`run`] drive.
+struct Unpacker {
     layout: Layout,
     verifier: Option<Verifier>,
     archive: Option<Archive>,
     file: Option<OpenFile>,
-    manifest: Option<OpenFile>,
+    manifest: ManifestOut,
     /// Symlinks created, relative to the base archive root.
     links: HashSet<PathBuf>,
     stats: Stats,
@@ -267,7 +233,7 @@ struct Writer {
     writeback: Option<Writeback>,
 }
 
-impl Writer {
+impl Unpacker {
     fn new(layout: Layout) -> Self {
         let layout_writeback = if layout.start_writeback {
             Writeback::start()
@@ -276,10 +242,10 @@ impl Writer {
         };
         Self {
             verifier: layout.verify.map(Verifier::new),
+            manifest: ManifestOut::new(Some(layout.dest.clone())),
             layout,
             archive: None,
             file: None,
-            manifest: None,
             links: HashSet::new(),
             stats: Stats::default(),
             writeback: layout_writeback,
@@ -298,62 +264,41 @@ impl Writer {
 
     fn handle(&mut self, chunk: Chunk) -> Result<(), Error> {
         match chunk {
-            Chunk::ArchiveStart { name, root, .. } => {
-                let (root, base) = match root {
-                    ArchiveRoot::Base => {
-                        if let Some(v) = self.verifier.as_mut() {
-                            v.start_archive(None);
-                        }
-                        (self.layout.dest.clone(), true)
-                    }
-                    ArchiveRoot::Tablespace { dir, oid } => {
-                        if let Some(v) = self.verifier.as_mut() {
-                            v.start_archive(Some(oid));
-                        }
-                        (dir, false)
-                    }
-                };
-                self.archive = Some(Archive {
-                    name,
-                    root,
-                    base,
-                    splitter: TarSplitter::new(),
-                });
-            }
+            Chunk::ArchiveStart { name, root, .. } => self.start_archive(name, root),
             Chunk::Data(data) => self.archive_data(std::iter::once(data))?,
             Chunk::Batch(pieces) => self.archive_data(pieces)?,
-            Chunk::ArchiveEnd => {
-                if let Some(mut archive) = self.archive.take() {
-                    archive.splitter.finish().map_err(|source| Error::Tar {
-                        archive: archive.name.clone(),
-                        source,
-                    })?;
-                }
-            }
-            Chunk::ManifestStart => {
-                let path = self.layout.dest.join(MANIFEST_TMP);
-                self.manifest = Some(OpenFile {
-                    file: create_file(&path, 0o600)?,
-                    path,
-                    written: FileProgress::default(),
-                });
-            }
-            Chunk::ManifestData(data) => {
-                if let Some(v) = self.verifier.as_mut() {
-                    v.manifest_data(&data);
-                }
-                if let Some(m) = self.manifest.as_mut() {
-                    m.file
-                        .write_all(&data)
-                        .map_err(Error::fs("write to file", &m.path))?;
-                }
-            }
-            Chunk::ManifestEnd => {
-                self.manifest = None;
-                if let Some(v) = self.verifier.as_mut() {
-                    v.finish_manifest()?;
-                }
-            }
+            Chunk::ArchiveEnd => self.end_archive()?,
+            Chunk::ManifestStart => self.manifest.start()?,
+            Chunk::ManifestData(data) => self.manifest.data(&data, self.verifier.as_mut())?,
+            Chunk::ManifestEnd => self.manifest.end(self.verifier.as_mut())?,
+        }
+        Ok(())
+    }
+
+    /// An archive starts: its members go under the data directory or the tablespace's.
+    fn start_archive(&mut self, name: String, root: ArchiveRoot) {
+        let (root, base, oid) = match root {
+            ArchiveRoot::Base => (self.layout.dest.clone(), true, None),
+            ArchiveRoot::Tablespace { dir, oid } => (dir, false, Some(oid)),
+        };
+        if let Some(v) = self.verifier.as_mut() {
+            v.start_archive(oid);
+        }
+        self.archive = Some(Archive {
+            name,
+            root,
+            base,
+            splitter: TarSplitter::new(),
+        });
+    }
+
+    /// The archive ended: its tar stream must be complete.
+    fn end_archive(&mut self) -> Result<(), Error> {
+        if let Some(mut archive) = self.archive.take() {
+            archive.splitter.finish().map_err(|source| Error::Tar {
+                archive: archive.name.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -421,6 +366,8 @@ impl Writer {
         Ok(())
     }
 
+    /// A member starts: its name is checked (no escape, nothing beneath a link written), then
+    /// its directory, file or tablespace link is made; any other member is refused.
     fn begin_member(&mut self, m: &Member) -> Result<(), Error> {
         let Some(archive) = self.archive.as_ref() else {
             return Ok(());
@@ -451,30 +398,15 @@ impl Writer {
                 let path = self
                     .resolve(archive, &rel)
                     .ok_or_else(|| refuse("a file where the WAL directory link is".into()))?;
-                let file = create_file(&path, mode)?;
-                preallocate(&file, m.size, &path)?;
-                self.file = Some(OpenFile {
-                    file,
-                    path,
-                    written: FileProgress::default(),
-                });
-                if let Some(v) = self.verifier.as_mut() {
-                    v.begin_file(&m.name);
-                }
-                Ok(())
+                self.begin_file(path, mode, m)
             }
             MemberKind::Symlink => {
-                let target = archive
-                    .base
-                    .then(|| tablespace_oid(&rel))
-                    .flatten()
-                    .and_then(|oid| self.layout.tablespace_links.get(&oid))
-                    .ok_or_else(|| {
-                        refuse(
-                            "symbolic links are only accepted for listed tablespaces in pg_tblspc"
-                                .into(),
-                        )
-                    })?;
+                let target = self.tablespace_link(archive, &rel).ok_or_else(|| {
+                    refuse(
+                        "symbolic links are only accepted for listed tablespaces in pg_tblspc"
+                            .into(),
+                    )
+                })?;
                 let path = archive.root.join(&rel);
                 std::os::unix::fs::symlink(target, &path)
                     .map_err(Error::fs("create symbolic link", &path))?;
@@ -486,6 +418,32 @@ impl Writer {
                 char::from(t).escape_default()
             ))),
         }
+    }
+
+    /// A regular file starts: created (it must not exist) with its mode, its blocks reserved,
+    /// and announced to the verifier.
+    fn begin_file(&mut self, path: PathBuf, mode: u32, m: &Member) -> Result<(), Error> {
+        let file = create_file(&path, mode)?;
+        preallocate(&file, m.size).map_err(Error::fs("preallocate", &path))?;
+        self.file = Some(OpenFile {
+            file,
+            path,
+            written: FileProgress::default(),
+        });
+        if let Some(v) = self.verifier.as_mut() {
+            v.begin_file(&m.name);
+        }
+        Ok(())
+    }
+
+    /// The target pgclone chose for the symbolic link `rel`, if it is `pg_tblspc/<oid>` in the
+    /// base archive for a listed tablespace; `None` refuses the link.
+    fn tablespace_link(&self, archive: &Archive, rel: &Path) -> Option<&PathBuf> {
+        archive
+            .base
+            .then(|| tablespace_oid(rel))
+            .flatten()
+            .and_then(|oid| self.layout.tablespace_links.get(&oid))
     }
 
     /// Where a member goes: under the archive root, except `pg_wal` contents with `--waldir`.
@@ -515,31 +473,6 @@ fn tablespace_oid(rel: &Path) -> Option<Oid> {
     s.parse().ok()
 }
 
-/// Files from this size on get their blocks reserved before they are written.
-const PREALLOCATE_FROM: u64 = 1 << 20;
-
-/// Reserves a large file's blocks up front (the tar header gives its size), so a full disk
-/// shows when the file starts, not halfway through it (measured neutral for speed on ext4).
-/// A filesystem that cannot preallocate is not an error.
-fn preallocate(file: &File, size: u64, path: &Path) -> Result<(), Error> {
-    use std::os::unix::io::AsRawFd;
-    if size < PREALLOCATE_FROM {
-        return Ok(());
-    }
-    let Ok(len) = libc::off_t::try_from(size) else {
-        return Ok(());
-    };
-    // SAFETY: the descriptor is open for the duration of the call.
-    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => Ok(()),
-        _ => Err(Error::fs("preallocate", path)(e)),
-    }
-}
-
 fn make_dir(path: &Path, mode: u32, precreated: bool) -> Result<(), Error> {
     match fs::DirBuilder::new().mode(mode).create(path) {
         Ok(()) => {}
@@ -550,14 +483,9 @@ fn make_dir(path: &Path, mode: u32, precreated: bool) -> Result<(), Error> {
         .map_err(Error::fs("set permissions of directory", path))
 }
 
+/// Creates a member's file (it must not exist) and applies its mode.
 fn create_file(path: &Path, mode: u32) -> Result<File, Error> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(path)
-        .map_err(Error::fs("create file", path))?;
+    let file = create_new(path)?;
     file.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(Error::fs("set permissions of file", path))?;
     Ok(file)

@@ -1,0 +1,86 @@
+//! The manifest as both writers receive it (`ManifestStart`, `ManifestData`, `ManifestEnd`):
+//! written to [`MANIFEST_TMP`] in the destination directory (the caller renames it once the
+//! backup is synced), or kept in memory when there is no directory (the tar writer on standard
+//! output adds it to the base archive at the end); and handed to the verifier, if any.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::error::Error;
+use crate::manifest::check::Verifier;
+use crate::sink::{fs, MANIFEST_TMP};
+
+/// Where the manifest goes, and the part of it received so far.
+pub struct ManifestOut {
+    /// The directory of [`MANIFEST_TMP`]; `None` keeps the manifest in memory.
+    dir: Option<PathBuf>,
+    current: Option<Target>,
+}
+
+enum Target {
+    File { file: File, path: PathBuf },
+    Memory(Vec<u8>),
+}
+
+impl ManifestOut {
+    /// The manifest goes to `dir/`[`MANIFEST_TMP`], or into memory when `dir` is `None`.
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Self { dir, current: None }
+    }
+
+    /// The manifest starts: creates its file (which must not exist) or its buffer.
+    pub fn start(&mut self) -> Result<(), Error> {
+        self.current = Some(match &self.dir {
+            Some(dir) => {
+                let path = dir.join(MANIFEST_TMP);
+                Target::File {
+                    file: fs::create_new(&path)?,
+                    path,
+                }
+            }
+            None => Target::Memory(Vec::new()),
+        });
+        Ok(())
+    }
+
+    /// Manifest bytes: to the verifier, then to the file or buffer.
+    pub fn data(&mut self, data: &[u8], verifier: Option<&mut Verifier>) -> Result<(), Error> {
+        if let Some(v) = verifier {
+            v.manifest_data(data);
+        }
+        match &mut self.current {
+            Some(Target::File { file, path }) => file
+                .write_all(data)
+                .map_err(Error::fs("write to file", path.as_path())),
+            Some(Target::Memory(bytes)) => {
+                bytes.extend_from_slice(data);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The manifest is complete: closes its file (a buffer is kept for [`Self::take_memory`])
+    /// and has the verifier check what was written against it.
+    pub fn end(&mut self, verifier: Option<&mut Verifier>) -> Result<(), Error> {
+        if let Some(Target::File { .. }) = self.current {
+            self.current = None;
+        }
+        match verifier {
+            Some(v) => v.finish_manifest(),
+            None => Ok(()),
+        }
+    }
+
+    /// The manifest kept in memory, if there is one.
+    pub fn take_memory(&mut self) -> Option<Vec<u8>> {
+        match self.current.take() {
+            Some(Target::Memory(bytes)) => Some(bytes),
+            other => {
+                self.current = other;
+                None
+            }
+        }
+    }
+}
