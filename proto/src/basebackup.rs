@@ -1055,7 +1055,7 @@ mod tests {
             BackendMessage::CommandComplete("SELECT".into()),
             BackendMessage::ErrorResponse(ServerError {
                 severity: "ERROR".into(),
-                code: ServerError::DATA_CORRUPTED.into(),
+                code: crate::sqlstate::DATA_CORRUPTED.into(),
                 message: "checksum verification failure during base backup".into(),
                 ..ServerError::default()
             }),
@@ -1064,7 +1064,7 @@ mod tests {
         let events = run(Dialect::Legacy, msgs).expect("decodes");
         assert!(matches!(
             events.get(events.len() - 2),
-            Some(BackupEvent::ServerError(e)) if e.code == "XX001"
+            Some(BackupEvent::ServerError(e)) if e.code == crate::sqlstate::DATA_CORRUPTED
         ));
         assert_eq!(events.last(), Some(&BackupEvent::Complete));
     }

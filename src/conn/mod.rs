@@ -716,7 +716,9 @@ async fn startup(
                 let auth = e.is_auth_failure();
                 // 57P03 the database system is starting up / shutting down; 53300 too many
                 // connections (or WAL senders).
-                let transient = matches!(e.code.as_str(), "57P03" | "53300");
+                use pgclone_proto::sqlstate::{CANNOT_CONNECT_NOW, TOO_MANY_CONNECTIONS};
+                let transient =
+                    matches!(e.code.as_str(), CANNOT_CONNECT_NOW | TOO_MANY_CONNECTIONS);
                 return Err(fail_with(e.to_string(), auth, transient));
             }
             Err(e) => return Err(fail(e.to_string(), false)),
