@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use pgclone_proto::basebackup::{
-    BackupEvent, BaseBackupDecoder, BaseBackupOptions, Dialect, TablespaceInfo,
+    ArchiveInfo, BackupEvent, BaseBackupDecoder, BaseBackupOptions, Dialect, TablespaceInfo,
 };
 use pgclone_proto::{sqlstate, Lsn, ServerError, TimelineId};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -264,47 +264,9 @@ impl State {
         cleanup: &mut Cleanup,
     ) -> Result<(), Error> {
         match event {
-            BackupEvent::Started { start, timeline } => {
-                tracing::info!("checkpoint completed");
-                tracing::info!("write-ahead log start point: {start} on timeline {timeline}");
-                self.started = Some(start);
-                if let Some(tx) = self.wal.as_mut().and_then(|w| w.start.take()) {
-                    tracing::info!("starting background WAL receiver");
-                    if tx.send((start, timeline)).is_err() {
-                        return Err(Error::Cancelled);
-                    }
-                }
-            }
-            BackupEvent::Tablespaces(list) => {
-                let mut sink = self
-                    .sink
-                    .take()
-                    .ok_or_else(|| Error::Internal("tablespace list twice".into()))?;
-                if let Sink::Plain(layout) = &mut sink {
-                    self.tablespace_dirs = prepare_tablespaces(&list, cfg, layout, cleanup)?;
-                }
-                let total = list.iter().map(|t| t.size_kb).sum::<Option<u64>>();
-                self.progress.set_total(total, list.len());
-                self.tablespaces = list;
-                self.unpacker = Some(Unpacker::new(sink, server_compressed(cfg)));
-            }
-            BackupEvent::ArchiveStart(info) => {
-                let ts = self.tablespaces.get(info.tablespace);
-                let root = match ts.and_then(|t| t.oid.zip(t.location.as_ref())) {
-                    None => ArchiveRoot::Base,
-                    Some((oid, location)) => ArchiveRoot::Tablespace {
-                        oid,
-                        dir: target_dir(location, cfg),
-                    },
-                };
-                tracing::debug!("receiving archive {}", info.name);
-                self.send(Chunk::ArchiveStart {
-                    name: info.name,
-                    root,
-                    server_terminated: info.server_terminated,
-                })
-                .await?;
-            }
+            BackupEvent::Started { start, timeline } => self.on_started(start, timeline)?,
+            BackupEvent::Tablespaces(list) => self.on_tablespaces(list, cfg, cleanup)?,
+            BackupEvent::ArchiveStart(info) => self.on_archive_start(info, cfg).await?,
             BackupEvent::ArchiveData(data) => {
                 self.progress.add(data.len());
                 self.batch_bytes += data.len();
@@ -337,6 +299,61 @@ impl State {
             other => tracing::debug!("ignoring {other:?}"),
         }
         Ok(())
+    }
+
+    /// The checkpoint is done: record the start and tell the WAL task where to begin.
+    fn on_started(&mut self, start: Lsn, timeline: TimelineId) -> Result<(), Error> {
+        tracing::info!("checkpoint completed");
+        tracing::info!("write-ahead log start point: {start} on timeline {timeline}");
+        self.started = Some(start);
+        if let Some(tx) = self.wal.as_mut().and_then(|w| w.start.take()) {
+            tracing::info!("starting background WAL receiver");
+            if tx.send((start, timeline)).is_err() {
+                return Err(Error::Cancelled);
+            }
+        }
+        Ok(())
+    }
+
+    /// The tablespace list: prepare their directories (plain format), size the progress
+    /// report and open the writer.
+    fn on_tablespaces(
+        &mut self,
+        list: Vec<TablespaceInfo>,
+        cfg: &Config,
+        cleanup: &mut Cleanup,
+    ) -> Result<(), Error> {
+        let mut sink = self
+            .sink
+            .take()
+            .ok_or_else(|| Error::Internal("tablespace list twice".into()))?;
+        if let Sink::Plain(layout) = &mut sink {
+            self.tablespace_dirs = prepare_tablespaces(&list, cfg, layout, cleanup)?;
+        }
+        let total = list.iter().map(|t| t.size_kb).sum::<Option<u64>>();
+        self.progress.set_total(total, list.len());
+        self.tablespaces = list;
+        self.unpacker = Some(Unpacker::new(sink, server_compressed(cfg)));
+        Ok(())
+    }
+
+    /// An archive begins: tell the writer which directory it unpacks into.
+    async fn on_archive_start(&mut self, info: ArchiveInfo, cfg: &Config) -> Result<(), Error> {
+        let ts = self.tablespaces.get(info.tablespace);
+        let root = match ts.and_then(|t| t.oid.zip(t.location.as_ref())) {
+            None => ArchiveRoot::Base,
+            Some((oid, location)) => ArchiveRoot::Tablespace {
+                oid,
+                dir: target_dir(location, cfg),
+            },
+        };
+        tracing::debug!("receiving archive {}", info.name);
+        self.send(Chunk::ArchiveStart {
+            name: info.name,
+            root,
+            server_terminated: info.server_terminated,
+        })
+        .await
     }
 
     fn server_error(&self, e: ServerError) -> Error {
