@@ -106,26 +106,26 @@ fn create_physical_slot(
 mod tests {
     use super::*;
 
-    /// One version of each major pgclone supports, with the text expected there.
+    /// Every major pgclone supports.
     const MAJORS: [u32; 9] = [10, 11, 12, 13, 14, 15, 16, 17, 18];
 
     fn v(major: u32) -> ServerVersion {
         ServerVersion(major * 10000 + 3)
     }
 
+    fn create(name: &str, temporary: bool, reserve_wal: bool) -> Command<'_> {
+        Command::CreatePhysicalSlot {
+            name,
+            temporary,
+            reserve_wal,
+        }
+    }
+
     #[test]
     fn create_slot_keywords_before_15_parentheses_after() {
         for major in MAJORS {
-            let temporary = Command::CreatePhysicalSlot {
-                name: "pgclone_4242",
-                temporary: true,
-                reserve_wal: true,
-            };
-            let permanent = Command::CreatePhysicalSlot {
-                name: "standby_1",
-                temporary: false,
-                reserve_wal: true,
-            };
+            let temporary = create("pgclone_4242", true, true);
+            let permanent = create("standby_1", false, true);
             let (tmp, perm) = if major >= 15 {
                 (
                     r#"CREATE_REPLICATION_SLOT "pgclone_4242" TEMPORARY PHYSICAL (RESERVE_WAL)"#,
@@ -145,11 +145,7 @@ mod tests {
 
     #[test]
     fn create_slot_boundary_is_the_first_15_release() {
-        let cmd = Command::CreatePhysicalSlot {
-            name: "s",
-            temporary: false,
-            reserve_wal: true,
-        };
+        let cmd = create("s", false, true);
         assert_eq!(
             cmd.text(ServerVersion(149_999)),
             r#"CREATE_REPLICATION_SLOT "s" PHYSICAL RESERVE_WAL"#
@@ -163,11 +159,7 @@ mod tests {
     #[test]
     fn create_slot_without_reserving_wal_has_no_options() {
         for major in MAJORS {
-            let cmd = Command::CreatePhysicalSlot {
-                name: "s",
-                temporary: true,
-                reserve_wal: false,
-            };
+            let cmd = create("s", true, false);
             assert_eq!(
                 cmd.text(v(major)),
                 r#"CREATE_REPLICATION_SLOT "s" TEMPORARY PHYSICAL"#
@@ -228,11 +220,7 @@ mod tests {
     fn names_are_the_leading_keyword() {
         let commands = [
             Command::IdentifySystem,
-            Command::CreatePhysicalSlot {
-                name: "s",
-                temporary: false,
-                reserve_wal: true,
-            },
+            create("s", false, true),
             Command::DropSlot { name: "s" },
             Command::StartPhysical {
                 slot: None,
