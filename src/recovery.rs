@@ -1,5 +1,5 @@
 //! `-R`: the standby configuration written into the clone, as pure functions of what the
-//! connection actually used and the server version.
+//! connection actually used ([`primary_conninfo`]) and the server version.
 //!
 //! - Servers 10–11: `recovery.conf` with `standby_mode = 'on'`, `primary_conninfo` and
 //!   `primary_slot_name` when a slot was named.
@@ -14,11 +14,13 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use pgclone_proto::startup::AuthMethod;
 use pgclone_proto::ServerVersion;
 
 use crate::conn::conninfo::quote_value;
+use crate::conn::{ChannelBinding, ConnParams, RootCert, Secret, ServerInfo, SslMode, TlsSettings};
 use crate::error::Error;
 use crate::sink::fs::{self as sinkfs, Existing};
 
@@ -109,6 +111,59 @@ impl PrimaryConnInfo {
             parts.push("sslnegotiation=direct".into());
         }
         parts.join(" ")
+    }
+}
+
+/// What `-R` writes into `primary_conninfo` for the connection described by `info` (opened
+/// with `params`): only what this connection used.
+pub fn primary_conninfo(info: &ServerInfo, params: &ConnParams) -> PrimaryConnInfo {
+    let (password, passfile) = password_used(info.password.as_ref(), info.auth);
+    PrimaryConnInfo {
+        host: info.host.as_conninfo_value(),
+        port: info.port,
+        user: params.user.clone(),
+        password,
+        passfile,
+        application_name: params
+            .application_name_explicit
+            .then(|| params.application_name.clone()),
+        dbname: params.dbname.clone(),
+        tls: tls_used(&params.tls, info.tls),
+    }
+}
+
+/// The password to repeat, or the passfile it came from: a password from a passfile is
+/// referred to by the file, not copied (as libpq `-R` does); none when the server trusted us.
+fn password_used(
+    used: Option<&(Secret, Option<PathBuf>)>,
+    auth: AuthMethod,
+) -> (Option<String>, Option<String>) {
+    match (used, auth != AuthMethod::Trust) {
+        (Some((_, Some(file))), true) => (None, Some(file.display().to_string())),
+        (Some((secret, None)), true) => (Some(secret.expose().to_owned()), None),
+        _ => (None, None),
+    }
+}
+
+/// The TLS settings the connection used (`encrypted`: whether it is), for `primary_conninfo`.
+fn tls_used(t: &TlsSettings, encrypted: bool) -> TlsUsed {
+    let mode_set = t.mode != SslMode::Prefer;
+    TlsUsed {
+        sslmode: (encrypted || mode_set).then(|| t.mode.name().to_owned()),
+        sslrootcert: match (&t.root_cert, encrypted) {
+            (Some(RootCert::System), true) => Some("system".into()),
+            (Some(RootCert::File(p)), true) if t.mode.requires_tls() || t.root_cert_explicit => {
+                Some(p.display().to_string())
+            }
+            _ => None,
+        },
+        client_cert: match (&t.client_cert, encrypted) {
+            (Some((c, k)), true) => Some((c.display().to_string(), k.display().to_string())),
+            _ => None,
+        },
+        channel_binding: (t.channel_binding != ChannelBinding::Prefer)
+            .then(|| t.channel_binding.name().to_owned()),
+        direct: t.direct && encrypted,
     }
 }
 
@@ -220,6 +275,76 @@ mod tests {
         assert!(
             v17.contains("channel_binding=require") && v17.contains("sslnegotiation=direct"),
             "{v17}"
+        );
+    }
+
+    #[test]
+    fn password_is_repeated_only_when_sent_and_passfile_by_name() {
+        let typed = (Secret::new("pw".into()), None);
+        let from_file = (
+            Secret::new("pw".into()),
+            Some(PathBuf::from("/home/u/.pgpass")),
+        );
+        assert_eq!(
+            password_used(Some(&typed), AuthMethod::ScramSha256),
+            (Some("pw".into()), None)
+        );
+        assert_eq!(
+            password_used(Some(&from_file), AuthMethod::Md5),
+            (None, Some("/home/u/.pgpass".into()))
+        );
+        assert_eq!(password_used(Some(&typed), AuthMethod::Trust), (None, None));
+        assert_eq!(password_used(None, AuthMethod::Cleartext), (None, None));
+    }
+
+    #[test]
+    fn tls_used_repeats_what_the_connection_used() {
+        let default = TlsSettings::default();
+        assert_eq!(tls_used(&default, false), TlsUsed::default());
+        let plain_tls = tls_used(&default, true);
+        assert_eq!(plain_tls.sslmode.as_deref(), Some("prefer"));
+        assert_eq!(plain_tls.sslrootcert, None);
+
+        let t = TlsSettings {
+            mode: SslMode::VerifyFull,
+            root_cert: Some(RootCert::File(PathBuf::from("/etc/ca.crt"))),
+            client_cert: Some((PathBuf::from("/c.crt"), PathBuf::from("/c.key"))),
+            direct: true,
+            channel_binding: ChannelBinding::Require,
+            ..TlsSettings::default()
+        };
+        let used = tls_used(&t, true);
+        assert_eq!(used.sslmode.as_deref(), Some("verify-full"));
+        assert_eq!(used.sslrootcert.as_deref(), Some("/etc/ca.crt"));
+        assert_eq!(
+            used.client_cert,
+            Some(("/c.crt".to_owned(), "/c.key".to_owned()))
+        );
+        assert_eq!(used.channel_binding.as_deref(), Some("require"));
+        assert!(used.direct);
+
+        // Unencrypted: the mode and channel binding were set, nothing of TLS was used.
+        let unused = tls_used(&t, false);
+        assert_eq!(unused.sslmode.as_deref(), Some("verify-full"));
+        assert_eq!((unused.sslrootcert, unused.client_cert), (None, None));
+        assert!(!unused.direct);
+
+        // A default root certificate counts only when TLS is required or it was named.
+        let prefer = TlsSettings {
+            root_cert: Some(RootCert::File(PathBuf::from(
+                "/home/u/.postgresql/root.crt",
+            ))),
+            ..TlsSettings::default()
+        };
+        assert_eq!(tls_used(&prefer, true).sslrootcert, None);
+        let system = TlsSettings {
+            mode: SslMode::Require,
+            root_cert: Some(RootCert::System),
+            ..TlsSettings::default()
+        };
+        assert_eq!(
+            tls_used(&system, true).sslrootcert.as_deref(),
+            Some("system")
         );
     }
 

@@ -404,7 +404,7 @@ mod tests {
         let BackendMessage::ErrorResponse(e) = msg else {
             panic!("wrong message {msg:?}")
         };
-        assert_eq!(e.code, "28P01");
+        assert_eq!(e.code, crate::sqlstate::INVALID_PASSWORD);
         assert_eq!(
             e.to_string(),
             "FATAL:  password authentication failed for user \"x\""

@@ -456,28 +456,7 @@ impl BaseBackupDecoder {
                 self.events.push_back(BackupEvent::ManifestData(data));
                 Ok(())
             }
-            (Stage::Start, msg) => {
-                if let Some(set) = self
-                    .builder
-                    .handle_message(msg, "the backup start position")?
-                {
-                    let (start, timeline) = position(&set, "BASE_BACKUP start position")?;
-                    self.events
-                        .push_back(BackupEvent::Started { start, timeline });
-                    self.stage = Stage::Tablespaces;
-                }
-                Ok(())
-            }
-            (Stage::Tablespaces, msg) => {
-                if let Some(set) = self.builder.handle_message(msg, "the tablespace list")? {
-                    self.tablespaces = tablespaces(&set)?;
-                    self.received = vec![false; self.tablespaces.len()];
-                    self.events
-                        .push_back(BackupEvent::Tablespaces(self.tablespaces.clone()));
-                    self.stage = Stage::ExpectCopy;
-                }
-                Ok(())
-            }
+            (Stage::Start | Stage::Tablespaces | Stage::End, msg) => self.on_result_message(msg),
             (Stage::ExpectCopy, BackendMessage::CopyOutResponse(_)) => {
                 self.on_copy_out();
                 Ok(())
@@ -486,53 +465,16 @@ impl BaseBackupDecoder {
                 if self.next_archive == self.tablespaces.len() =>
             {
                 self.stage = Stage::End;
-                self.builder
-                    .handle_message(msg, "the backup end position")
-                    .map(|_| ())
-            }
-            (Stage::LegacyArchive, BackendMessage::CopyDone) => {
-                self.events.push_back(BackupEvent::ArchiveEnd);
-                self.stage = Stage::ExpectCopy;
-                Ok(())
-            }
-            (Stage::LegacyManifest, BackendMessage::CopyDone) => {
-                self.events.push_back(BackupEvent::ManifestEnd);
-                self.stage = Stage::End;
-                Ok(())
+                self.on_result_message(msg)
             }
             (
-                Stage::CopyBeforeArchive | Stage::CopyArchive | Stage::CopyManifest,
+                Stage::LegacyArchive
+                | Stage::LegacyManifest
+                | Stage::CopyBeforeArchive
+                | Stage::CopyArchive
+                | Stage::CopyManifest,
                 BackendMessage::CopyDone,
-            ) => {
-                match self.stage {
-                    Stage::CopyArchive => self.events.push_back(BackupEvent::ArchiveEnd),
-                    Stage::CopyManifest => self.events.push_back(BackupEvent::ManifestEnd),
-                    _ => {}
-                }
-                if self.next_archive != self.tablespaces.len() {
-                    return Err(ProtocolError::BadResult {
-                        command: "BASE_BACKUP",
-                        problem: format!(
-                            "{} archives received for {} tablespaces",
-                            self.next_archive,
-                            self.tablespaces.len()
-                        ),
-                    });
-                }
-                self.stage = Stage::End;
-                Ok(())
-            }
-            (Stage::End, msg) => {
-                if let Some(set) = self
-                    .builder
-                    .handle_message(msg, "the backup end position")?
-                {
-                    let (end, timeline) = position(&set, "BASE_BACKUP end position")?;
-                    self.events.push_back(BackupEvent::Ended { end, timeline });
-                    self.stage = Stage::ExpectReady;
-                }
-                Ok(())
-            }
+            ) => self.on_copy_done(),
             (Stage::ExpectReady, BackendMessage::CommandComplete(_)) => Ok(()),
             (Stage::ExpectReady | Stage::Failed, BackendMessage::ReadyForQuery(_)) => {
                 self.stage = Stage::Done;
@@ -545,6 +487,35 @@ impl BaseBackupDecoder {
                 got: msg.name(),
             }),
         }
+    }
+
+    /// A message of one of the three result sets (start position, tablespaces, end position);
+    /// once the set is complete, reports it and moves to the next stage.
+    fn on_result_message(&mut self, msg: BackendMessage) -> Result<(), ProtocolError> {
+        let Some(set) = self.builder.handle_message(msg, self.stage.expects())? else {
+            return Ok(());
+        };
+        match self.stage {
+            Stage::Start => {
+                let (start, timeline) = position(&set, "BASE_BACKUP start position")?;
+                self.events
+                    .push_back(BackupEvent::Started { start, timeline });
+                self.stage = Stage::Tablespaces;
+            }
+            Stage::Tablespaces => {
+                self.tablespaces = tablespaces(&set)?;
+                self.received = vec![false; self.tablespaces.len()];
+                self.events
+                    .push_back(BackupEvent::Tablespaces(self.tablespaces.clone()));
+                self.stage = Stage::ExpectCopy;
+            }
+            _ => {
+                let (end, timeline) = position(&set, "BASE_BACKUP end position")?;
+                self.events.push_back(BackupEvent::Ended { end, timeline });
+                self.stage = Stage::ExpectReady;
+            }
+        }
+        Ok(())
     }
 
     fn on_copy_out(&mut self) {
@@ -569,10 +540,44 @@ impl BaseBackupDecoder {
         }
     }
 
+    /// CopyDone: a legacy COPY ends one archive or the manifest; the single 15+ COPY ends the
+    /// data, which must then have held one archive per tablespace.
+    fn on_copy_done(&mut self) -> Result<(), ProtocolError> {
+        match self.stage {
+            Stage::LegacyArchive => {
+                self.events.push_back(BackupEvent::ArchiveEnd);
+                self.stage = Stage::ExpectCopy;
+                return Ok(());
+            }
+            Stage::LegacyManifest => {
+                self.events.push_back(BackupEvent::ManifestEnd);
+                self.stage = Stage::End;
+                return Ok(());
+            }
+            Stage::CopyArchive => self.events.push_back(BackupEvent::ArchiveEnd),
+            Stage::CopyManifest => self.events.push_back(BackupEvent::ManifestEnd),
+            _ => {}
+        }
+        if self.next_archive != self.tablespaces.len() {
+            return Err(ProtocolError::BadResult {
+                command: "BASE_BACKUP",
+                problem: format!(
+                    "{} archives received for {} tablespaces",
+                    self.next_archive,
+                    self.tablespaces.len()
+                ),
+            });
+        }
+        self.stage = Stage::End;
+        Ok(())
+    }
+
+    /// One CopyData of the 15+ stream: a type byte, then its payload.
     fn on_copy_data(&mut self, data: Bytes) -> Result<(), ProtocolError> {
         let Some(&kind) = data.first() else {
             return Err(ProtocolError::Truncated("BASE_BACKUP CopyData"));
         };
+        let payload = data.get(1..).unwrap_or_default();
         match (kind, self.stage) {
             (ARCHIVE_DATA, Stage::CopyArchive) => {
                 self.events
@@ -583,73 +588,60 @@ impl BaseBackupDecoder {
                     .push_back(BackupEvent::ManifestData(data.slice(1..)));
             }
             (NEW_ARCHIVE, Stage::CopyBeforeArchive | Stage::CopyArchive) => {
-                let mut r = Reader::new(data.get(1..).unwrap_or_default(), "new archive message");
-                let name = r.string()?;
-                let location = r.string()?;
-                r.finish()?;
-                check_archive_name(&name)?;
-                if self.stage == Stage::CopyArchive {
-                    self.events.push_back(BackupEvent::ArchiveEnd);
-                }
-                let tablespace = self.tablespace_for(&location)?;
-                match self.received.get_mut(tablespace) {
-                    Some(seen) if !*seen => *seen = true,
-                    _ => {
-                        return Err(ProtocolError::BadValue {
-                            what: "archive location (its archive was already sent)",
-                            value: location.chars().take(200).collect(),
-                        })
-                    }
-                }
-                self.events
-                    .push_back(BackupEvent::ArchiveStart(ArchiveInfo {
-                        name,
-                        tablespace,
-                        server_terminated: true,
-                    }));
-                self.next_archive += 1;
-                self.stage = Stage::CopyArchive;
+                self.on_new_archive(payload)?;
             }
             (PROGRESS, Stage::CopyBeforeArchive | Stage::CopyArchive | Stage::CopyManifest) => {
-                let mut r = Reader::new(data.get(1..).unwrap_or_default(), "progress message");
+                let mut r = Reader::new(payload, "progress message");
                 let done = r.u64()?;
                 r.finish()?;
                 self.events.push_back(BackupEvent::Progress(done));
             }
             (MANIFEST, Stage::CopyBeforeArchive | Stage::CopyArchive) => {
-                Reader::new(data.get(1..).unwrap_or_default(), "manifest message").finish()?;
-                if self.stage == Stage::CopyArchive {
-                    self.events.push_back(BackupEvent::ArchiveEnd);
-                }
+                Reader::new(payload, "manifest message").finish()?;
+                self.end_open_archive();
                 self.events.push_back(BackupEvent::ManifestStart);
                 self.stage = Stage::CopyManifest;
             }
-            (NEW_ARCHIVE, Stage::CopyManifest) => {
-                return Err(ProtocolError::UnexpectedMessage {
-                    expected: "manifest data (archives must precede the manifest)",
-                    got: "new archive",
-                })
-            }
-            (ARCHIVE_DATA, _) => {
-                return Err(ProtocolError::UnexpectedMessage {
-                    expected: "a new archive before archive data",
-                    got: "archive data",
-                })
-            }
-            (MANIFEST, _) => {
-                return Err(ProtocolError::UnexpectedMessage {
-                    expected: "manifest data",
-                    got: "a second manifest",
-                })
-            }
-            (other, _) => {
+            (kind, _) => return Err(misplaced_payload(kind)),
+        }
+        Ok(())
+    }
+
+    /// An `n` message: the archive it names starts (ending the one open, if any). Each
+    /// tablespace's archive may come once.
+    fn on_new_archive(&mut self, payload: &[u8]) -> Result<(), ProtocolError> {
+        let mut r = Reader::new(payload, "new archive message");
+        let name = r.string()?;
+        let location = r.string()?;
+        r.finish()?;
+        check_archive_name(&name)?;
+        self.end_open_archive();
+        let tablespace = self.tablespace_for(&location)?;
+        match self.received.get_mut(tablespace) {
+            Some(seen) if !*seen => *seen = true,
+            _ => {
                 return Err(ProtocolError::BadValue {
-                    what: "BASE_BACKUP CopyData type",
-                    value: char::from(other).escape_default().to_string(),
+                    what: "archive location (its archive was already sent)",
+                    value: location.chars().take(200).collect(),
                 })
             }
         }
+        self.events
+            .push_back(BackupEvent::ArchiveStart(ArchiveInfo {
+                name,
+                tablespace,
+                server_terminated: true,
+            }));
+        self.next_archive += 1;
+        self.stage = Stage::CopyArchive;
         Ok(())
+    }
+
+    /// Reports the end of the archive being received, if one is (15+).
+    fn end_open_archive(&mut self) {
+        if self.stage == Stage::CopyArchive {
+            self.events.push_back(BackupEvent::ArchiveEnd);
+        }
     }
 
     /// The tablespace an `n` message's location refers to ("" is the main directory).
@@ -680,6 +672,28 @@ impl Stage {
             Self::Failed => "ReadyForQuery",
             Self::Done => "nothing (the backup is over)",
         }
+    }
+}
+
+/// The error for a 15+ CopyData type byte that is unknown or comes where it may not.
+fn misplaced_payload(kind: u8) -> ProtocolError {
+    match kind {
+        NEW_ARCHIVE => ProtocolError::UnexpectedMessage {
+            expected: "manifest data (archives must precede the manifest)",
+            got: "new archive",
+        },
+        ARCHIVE_DATA => ProtocolError::UnexpectedMessage {
+            expected: "a new archive before archive data",
+            got: "archive data",
+        },
+        MANIFEST => ProtocolError::UnexpectedMessage {
+            expected: "manifest data",
+            got: "a second manifest",
+        },
+        other => ProtocolError::BadValue {
+            what: "BASE_BACKUP CopyData type",
+            value: char::from(other).escape_default().to_string(),
+        },
     }
 }
 
@@ -1055,7 +1069,7 @@ mod tests {
             BackendMessage::CommandComplete("SELECT".into()),
             BackendMessage::ErrorResponse(ServerError {
                 severity: "ERROR".into(),
-                code: ServerError::DATA_CORRUPTED.into(),
+                code: crate::sqlstate::DATA_CORRUPTED.into(),
                 message: "checksum verification failure during base backup".into(),
                 ..ServerError::default()
             }),
@@ -1064,7 +1078,7 @@ mod tests {
         let events = run(Dialect::Legacy, msgs).expect("decodes");
         assert!(matches!(
             events.get(events.len() - 2),
-            Some(BackupEvent::ServerError(e)) if e.code == "XX001"
+            Some(BackupEvent::ServerError(e)) if e.code == crate::sqlstate::DATA_CORRUPTED
         ));
         assert_eq!(events.last(), Some(&BackupEvent::Complete));
     }

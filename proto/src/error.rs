@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::sqlstate;
+
 /// The server's bytes broke the protocol, or did not make sense for the state we were in.
 ///
 /// These are never caused by the user; they mean a broken or hostile peer (or a bug).
@@ -98,16 +100,10 @@ pub struct ServerError {
 }
 
 impl ServerError {
-    /// SQLSTATE `XX001`: data corrupted; what the server reports after page checksum failures.
-    pub const DATA_CORRUPTED: &'static str = "XX001";
-    /// SQLSTATE `28P01`: invalid password.
-    pub const INVALID_PASSWORD: &'static str = "28P01";
-    /// SQLSTATE `28000`: invalid authorization specification (no pg_hba entry, ...).
-    pub const INVALID_AUTHORIZATION: &'static str = "28000";
-
     /// Whether this is about authentication, which retrying cannot fix.
     pub fn is_auth_failure(&self) -> bool {
-        self.code == Self::INVALID_PASSWORD || self.code == Self::INVALID_AUTHORIZATION
+        self.code == sqlstate::INVALID_PASSWORD
+            || self.code == sqlstate::INVALID_AUTHORIZATION_SPECIFICATION
     }
 }
 

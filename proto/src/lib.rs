@@ -10,7 +10,9 @@
 //! - run startup and authentication: trust, cleartext, MD5, SCRAM-SHA-256 ([`startup`]);
 //! - collect simple-query results ([`query`]);
 //! - build BASE_BACKUP for servers 10–14 and 15+ and decode either response into one event
-//!   stream ([`basebackup`]);
+//!   stream ([`basebackup`]); build every other replication command pgclone sends, per server
+//!   version ([`command`]);
+//! - name the SQLSTATEs pgclone acts on ([`sqlstate`]);
 //! - split the tar archives inside it into members ([`tar`]);
 //! - WAL positions, timelines and segment names ([`lsn`]).
 //!
@@ -25,6 +27,8 @@
 //! - `startup.rs`: `Startup` state machine, `ServerVersion`
 //! - `query.rs`: `SimpleQuery`, `ResultSet`
 //! - `basebackup.rs`: `BaseBackupOptions`, `BaseBackupDecoder`, `BackupEvent`
+//! - `command.rs`: `Command` (IDENTIFY_SYSTEM, slots, START_REPLICATION, TIMELINE_HISTORY)
+//! - `sqlstate.rs`: SQLSTATE constants
 //! - `tar.rs`: `TarSplitter`
 //! - `replication.rs`: `parse_copy_both`, `WalReceiver` (physical WAL streaming)
 
@@ -33,12 +37,14 @@
 
 pub mod backend;
 pub mod basebackup;
+pub mod command;
 pub mod error;
 pub mod frontend;
 pub mod lsn;
 pub mod query;
 mod reader;
 pub mod replication;
+pub mod sqlstate;
 pub mod startup;
 pub mod tar;
 

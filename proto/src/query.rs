@@ -274,7 +274,7 @@ mod tests {
         let mut q = SimpleQuery::new("SHOW");
         let e = ServerError {
             severity: "ERROR".into(),
-            code: "42704".into(),
+            code: crate::sqlstate::UNDEFINED_OBJECT.into(),
             message: "unrecognized configuration parameter".into(),
             ..ServerError::default()
         };

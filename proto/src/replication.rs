@@ -1226,7 +1226,7 @@ mod tests {
         let mut rx = receiver(ReceiverConfig::default(), now);
         let e = ServerError {
             severity: "ERROR".into(),
-            code: "42704".into(),
+            code: crate::sqlstate::UNDEFINED_OBJECT.into(),
             message: "replication slot \"slot0\" does not exist".into(),
             ..ServerError::default()
         };

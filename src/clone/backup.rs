@@ -8,22 +8,22 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use pgclone_proto::basebackup::{
-    BackupEvent, BaseBackupDecoder, BaseBackupOptions, Dialect, TablespaceInfo,
+    ArchiveInfo, BackupEvent, BaseBackupDecoder, BaseBackupOptions, Dialect, TablespaceInfo,
 };
-use pgclone_proto::{Lsn, ServerError, TimelineId};
+use pgclone_proto::{sqlstate, Lsn, ServerError, TimelineId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::options::config::Config;
-use crate::conn::Connection;
-use crate::sink::dest::Cleanup;
-use crate::error::Error;
 use crate::clone::progress::Progress;
 use crate::conn::server::ServerFacts;
+use crate::conn::Connection;
+use crate::error::Error;
+use crate::options::config::Config;
 use crate::options::tablespace::canonicalize;
-use crate::sink::tar::{self, TarLayout};
+use crate::sink::dest::Cleanup;
 use crate::sink::plain::{self, Layout};
+use crate::sink::tar::{self, TarLayout};
 use crate::sink::{ArchiveRoot, Chunk, Stats};
 
 /// Batches in flight to the decompressing thread: 16 × 256 kB ≈ 4 MB.
@@ -265,47 +265,9 @@ impl State {
         cleanup: &mut Cleanup,
     ) -> Result<(), Error> {
         match event {
-            BackupEvent::Started { start, timeline } => {
-                tracing::info!("checkpoint completed");
-                tracing::info!("write-ahead log start point: {start} on timeline {timeline}");
-                self.started = Some(start);
-                if let Some(tx) = self.wal.as_mut().and_then(|w| w.start.take()) {
-                    tracing::info!("starting background WAL receiver");
-                    if tx.send((start, timeline)).is_err() {
-                        return Err(Error::Cancelled);
-                    }
-                }
-            }
-            BackupEvent::Tablespaces(list) => {
-                let mut sink = self
-                    .sink
-                    .take()
-                    .ok_or_else(|| Error::Internal("tablespace list twice".into()))?;
-                if let Sink::Plain(layout) = &mut sink {
-                    self.tablespace_dirs = prepare_tablespaces(&list, cfg, layout, cleanup)?;
-                }
-                let total = list.iter().map(|t| t.size_kb).sum::<Option<u64>>();
-                self.progress.set_total(total, list.len());
-                self.tablespaces = list;
-                self.unpacker = Some(Unpacker::new(sink, server_compressed(cfg)));
-            }
-            BackupEvent::ArchiveStart(info) => {
-                let ts = self.tablespaces.get(info.tablespace);
-                let root = match ts.and_then(|t| t.oid.zip(t.location.as_ref())) {
-                    None => ArchiveRoot::Base,
-                    Some((oid, location)) => ArchiveRoot::Tablespace {
-                        oid,
-                        dir: target_dir(location, cfg),
-                    },
-                };
-                tracing::debug!("receiving archive {}", info.name);
-                self.send(Chunk::ArchiveStart {
-                    name: info.name,
-                    root,
-                    server_terminated: info.server_terminated,
-                })
-                .await?;
-            }
+            BackupEvent::Started { start, timeline } => self.on_started(start, timeline)?,
+            BackupEvent::Tablespaces(list) => self.on_tablespaces(list, cfg, cleanup)?,
+            BackupEvent::ArchiveStart(info) => self.on_archive_start(info, cfg).await?,
             BackupEvent::ArchiveData(data) => {
                 self.progress.add(data.len());
                 self.batch_bytes += data.len();
@@ -340,8 +302,63 @@ impl State {
         Ok(())
     }
 
+    /// The checkpoint is done: record the start and tell the WAL task where to begin.
+    fn on_started(&mut self, start: Lsn, timeline: TimelineId) -> Result<(), Error> {
+        tracing::info!("checkpoint completed");
+        tracing::info!("write-ahead log start point: {start} on timeline {timeline}");
+        self.started = Some(start);
+        if let Some(tx) = self.wal.as_mut().and_then(|w| w.start.take()) {
+            tracing::info!("starting background WAL receiver");
+            if tx.send((start, timeline)).is_err() {
+                return Err(Error::Cancelled);
+            }
+        }
+        Ok(())
+    }
+
+    /// The tablespace list: prepare their directories (plain format), size the progress
+    /// report and open the writer.
+    fn on_tablespaces(
+        &mut self,
+        list: Vec<TablespaceInfo>,
+        cfg: &Config,
+        cleanup: &mut Cleanup,
+    ) -> Result<(), Error> {
+        let mut sink = self
+            .sink
+            .take()
+            .ok_or_else(|| Error::Internal("tablespace list twice".into()))?;
+        if let Sink::Plain(layout) = &mut sink {
+            self.tablespace_dirs = prepare_tablespaces(&list, cfg, layout, cleanup)?;
+        }
+        let total = list.iter().map(|t| t.size_kb).sum::<Option<u64>>();
+        self.progress.set_total(total, list.len());
+        self.tablespaces = list;
+        self.unpacker = Some(Unpacker::new(sink, server_compressed(cfg)));
+        Ok(())
+    }
+
+    /// An archive begins: tell the writer which directory it unpacks into.
+    async fn on_archive_start(&mut self, info: ArchiveInfo, cfg: &Config) -> Result<(), Error> {
+        let ts = self.tablespaces.get(info.tablespace);
+        let root = match ts.and_then(|t| t.oid.zip(t.location.as_ref())) {
+            None => ArchiveRoot::Base,
+            Some((oid, location)) => ArchiveRoot::Tablespace {
+                oid,
+                dir: target_dir(location, cfg),
+            },
+        };
+        tracing::debug!("receiving archive {}", info.name);
+        self.send(Chunk::ArchiveStart {
+            name: info.name,
+            root,
+            server_terminated: info.server_terminated,
+        })
+        .await
+    }
+
     fn server_error(&self, e: ServerError) -> Error {
-        if e.code == ServerError::DATA_CORRUPTED {
+        if e.code == sqlstate::DATA_CORRUPTED {
             tracing::debug!("server: {e}");
             return Error::ChecksumFailure;
         }
@@ -460,5 +477,8 @@ fn discard(stats: &mut Stats, chunk: &Chunk) {
 
 /// Whether the server was asked to compress its archives.
 fn server_compressed(cfg: &Config) -> bool {
-    matches!(cfg.compression, crate::sink::codec::Compression::Server { .. })
+    matches!(
+        cfg.compression,
+        crate::sink::codec::Compression::Server { .. }
+    )
 }

@@ -9,23 +9,23 @@ use std::path::Path;
 use std::time::Duration;
 
 use pgclone_proto::basebackup::{BaseBackupOptions, Checkpoint, ManifestOption, ServerCompression};
-use pgclone_proto::frontend::quote_ident;
-use pgclone_proto::startup::AuthMethod;
+use pgclone_proto::command::Command;
+use pgclone_proto::sqlstate;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clone::backup::{self, Job, Outcome, Sink, WalLink};
-use crate::sink::codec::{ClientSpec, Compression, Method};
-use crate::options::config::{Config, Format, Output, WalMethod};
-use crate::conn::{self, ChannelBinding, ConnParams, Connection, Prompt, RootCert, SslMode};
-use crate::sink::dest::{self, Cleanup};
+use crate::conn::server::{self, ServerFacts};
+use crate::conn::{self, ConnParams, Connection, Prompt};
 use crate::error::Error;
 use crate::manifest::ChecksumAlgorithm;
+use crate::options::config::{Config, Format, Output, WalMethod};
 use crate::recovery::{self, PrimaryConnInfo};
-use crate::conn::server::{self, ServerFacts};
+use crate::sink::codec::{ClientSpec, Compression, Method};
+use crate::sink::dest::{self, Cleanup};
 use crate::sink::durable;
-use crate::sink::tar::{RecoveryFiles, TarLayout};
 use crate::sink::plain::{Layout, MANIFEST_TMP};
+use crate::sink::tar::{RecoveryFiles, TarLayout};
 use crate::wal::{self, Slot, WalConfig, WalOutput};
 
 /// Runs the clone described by `cfg`. Cancelling `interrupt` (a signal) stops every task and
@@ -116,36 +116,7 @@ async fn clone_into(
         .clone()
         .unwrap_or_else(|| cfg.dest.join("pg_wal"));
     let prepared = if cfg.wal_method == WalMethod::Stream {
-        let slot = match (&cfg.slot, cfg.no_slot) {
-            (Some(name), _) => Slot::Named(name.clone()),
-            (None, true) => Slot::None,
-            (None, false) => Slot::Temporary,
-        };
-        let output = match cfg.format {
-            Format::Plain => WalOutput::Dir(wal_dir.clone()),
-            Format::Tar => {
-                // As pg_basebackup: only gzip applies to pg_wal.tar.
-                let spec = cfg.compression.client();
-                let spec = if spec.method == Method::Gzip {
-                    spec
-                } else {
-                    ClientSpec::NONE
-                };
-                WalOutput::Tar(
-                    cfg.dest.join(format!("pg_wal.tar{}", spec.method.suffix())),
-                    spec,
-                )
-            }
-        };
-        let wal_cfg = WalConfig {
-            params: params.clone(),
-            output,
-            seg_size: facts.wal_seg_size,
-            system_id: facts.system_id.clone(),
-            slot,
-            status_interval: cfg.status_interval,
-            sync: !cfg.no_sync,
-        };
+        let wal_cfg = wal_config(cfg, params, facts, &wal_dir);
         tokio::select! {
             r = wal::prepare(wal_cfg) => Some(r?),
             () = abort.cancelled() => return Err(Error::Cancelled),
@@ -154,8 +125,72 @@ async fn clone_into(
         None
     };
 
-    let primary = primary_conninfo(conn, params);
-    let sink = match (&cfg.output, cfg.format) {
+    let primary = recovery::primary_conninfo(conn.info(), params);
+    let sink = choose_sink(cfg, facts, cleanup, &primary, prepared.is_some(), &wal_dir)?;
+    let job = Job {
+        options: backup_options(cfg),
+        sink,
+        wal: None,
+    };
+    wait_for_first_data(cfg, conn).await?;
+    let outcome = backup_and_stream(conn, cfg, facts, job, prepared, cleanup, abort).await?;
+
+    if cfg.write_recovery_conf && cfg.format == Format::Plain {
+        tracing::info!("writing the standby configuration");
+        recovery::write(&cfg.dest, &primary, cfg.slot.as_deref(), facts.version)?;
+    }
+    if cfg.output != Output::Dir {
+        return Ok(outcome);
+    }
+    finish(cfg, &outcome).await?;
+    Ok(outcome)
+}
+
+/// What the WAL task needs for `-X stream`.
+fn wal_config(cfg: &Config, params: &ConnParams, facts: &ServerFacts, wal_dir: &Path) -> WalConfig {
+    let slot = match (&cfg.slot, cfg.no_slot) {
+        (Some(name), _) => Slot::Named(name.clone()),
+        (None, true) => Slot::None,
+        (None, false) => Slot::Temporary,
+    };
+    let output = match cfg.format {
+        Format::Plain => WalOutput::Dir(wal_dir.to_path_buf()),
+        Format::Tar => {
+            // As pg_basebackup: only gzip applies to pg_wal.tar.
+            let spec = cfg.compression.client();
+            let spec = if spec.method == Method::Gzip {
+                spec
+            } else {
+                ClientSpec::NONE
+            };
+            WalOutput::Tar(
+                cfg.dest.join(format!("pg_wal.tar{}", spec.method.suffix())),
+                spec,
+            )
+        }
+    };
+    WalConfig {
+        params: params.clone(),
+        output,
+        seg_size: facts.wal_seg_size,
+        system_id: facts.system_id.clone(),
+        slot,
+        status_interval: cfg.status_interval,
+        sync: !cfg.no_sync,
+    }
+}
+
+/// Where the archives go; creates the data directory (and, for plain format, the WAL
+/// directories) when the clone lands in one.
+fn choose_sink(
+    cfg: &Config,
+    facts: &ServerFacts,
+    cleanup: &mut Cleanup,
+    primary: &PrimaryConnInfo,
+    streaming: bool,
+    wal_dir: &Path,
+) -> Result<Sink, Error> {
+    Ok(match (&cfg.output, cfg.format) {
         (Output::Target(_), _) => Sink::Discard,
         (Output::Stdout, _) => Sink::Tar(TarLayout {
             verify: verify_algorithm(cfg, facts),
@@ -171,7 +206,7 @@ async fn clone_into(
                 dir: Some(cfg.dest.clone()),
                 compression: cfg.compression.client(),
                 recovery: cfg.write_recovery_conf.then(|| RecoveryFiles {
-                    settings: recovery::settings(&primary, cfg.slot.as_deref(), facts.version),
+                    settings: recovery::settings(primary, cfg.slot.as_deref(), facts.version),
                     signal_file: facts.version.is_at_least(12),
                 }),
                 sync: !cfg.no_sync,
@@ -179,16 +214,14 @@ async fn clone_into(
         }
         (Output::Dir, Format::Plain) => {
             cleanup.prepare_dir(&cfg.dest, facts.dir_mode, "data directory")?;
-            Sink::Plain(plain_layout(
-                cfg,
-                facts,
-                cleanup,
-                prepared.is_some(),
-                &wal_dir,
-            )?)
+            Sink::Plain(plain_layout(cfg, facts, cleanup, streaming, wal_dir)?)
         }
-    };
-    let options = BaseBackupOptions {
+    })
+}
+
+/// The BASE_BACKUP options the flags ask for.
+fn backup_options(cfg: &Config) -> BaseBackupOptions {
+    BaseBackupOptions {
         label: cfg.label.clone(),
         progress: cfg.estimate_size,
         checkpoint: cfg.checkpoint,
@@ -210,8 +243,11 @@ async fn clone_into(
             }),
             Compression::Client(_) => None,
         },
-    };
+    }
+}
 
+/// Sets the main connection's read timeout for the wait before the first data.
+async fn wait_for_first_data(cfg: &Config, conn: &mut Connection) -> Result<(), Error> {
     // The checkpoint before the first data is legitimately silent: with a spread checkpoint,
     // allow checkpoint_timeout on top of --timeout.
     let first_data = match (cfg.timeout, cfg.checkpoint) {
@@ -225,23 +261,36 @@ async fn clone_into(
         );
     }
     conn.set_read_timeout(first_data);
-    let (link, wal_task) = match prepared {
+    Ok(())
+}
+
+/// Runs the backup task here and, when streaming, the WAL task beside it (linked to `job`);
+/// returns the backup's outcome once both are done, or the error that stopped them.
+async fn backup_and_stream(
+    conn: &mut Connection,
+    cfg: &Config,
+    facts: &ServerFacts,
+    mut job: Job,
+    prepared: Option<wal::Prepared>,
+    cleanup: &mut Cleanup,
+    abort: &CancellationToken,
+) -> Result<Outcome, Error> {
+    let wal_task = match prepared {
         Some(prepared) => {
             let (start_tx, start_rx) = oneshot::channel();
             let (end_tx, end_rx) = watch::channel(None);
-            let task = tokio::spawn(wal::run(prepared, start_rx, end_rx, abort.clone()));
-            let link = WalLink {
+            job.wal = Some(WalLink {
                 start: Some(start_tx),
                 end: end_tx,
-            };
-            (Some(link), Some(task))
+            });
+            Some(tokio::spawn(wal::run(
+                prepared,
+                start_rx,
+                end_rx,
+                abort.clone(),
+            )))
         }
-        None => (None, None),
-    };
-    let job = Job {
-        options,
-        sink,
-        wal: link,
+        None => None,
     };
     let backed = backup::run(conn, cfg, facts, job, cleanup, abort).await;
     if backed.is_err() {
@@ -259,24 +308,14 @@ async fn clone_into(
         }
         None => None,
     };
-    let outcome = match (backed, streamed) {
-        (Ok(outcome), None | Some(Ok(_))) => outcome,
-        (Ok(_), Some(Err(e))) => return Err(Error::WalReceiver(Box::new(e))),
+    match (backed, streamed) {
+        (Ok(outcome), None | Some(Ok(_))) => Ok(outcome),
+        (Ok(_), Some(Err(e))) => Err(Error::WalReceiver(Box::new(e))),
         (Err(Error::Cancelled), Some(Err(e))) if !matches!(e, Error::Cancelled) => {
-            return Err(Error::WalReceiver(Box::new(e)))
+            Err(Error::WalReceiver(Box::new(e)))
         }
-        (Err(e), _) => return Err(e),
-    };
-
-    if cfg.write_recovery_conf && cfg.format == Format::Plain {
-        tracing::info!("writing the standby configuration");
-        recovery::write(&cfg.dest, &primary, cfg.slot.as_deref(), facts.version)?;
+        (Err(e), _) => Err(e),
     }
-    if cfg.output != Output::Dir {
-        return Ok(outcome);
-    }
-    finish(cfg, &outcome).await?;
-    Ok(outcome)
 }
 
 /// The checksum to compute while writing, when a manifest will come to check against.
@@ -286,53 +325,6 @@ fn verify_algorithm(cfg: &Config, facts: &ServerFacts) -> Option<ChecksumAlgorit
     }
     let name = cfg.manifest_checksums.as_deref().unwrap_or("CRC32C");
     name.parse().ok()
-}
-
-/// What `-R` writes into `primary_conninfo`: only what this connection used.
-fn primary_conninfo(conn: &Connection, params: &ConnParams) -> PrimaryConnInfo {
-    let info = conn.info();
-    // A password from a passfile is referred to by the file, not copied (as libpq -R does).
-    let (password, passfile) = match (&info.password, info.auth != AuthMethod::Trust) {
-        (Some((_, Some(file))), true) => (None, Some(file.display().to_string())),
-        (Some((secret, None)), true) => (Some(secret.expose().to_owned()), None),
-        _ => (None, None),
-    };
-    PrimaryConnInfo {
-        host: info.host.as_conninfo_value(),
-        port: info.port,
-        user: params.user.clone(),
-        password,
-        passfile,
-        application_name: params
-            .application_name_explicit
-            .then(|| params.application_name.clone()),
-        dbname: params.dbname.clone(),
-        tls: tls_used(conn, params),
-    }
-}
-
-/// The TLS settings the connection used, for `primary_conninfo`.
-fn tls_used(conn: &Connection, params: &ConnParams) -> recovery::TlsUsed {
-    let t = &params.tls;
-    let encrypted = conn.info().tls;
-    let mode_set = t.mode != SslMode::Prefer;
-    recovery::TlsUsed {
-        sslmode: (encrypted || mode_set).then(|| t.mode.name().to_owned()),
-        sslrootcert: match (&t.root_cert, encrypted) {
-            (Some(RootCert::System), true) => Some("system".into()),
-            (Some(RootCert::File(p)), true) if t.mode.requires_tls() || t.root_cert_explicit => {
-                Some(p.display().to_string())
-            }
-            _ => None,
-        },
-        client_cert: match (&t.client_cert, encrypted) {
-            (Some((c, k)), true) => Some((c.display().to_string(), k.display().to_string())),
-            _ => None,
-        },
-        channel_binding: (t.channel_binding != ChannelBinding::Prefer)
-            .then(|| t.channel_binding.name().to_owned()),
-        direct: t.direct && encrypted,
-    }
 }
 
 /// The plain-format layout: `--waldir` and its link, and the WAL directories the WAL task
@@ -403,38 +395,37 @@ async fn finish(cfg: &Config, outcome: &Outcome) -> Result<(), Error> {
     .map_err(|e| Error::Internal(format!("sync task failed: {e}")))?
 }
 
-/// `CREATE_REPLICATION_SLOT name PHYSICAL RESERVE_WAL` (permanent).
+/// Creates the permanent slot `name` (`-C`), reserving WAL from now on.
 async fn create_permanent_slot(conn: &mut Connection, name: &str) -> Result<(), Error> {
-    let reserve = if conn.info().version.is_at_least(15) {
-        "(RESERVE_WAL)"
-    } else {
-        "RESERVE_WAL"
+    let cmd = Command::CreatePhysicalSlot {
+        name,
+        temporary: false,
+        reserve_wal: true,
     };
-    let sql = format!(
-        "CREATE_REPLICATION_SLOT {} PHYSICAL {reserve}",
-        quote_ident(name)
-    );
-    conn.simple_query("CREATE_REPLICATION_SLOT", &sql).await?;
+    let sql = cmd.text(conn.info().version);
+    conn.simple_query(cmd.name(), &sql).await?;
     tracing::info!("created replication slot \"{name}\"");
     Ok(())
 }
 
 /// Drops a slot pgclone created, on a fresh connection, waiting briefly for the WAL
-/// connection's walsender to let go of it.
+/// connection's walsender to let go of it (while it holds the slot the server answers
+/// SQLSTATE 55006, "replication slot ... is active for PID ...").
 async fn drop_slot(params: &ConnParams, name: &str) -> Result<(), Error> {
     tracing::info!("dropping replication slot \"{name}\"");
     let mut params = params.clone();
     params.prompt = Prompt::Never;
     let mut conn = conn::connect(&mut params).await?;
-    let sql = format!("DROP_REPLICATION_SLOT {}", quote_ident(name));
+    let cmd = Command::DropSlot { name };
+    let sql = cmd.text(conn.info().version);
     let mut last = None;
     for _ in 0..40 {
-        match conn.simple_query("DROP_REPLICATION_SLOT", &sql).await {
+        match conn.simple_query(cmd.name(), &sql).await {
             Ok(_) => {
                 conn.close().await;
                 return Ok(());
             }
-            Err(Error::Server { source, context }) if source.message.contains("is active") => {
+            Err(Error::Server { source, context }) if source.code == sqlstate::OBJECT_IN_USE => {
                 last = Some(Error::Server { source, context });
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }

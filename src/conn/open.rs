@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use pgclone_proto::backend::BackendMessage;
 use pgclone_proto::startup::{Binding, Startup, StartupError, StartupStatus};
-use pgclone_proto::{frontend, ServerVersion};
+use pgclone_proto::{frontend, sqlstate, ServerVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -528,7 +528,10 @@ fn startup_failure(e: StartupError, shown: &str) -> Attempt {
             let auth = e.is_auth_failure();
             // 57P03 the database system is starting up / shutting down; 53300 too many
             // connections (or WAL senders).
-            let transient = matches!(e.code.as_str(), "57P03" | "53300");
+            let transient = matches!(
+                e.code.as_str(),
+                sqlstate::CANNOT_CONNECT_NOW | sqlstate::TOO_MANY_CONNECTIONS
+            );
             failed(shown, e.to_string(), auth, transient)
         }
         e => failed(shown, e.to_string(), false, false),

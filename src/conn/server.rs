@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use pgclone_proto::command::Command;
 use pgclone_proto::{Lsn, ProtocolError, ServerVersion, TimelineId, WalSegSize};
 
 use crate::conn::Connection;
@@ -93,26 +94,29 @@ pub struct System {
 
 /// Runs IDENTIFY_SYSTEM (on either connection).
 pub async fn identify_system(conn: &mut Connection) -> Result<System, Error> {
-    const CMD: &str = "IDENTIFY_SYSTEM";
-    let sets = conn.simple_query(CMD, CMD).await?;
+    let cmd = Command::IdentifySystem;
+    let what = cmd.name();
+    let sets = conn
+        .simple_query(what, &cmd.text(conn.info().version))
+        .await?;
     let parse = || -> Result<System, ProtocolError> {
         let set = sets.first().ok_or(ProtocolError::BadResult {
-            command: CMD,
+            command: what,
             problem: "no result".into(),
         })?;
         if set.columns.len() < 3 || set.rows.len() != 1 {
             return Err(ProtocolError::BadResult {
-                command: CMD,
+                command: what,
                 problem: format!("{} rows of {} columns", set.rows.len(), set.columns.len()),
             });
         }
         Ok(System {
-            system_id: set.required_text(CMD, 0, 0)?.to_owned(),
-            timeline: set.required_text(CMD, 0, 1)?.parse()?,
-            xlogpos: set.required_text(CMD, 0, 2)?.parse()?,
+            system_id: set.required_text(what, 0, 0)?.to_owned(),
+            timeline: set.required_text(what, 0, 1)?.parse()?,
+            xlogpos: set.required_text(what, 0, 2)?.parse()?,
         })
     };
-    parse().map_err(Error::protocol(CMD))
+    parse().map_err(Error::protocol(what))
 }
 
 /// `SHOW checkpoint_timeout`, as a duration.

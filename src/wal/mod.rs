@@ -14,15 +14,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use pgclone_proto::frontend::quote_ident;
+use pgclone_proto::command::Command;
 use pgclone_proto::replication::{pg_epoch_micros, ReceiverConfig, WalReceiver};
 use pgclone_proto::{Lsn, ProtocolError, TimelineId, WalSegSize};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::sink::codec::ClientSpec;
 use crate::conn::{self, ConnParams, Connection};
 use crate::error::Error;
+use crate::sink::codec::ClientSpec;
 use pgclone_proto::replication::WalChunk;
 use segment::SegmentWriter;
 use tarwal::TarWalWriter;
@@ -100,7 +100,9 @@ pub struct Prepared {
 pub async fn prepare(mut cfg: WalConfig) -> Result<Prepared, Error> {
     let mut conn = conn::connect(&mut cfg.params).await?;
     conn.set_label("WAL");
-    let system_id = crate::conn::server::identify_system(&mut conn).await?.system_id;
+    let system_id = crate::conn::server::identify_system(&mut conn)
+        .await?
+        .system_id;
     if system_id != cfg.system_id {
         return Err(Error::IncompatibleServer(
             "system identifier does not match between base backup and streaming connection".into(),
@@ -109,34 +111,31 @@ pub async fn prepare(mut cfg: WalConfig) -> Result<Prepared, Error> {
     let slot_name = match &cfg.slot {
         Slot::None => None,
         Slot::Named(name) => Some(name.clone()),
-        Slot::Temporary => {
-            let pid = conn
-                .info()
-                .backend_pid
-                .unwrap_or_else(|| std::process::id() as i32);
-            let name = format!("pgclone_{pid}");
-            let version = conn.info().version;
-            let sql = if version.is_at_least(15) {
-                format!(
-                    "CREATE_REPLICATION_SLOT {} TEMPORARY PHYSICAL (RESERVE_WAL)",
-                    quote_ident(&name)
-                )
-            } else {
-                format!(
-                    "CREATE_REPLICATION_SLOT {} TEMPORARY PHYSICAL RESERVE_WAL",
-                    quote_ident(&name)
-                )
-            };
-            conn.simple_query("CREATE_REPLICATION_SLOT", &sql).await?;
-            tracing::info!("created temporary replication slot \"{name}\"");
-            Some(name)
-        }
+        Slot::Temporary => Some(create_temporary_slot(&mut conn).await?),
     };
     Ok(Prepared {
         conn,
         cfg,
         slot_name,
     })
+}
+
+/// Creates `pgclone_<walsender pid>` as a temporary slot reserving WAL; returns its name.
+async fn create_temporary_slot(conn: &mut Connection) -> Result<String, Error> {
+    let pid = conn
+        .info()
+        .backend_pid
+        .unwrap_or_else(|| std::process::id() as i32);
+    let name = format!("pgclone_{pid}");
+    let cmd = Command::CreatePhysicalSlot {
+        name: &name,
+        temporary: true,
+        reserve_wal: true,
+    };
+    let sql = cmd.text(conn.info().version);
+    conn.simple_query(cmd.name(), &sql).await?;
+    tracing::info!("created temporary replication slot \"{name}\"");
+    Ok(name)
 }
 
 /// What streaming did.
@@ -182,14 +181,61 @@ async fn stream(
     let Ok((start_lsn, mut timeline)) = start.await else {
         return Err(Error::Cancelled);
     };
-    let server_tli = crate::conn::server::identify_system(&mut conn).await?.timeline;
+    check_timeline(&mut conn, timeline).await?;
+    let mut pos = start_lsn.segment_start(cfg.seg_size);
+    let mut writer = open_sink(&cfg, timeline)?;
+    let receiver_cfg = ReceiverConfig {
+        status_interval: cfg.status_interval,
+        report_flush: slot_name.is_some(),
+    };
+    loop {
+        if timeline.0 > 1 {
+            fetch_history(&mut conn, &cfg, timeline, &mut *writer).await?;
+        }
+        writer.set_timeline(timeline, pos)?;
+        let cmd = Command::StartPhysical {
+            slot: slot_name.as_deref(),
+            start: pos,
+            timeline,
+        };
+        let sql = cmd.text(conn.info().version);
+        tracing::debug!("sending {sql}");
+        conn.send_query(&sql, cmd.name()).await?;
+        let mut rx = WalReceiver::new(pos, timeline, cfg.seg_size, receiver_cfg, Instant::now());
+        stream_timeline(
+            &mut conn,
+            cfg.params.timeout,
+            &mut rx,
+            &mut *writer,
+            &mut end,
+        )
+        .await?;
+        match rx.poll_timeline_switch() {
+            Some((next, next_pos)) => {
+                tracing::info!("switched to timeline {next} at {next_pos}");
+                timeline = next;
+                pos = next_pos;
+            }
+            None => break,
+        }
+    }
+    finish(conn, writer, timeline).await
+}
+
+/// Refuses a start timeline the server (asked on the WAL connection) does not have yet.
+async fn check_timeline(conn: &mut Connection, timeline: TimelineId) -> Result<(), Error> {
+    let server_tli = crate::conn::server::identify_system(conn).await?.timeline;
     if timeline > server_tli {
         return Err(Error::IncompatibleServer(format!(
             "starting timeline {timeline} is not present in the server"
         )));
     }
-    let mut pos = start_lsn.segment_start(cfg.seg_size);
-    let mut writer: Box<dyn WalSink> = match &cfg.output {
+    Ok(())
+}
+
+/// The writer for the configured output, starting on `timeline`.
+fn open_sink(cfg: &WalConfig, timeline: TimelineId) -> Result<Box<dyn WalSink>, Error> {
+    Ok(match &cfg.output {
         WalOutput::Dir(dir) => Box::new(SegmentWriter::new(
             dir.clone(),
             cfg.seg_size,
@@ -203,103 +249,146 @@ async fn stream(
             timeline,
             cfg.sync,
         )?),
-    };
-    let receiver_cfg = ReceiverConfig {
-        status_interval: cfg.status_interval,
-        report_flush: slot_name.is_some(),
-    };
+    })
+}
+
+/// Streams one timeline (START_REPLICATION already sent) until the receiver is done: the end
+/// position is written and flushed, or the server ended the timeline.
+async fn stream_timeline(
+    conn: &mut Connection,
+    timeout: Option<Duration>,
+    rx: &mut WalReceiver,
+    writer: &mut dyn WalSink,
+    end: &mut watch::Receiver<Option<Lsn>>,
+) -> Result<(), Error> {
+    let mut end_known = end.borrow().is_some();
+    // Silence is checked here rather than per read (see [`Silence`]).
+    conn.set_read_timeout(None);
+    let mut silence = Silence::new(timeout);
+    if let Some(e) = *end.borrow() {
+        rx.stop_at(e);
+    }
     let mut out = BytesMut::new();
     loop {
-        if timeline.0 > 1 {
-            fetch_history(&mut conn, &cfg, timeline, &mut *writer).await?;
+        let stop = if end_known { *end.borrow() } else { None };
+        write_received(rx, writer, stop)?;
+        if rx.poll_transmit(pg_now(), &mut out) {
+            conn.send_raw(&out, "WAL streaming").await?;
+            out.clear();
         }
-        writer.set_timeline(timeline, pos)?;
-        let slot = slot_name
-            .as_deref()
-            .map(|s| format!("SLOT {} ", quote_ident(s)))
-            .unwrap_or_default();
-        let sql = format!("START_REPLICATION {slot}PHYSICAL {pos} TIMELINE {timeline}");
-        tracing::debug!("sending {sql}");
-        conn.send_query(&sql, "START_REPLICATION").await?;
-        let mut rx = WalReceiver::new(pos, timeline, cfg.seg_size, receiver_cfg, Instant::now());
-        let mut end_known = end.borrow().is_some();
-        // Silence is checked here rather than per read: after half the timeout a status update
-        // asks the server for a reply (a keepalive comes back at once from a live server);
-        // after the whole timeout the stream has stalled.
-        let timeout = cfg.params.timeout;
-        conn.set_read_timeout(None);
-        let mut last_heard = Instant::now();
-        let mut probed = false;
-        if let Some(e) = *end.borrow() {
-            rx.stop_at(e);
+        if rx.is_done() {
+            break;
         }
-        loop {
-            if let Some(e) = rx.poll_server_error() {
-                return Err(Error::Server {
-                    context: "could not stream write-ahead log".into(),
-                    source: Box::new(e),
-                });
+        let wake = rx.poll_timeout();
+        tokio::select! {
+            msg = conn.read_message("WAL streaming") => {
+                let now = silence.heard();
+                rx.handle_message(now, msg?).map_err(Error::protocol("WAL streaming"))?;
             }
-            while let Some(chunk) = rx.poll_write() {
-                tokio::task::block_in_place(|| writer.write(chunk))?;
-            }
-            if end_known
-                && end.borrow().is_some_and(|e| writer.written() >= e)
-                && writer.flushed() < writer.written()
-            {
-                tokio::task::block_in_place(|| writer.flush())?;
-            }
-            rx.handle_flushed(writer.flushed());
-            if rx.poll_transmit(pg_now(), &mut out) {
-                conn.send_raw(&out, "WAL streaming").await?;
-                out.clear();
-            }
-            if rx.is_done() {
-                break;
-            }
-            let wake = rx.poll_timeout();
-            let silence = timeout.map(|t| last_heard + if probed { t } else { t / 2 });
-            tokio::select! {
-                msg = conn.read_message("WAL streaming") => {
-                    last_heard = Instant::now();
-                    probed = false;
-                    rx.handle_message(last_heard, msg?).map_err(Error::protocol("WAL streaming"))?;
+            () = sleep_until(silence.deadline()), if timeout.is_some() => silence.expired(rx)?,
+            () = sleep_until(wake) => rx.handle_timeout(Instant::now()),
+            changed = end.changed(), if !end_known => {
+                if changed.is_err() {
+                    return Err(Error::Cancelled);
                 }
-                () = sleep_until(silence), if timeout.is_some() => {
-                    if probed {
-                        return Err(Error::Stalled {
-                            connection: "WAL",
-                            secs: timeout.map_or(0, |t| t.as_secs()),
-                            phase: "WAL streaming",
-                        });
-                    }
-                    tracing::debug!("the WAL connection is silent; asking the server for a reply");
-                    rx.request_reply();
-                    probed = true;
-                }
-                () = sleep_until(wake) => rx.handle_timeout(Instant::now()),
-                changed = end.changed(), if !end_known => {
-                    if changed.is_err() {
-                        return Err(Error::Cancelled);
-                    }
-                    if let Some(e) = *end.borrow() {
-                        tracing::debug!("WAL streaming will stop at {e}");
-                        rx.stop_at(e);
-                        end_known = true;
-                    }
-                }
+                end_known = learn_end(end, rx);
             }
-        }
-        conn.set_read_timeout(timeout);
-        match rx.poll_timeline_switch() {
-            Some((next, next_pos)) => {
-                tracing::info!("switched to timeline {next} at {next_pos}");
-                timeline = next;
-                pos = next_pos;
-            }
-            None => break,
         }
     }
+    conn.set_read_timeout(timeout);
+    Ok(())
+}
+
+/// Writes what the receiver holds, flushes once the end position `stop` (when known) is
+/// written, and tells the receiver what is flushed. A server error stops streaming.
+fn write_received(
+    rx: &mut WalReceiver,
+    writer: &mut dyn WalSink,
+    stop: Option<Lsn>,
+) -> Result<(), Error> {
+    if let Some(e) = rx.poll_server_error() {
+        return Err(Error::Server {
+            context: "could not stream write-ahead log".into(),
+            source: Box::new(e),
+        });
+    }
+    while let Some(chunk) = rx.poll_write() {
+        tokio::task::block_in_place(|| writer.write(chunk))?;
+    }
+    if stop.is_some_and(|e| writer.written() >= e) && writer.flushed() < writer.written() {
+        tokio::task::block_in_place(|| writer.flush())?;
+    }
+    rx.handle_flushed(writer.flushed());
+    Ok(())
+}
+
+/// Hands the end position, once the backup task published it, to the receiver; returns
+/// whether it is known.
+fn learn_end(end: &watch::Receiver<Option<Lsn>>, rx: &mut WalReceiver) -> bool {
+    match *end.borrow() {
+        Some(e) => {
+            tracing::debug!("WAL streaming will stop at {e}");
+            rx.stop_at(e);
+            true
+        }
+        None => false,
+    }
+}
+
+/// How long the WAL connection has been silent. After half the timeout a status update asks
+/// the server for a reply (a keepalive comes back at once from a live server); after the
+/// whole timeout the stream has stalled.
+struct Silence {
+    timeout: Option<Duration>,
+    last_heard: Instant,
+    probed: bool,
+}
+
+impl Silence {
+    fn new(timeout: Option<Duration>) -> Self {
+        Self {
+            timeout,
+            last_heard: Instant::now(),
+            probed: false,
+        }
+    }
+
+    /// When the silence runs out next (`None` without a timeout).
+    fn deadline(&self) -> Option<Instant> {
+        let probed = self.probed;
+        self.timeout
+            .map(|t| self.last_heard + if probed { t } else { t / 2 })
+    }
+
+    /// A message arrived now; returns the instant.
+    fn heard(&mut self) -> Instant {
+        self.last_heard = Instant::now();
+        self.probed = false;
+        self.last_heard
+    }
+
+    /// The deadline passed: ask for a reply the first time, fail the second.
+    fn expired(&mut self, rx: &mut WalReceiver) -> Result<(), Error> {
+        if self.probed {
+            return Err(Error::Stalled {
+                connection: "WAL",
+                secs: self.timeout.map_or(0, |t| t.as_secs()),
+                phase: "WAL streaming",
+            });
+        }
+        tracing::debug!("the WAL connection is silent; asking the server for a reply");
+        rx.request_reply();
+        self.probed = true;
+        Ok(())
+    }
+}
+
+/// Ends the output, reports what was streamed and closes the connection.
+async fn finish(
+    conn: Connection,
+    mut writer: Box<dyn WalSink>,
+    timeline: TimelineId,
+) -> Result<Streamed, Error> {
     tokio::task::block_in_place(|| writer.finish())?;
     tracing::info!(
         "WAL streaming done: {} segment{} up to {}",
@@ -323,7 +412,8 @@ async fn fetch_history(
     timeline: TimelineId,
     sink: &mut dyn WalSink,
 ) -> Result<(), Error> {
-    const CMD: &str = "TIMELINE_HISTORY";
+    let cmd = Command::TimelineHistory(timeline);
+    let what = cmd.name();
     let name = timeline.history_file_name();
     if let WalOutput::Dir(dir) = &cfg.output {
         if dir.join(&name).exists() {
@@ -331,24 +421,24 @@ async fn fetch_history(
         }
     }
     let sets = conn
-        .simple_query(CMD, &format!("TIMELINE_HISTORY {timeline}"))
+        .simple_query(what, &cmd.text(conn.info().version))
         .await?;
     let parse = || -> Result<(String, bytes::Bytes), ProtocolError> {
         let set = sets
             .first()
             .ok_or(ProtocolError::Truncated("TIMELINE_HISTORY result"))?;
-        set.expect_shape(CMD, Some(1), 2)?;
-        let got = set.required_text(CMD, 0, 0)?.to_owned();
+        set.expect_shape(what, Some(1), 2)?;
+        let got = set.required_text(what, 0, 0)?.to_owned();
         let content = set
-            .bytes(CMD, 0, 1)?
+            .bytes(what, 0, 1)?
             .cloned()
             .ok_or(ProtocolError::Truncated("history file content"))?;
         Ok((got, content))
     };
-    let (got, content) = parse().map_err(Error::protocol(CMD))?;
+    let (got, content) = parse().map_err(Error::protocol(what))?;
     if got != name {
         return Err(Error::Protocol {
-            phase: CMD,
+            phase: what,
             source: ProtocolError::BadValue {
                 what: "history file name",
                 value: got.chars().take(64).collect(),
