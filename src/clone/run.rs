@@ -198,7 +198,7 @@ async fn clone_into(
         tablespace_map: cfg.format == Format::Tar || matches!(cfg.output, Output::Target(_)),
         verify_checksums: cfg.verify_checksums,
         manifest: cfg.manifest,
-        manifest_checksums: cfg.manifest_checksums.clone(),
+        manifest_checksums: cfg.manifest_checksums.map(|a| a.name().to_owned()),
         target: match &cfg.output {
             Output::Target(t) => Some(t.clone()),
             _ => None,
@@ -284,8 +284,7 @@ fn verify_algorithm(cfg: &Config, facts: &ServerFacts) -> Option<ChecksumAlgorit
     if cfg.manifest == ManifestOption::No || !facts.version.is_at_least(13) {
         return None;
     }
-    let name = cfg.manifest_checksums.as_deref().unwrap_or("CRC32C");
-    name.parse().ok()
+    Some(cfg.manifest_checksums.unwrap_or(ChecksumAlgorithm::Crc32c))
 }
 
 /// What `-R` writes into `primary_conninfo`: only what this connection used.

@@ -116,6 +116,16 @@ pub enum ChecksumAlgorithm {
 }
 
 impl ChecksumAlgorithm {
+    /// Every algorithm, in the order pg_basebackup lists them.
+    pub const ALL: [Self; 6] = [
+        Self::None,
+        Self::Crc32c,
+        Self::Sha224,
+        Self::Sha256,
+        Self::Sha384,
+        Self::Sha512,
+    ];
+
     /// The name as the manifest prints it (`CRC32C`, `SHA256`, ...).
     pub fn name(self) -> &'static str {
         match self {
@@ -152,17 +162,10 @@ impl FromStr for ChecksumAlgorithm {
 
     /// Parses a name case-insensitively, as PostgreSQL does.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            Self::None,
-            Self::Crc32c,
-            Self::Sha224,
-            Self::Sha256,
-            Self::Sha384,
-            Self::Sha512,
-        ]
-        .into_iter()
-        .find(|a| a.name().eq_ignore_ascii_case(s))
-        .ok_or_else(|| ManifestError::UnknownAlgorithm(s.chars().take(64).collect()))
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| ManifestError::UnknownAlgorithm(s.chars().take(64).collect()))
     }
 }
 
