@@ -18,11 +18,11 @@
 //! problems it prints `backup successfully verified` (unless `-q`) and exits 0, else 1.
 
 use std::collections::HashSet;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fmt::Display;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -41,24 +41,7 @@ const XLP_LONG_HEADER: u16 = 0x0002;
 /// `sizeof(XLogLongPageHeaderData)` on 64-bit platforms.
 const LONG_HEADER_LEN: usize = 40;
 
-const HELP: &str = "\
-pgclone verify checks a plain-format backup against its backup manifest.
-
-Usage:
-  pgclone verify [OPTION]... BACKUPDIR
-
-Options:
-  -e, --exit-on-error         exit immediately on error
-  -i, --ignore=RELATIVE_PATH  ignore indicated path
-  -m, --manifest-path=PATH    use specified path for manifest
-  -n, --no-parse-wal          do not check the WAL files
-  -q, --quiet                 do not print any output, except for errors
-  -s, --skip-checksums        skip checksum verification
-  -w, --wal-path=PATH         use specified path for WAL files
-  -?, --help                  show this help, then exit
-";
-
-/// Parsed `pgclone verify` flags.
+/// What one `pgclone verify` run checks (its flags, see [`crate::options::verify`]).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Options {
     /// `-q`: no success message.
@@ -79,173 +62,24 @@ pub struct Options {
     pub dir: PathBuf,
 }
 
-/// What the command line asks for.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Parsed {
-    /// Print the help.
-    Help,
-    /// Verify.
-    Run(Options),
-    /// A bad command line, with the message.
-    Usage(String),
-}
-
-/// Parses the arguments after `verify`.
-pub fn parse_args(args: &[OsString]) -> Parsed {
-    let mut opts = Options::default();
-    let mut dir: Option<PathBuf> = None;
-    let mut it = args.iter();
-    let mut only_operands = false;
-    let take_value = |name: &str,
-                      inline: Option<&[u8]>,
-                      it: &mut std::slice::Iter<'_, OsString>|
-     -> Result<OsString, String> {
-        match inline {
-            Some(v) => Ok(OsString::from_vec(v.to_vec())),
-            None => it
-                .next()
-                .cloned()
-                .ok_or_else(|| format!("option {name} requires an argument")),
-        }
-    };
-    while let Some(arg) = it.next() {
-        let bytes = arg.as_bytes();
-        if only_operands || !bytes.starts_with(b"-") || bytes == b"-" {
-            if dir.is_some() {
-                return Parsed::Usage(format!(
-                    "too many command-line arguments (first is \"{}\")",
-                    arg.to_string_lossy()
-                ));
-            }
-            dir = Some(PathBuf::from(arg));
-            continue;
-        }
-        if bytes == b"--" {
-            only_operands = true;
-            continue;
-        }
-        let result: Result<(), String> = if let Some(long) = bytes.strip_prefix(b"--") {
-            let (name, inline) = match long.iter().position(|&b| b == b'=') {
-                Some(eq) => (&long[..eq], Some(&long[eq + 1..])),
-                None => (long, None),
-            };
-            let flag = |set: &mut bool| {
-                if inline.is_some() {
-                    Err(format!(
-                        "option --{} does not take an argument",
-                        String::from_utf8_lossy(name)
-                    ))
-                } else {
-                    *set = true;
-                    Ok(())
-                }
-            };
-            match name {
-                b"help" => return Parsed::Help,
-                b"quiet" => flag(&mut opts.quiet),
-                b"no-parse-wal" => flag(&mut opts.no_parse_wal),
-                b"exit-on-error" => flag(&mut opts.exit_on_error),
-                b"skip-checksums" => flag(&mut opts.skip_checksums),
-                b"ignore" => {
-                    take_value("--ignore", inline, &mut it).map(|v| push_ignore(&mut opts, &v))
-                }
-                b"manifest-path" => take_value("--manifest-path", inline, &mut it)
-                    .map(|v| opts.manifest_path = Some(v.into())),
-                b"wal-path" | b"wal-directory" => take_value("--wal-path", inline, &mut it)
-                    .map(|v| opts.wal_path = Some(v.into())),
-                _ => Err(format!("unrecognized option \"{}\"", arg.to_string_lossy())),
-            }
-        } else {
-            let mut res = Ok(());
-            let shorts = &bytes[1..];
-            for (i, &c) in shorts.iter().enumerate() {
-                let rest = &shorts[i + 1..];
-                let inline = (!rest.is_empty()).then_some(rest);
-                res = match c {
-                    b'?' => return Parsed::Help,
-                    b'q' => set(&mut opts.quiet),
-                    b'n' => set(&mut opts.no_parse_wal),
-                    b'e' => set(&mut opts.exit_on_error),
-                    b's' => set(&mut opts.skip_checksums),
-                    b'i' | b'm' | b'w' => {
-                        let name = format!("-{}", char::from(c));
-                        let r = take_value(&name, inline, &mut it).map(|v| match c {
-                            b'i' => push_ignore(&mut opts, &v),
-                            b'm' => opts.manifest_path = Some(v.into()),
-                            _ => opts.wal_path = Some(v.into()),
-                        });
-                        if let Err(e) = r {
-                            return Parsed::Usage(e);
-                        }
-                        break;
-                    }
-                    _ => Err(format!("invalid option -- '{}'", char::from(c))),
-                };
-                if res.is_err() {
-                    break;
-                }
-            }
-            res
-        };
-        if let Err(message) = result {
-            return Parsed::Usage(message);
-        }
+/// Runs `pgclone verify`: exit status 0 when the backup verifies, 1 on any problem.
+pub fn run(opts: &Options) -> ExitCode {
+    let mut check = BackupCheck::new(opts);
+    let _ = check.run();
+    if check.errors > 0 {
+        return ExitCode::from(1);
     }
-    match dir {
-        Some(d) => {
-            opts.dir = d;
-            Parsed::Run(opts)
-        }
-        None => Parsed::Usage("no backup directory specified".into()),
+    if !opts.quiet {
+        println!("backup successfully verified");
     }
-}
-
-fn set(flag: &mut bool) -> Result<(), String> {
-    *flag = true;
-    Ok(())
-}
-
-fn push_ignore(opts: &mut Options, value: &OsStr) {
-    let mut v = value.as_bytes().to_vec();
-    while v.len() > 1 && v.ends_with(b"/") {
-        v.pop();
-    }
-    opts.ignore.push(v);
-}
-
-/// Runs `pgclone verify` with the arguments after `verify`; exit status 0 when the backup
-/// verifies, 1 on any problem or a bad command line.
-pub fn main(args: &[OsString]) -> ExitCode {
-    match parse_args(args) {
-        Parsed::Help => {
-            print!("{HELP}");
-            ExitCode::SUCCESS
-        }
-        Parsed::Usage(message) => {
-            eprintln!("pgclone: error: {message}");
-            eprintln!("pgclone: hint: Try \"pgclone verify --help\" for more information.");
-            ExitCode::from(1)
-        }
-        Parsed::Run(opts) => {
-            let mut v = Verifier::new(&opts);
-            let _ = v.run();
-            if v.errors == 0 {
-                if !opts.quiet {
-                    println!("backup successfully verified");
-                }
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
-    }
+    ExitCode::SUCCESS
 }
 
 /// Verification stopped early (a fatal problem, or `-e`).
 struct Stop;
 
 /// One verification run; problems are printed as they are found.
-struct Verifier<'a> {
+struct BackupCheck<'a> {
     opts: &'a Options,
     ignore: Vec<Vec<u8>>,
     errors: usize,
@@ -253,7 +87,7 @@ struct Verifier<'a> {
     collected: Option<Vec<String>>,
 }
 
-impl<'a> Verifier<'a> {
+impl<'a> BackupCheck<'a> {
     fn new(opts: &'a Options) -> Self {
         let mut ignore: Vec<Vec<u8>> = VERIFY_IGNORED
             .iter()
@@ -740,64 +574,6 @@ mod tests {
     use crate::manifest::hex;
     use sha2::Digest;
 
-    fn os(args: &[&str]) -> Vec<OsString> {
-        args.iter().map(OsString::from).collect()
-    }
-
-    #[test]
-    fn parses_flags_like_pg_verifybackup() {
-        let Parsed::Run(o) = parse_args(&os(&["-qne", "dir"])) else {
-            panic!()
-        };
-        assert!(o.quiet && o.no_parse_wal && o.exit_on_error && !o.skip_checksums);
-        assert_eq!(o.dir, PathBuf::from("dir"));
-        let Parsed::Run(o) = parse_args(&os(&[
-            "--quiet",
-            "--skip-checksums",
-            "-i",
-            "base/1/",
-            "--ignore=x",
-            "-iy",
-            "--wal-path",
-            "/w",
-            "-m/m",
-            "--",
-            "-dir",
-        ])) else {
-            panic!()
-        };
-        assert!(o.quiet && o.skip_checksums && !o.no_parse_wal);
-        assert_eq!(
-            o.ignore,
-            vec![b"base/1".to_vec(), b"x".to_vec(), b"y".to_vec()]
-        );
-        assert_eq!(o.wal_path, Some(PathBuf::from("/w")));
-        assert_eq!(o.manifest_path, Some(PathBuf::from("/m")));
-        assert_eq!(o.dir, PathBuf::from("-dir"));
-        assert_eq!(parse_args(&os(&["-?"])), Parsed::Help);
-        assert_eq!(parse_args(&os(&["x", "--help"])), Parsed::Help);
-        for (args, want) in [
-            (&[][..], "no backup directory specified"),
-            (
-                &["a", "b"][..],
-                "too many command-line arguments (first is \"b\")",
-            ),
-            (&["-x", "a"][..], "invalid option -- 'x'"),
-            (&["--bogus", "a"][..], "unrecognized option \"--bogus\""),
-            (&["a", "-i"][..], "option -i requires an argument"),
-            (
-                &["--quiet=1", "a"][..],
-                "option --quiet does not take an argument",
-            ),
-        ] {
-            assert_eq!(
-                parse_args(&os(args)),
-                Parsed::Usage(want.into()),
-                "{args:?}"
-            );
-        }
-    }
-
     const SEG: u32 = 1 << 20;
     const SYSID: u64 = 7_713_394_991_026_530_012;
 
@@ -862,24 +638,25 @@ mod tests {
         dir
     }
 
-    fn verify(dir: &Path, extra: &[&str]) -> Vec<String> {
-        let mut args = os(extra);
-        args.push(dir.as_os_str().to_owned());
-        let Parsed::Run(opts) = parse_args(&args) else {
-            panic!()
+    /// Runs a check of `dir` with the options `set` chooses; the problems found.
+    fn verify(dir: &Path, set: impl FnOnce(&mut Options)) -> Vec<String> {
+        let mut opts = Options {
+            dir: dir.to_owned(),
+            ..Options::default()
         };
-        let mut v = Verifier::new(&opts);
-        v.collected = Some(Vec::new());
-        let _ = v.run();
-        let out = v.collected.take().unwrap();
-        assert_eq!(out.len(), v.errors);
+        set(&mut opts);
+        let mut check = BackupCheck::new(&opts);
+        check.collected = Some(Vec::new());
+        let _ = check.run();
+        let out = check.collected.take().unwrap();
+        assert_eq!(out.len(), check.errors);
         out
     }
 
     #[test]
     fn a_good_backup_verifies() {
         let b = backup();
-        assert_eq!(verify(b.path(), &[]), Vec::<String>::new());
+        assert_eq!(verify(b.path(), |_| {}), Vec::<String>::new());
     }
 
     #[test]
@@ -892,7 +669,7 @@ mod tests {
         fs::create_dir(d.join("pg_tblspc")).unwrap();
         std::os::unix::fs::symlink(d.join("base"), d.join("pg_tblspc/16384")).unwrap();
         assert_eq!(
-            verify(d, &[]),
+            verify(d, |_| {}),
             vec![
                 "\"base/1/1259\" has size 4096 on disk but size 8192 in the manifest",
                 "\"base/1/99999\" is present on disk but not in the manifest",
@@ -901,14 +678,20 @@ mod tests {
                 "checksum mismatch for file \"PG_VERSION\"",
             ]
         );
-        assert_eq!(verify(d, &["-e"]).len(), 1);
+        assert_eq!(verify(d, |o| o.exit_on_error = true).len(), 1);
         assert_eq!(
-            verify(d, &["-s", "-i", "base/1", "-i", "pg_tblspc"]),
+            verify(d, |o| {
+                o.skip_checksums = true;
+                o.ignore = vec![b"base/1".to_vec(), b"pg_tblspc".to_vec()];
+            }),
             Vec::<String>::new()
         );
         fs::remove_file(d.join("global/pg_control")).unwrap();
         assert_eq!(
-            verify(d, &["-s", "-i", "base/1", "-i", "pg_tblspc"]),
+            verify(d, |o| {
+                o.skip_checksums = true;
+                o.ignore = vec![b"base/1".to_vec(), b"pg_tblspc".to_vec()];
+            }),
             vec!["\"global/pg_control\" is present in the manifest but not on disk"]
         );
     }
@@ -918,7 +701,7 @@ mod tests {
         let b = backup();
         std::os::unix::fs::symlink(b.path().join("base"), b.path().join("base/1/loop")).unwrap();
         assert_eq!(
-            verify(b.path(), &[]),
+            verify(b.path(), |_| {}),
             vec!["\"base/1/loop\" is a symbolic link loop back to one of its parent directories"]
         );
     }
@@ -933,15 +716,15 @@ mod tests {
         bad[at + 3] = b'7';
         fs::write(&path, &bad).unwrap();
         fs::write(b.path().join("extra"), b"").unwrap();
-        assert_eq!(verify(b.path(), &[]), vec!["manifest checksum mismatch"]);
+        assert_eq!(verify(b.path(), |_| {}), vec!["manifest checksum mismatch"]);
         fs::write(&path, &good[..good.len() / 2]).unwrap();
-        let out = verify(b.path(), &[]);
+        let out = verify(b.path(), |_| {});
         assert!(
             out[0].starts_with("could not parse backup manifest: "),
             "{out:?}"
         );
         fs::remove_file(&path).unwrap();
-        let out = verify(b.path(), &[]);
+        let out = verify(b.path(), |_| {});
         assert!(
             out[0].contains("backup_manifest\": No such file or directory"),
             "{out:?}"
@@ -950,7 +733,7 @@ mod tests {
         fs::write(&path, &good).unwrap();
         fs::remove_file(b.path().join("extra")).unwrap();
         fs::write(b.path().join("global/pg_control"), 5u64.to_ne_bytes()).unwrap();
-        let out = verify(b.path(), &["-s"]);
+        let out = verify(b.path(), |o| o.skip_checksums = true);
         assert!(
             out[0].ends_with(&format!(
                 "manifest system identifier is {SYSID}, but control file has 5"
@@ -969,29 +752,32 @@ mod tests {
         let b = backup();
         fs::remove_file(wal(&b, 2)).unwrap();
         assert_eq!(
-            verify(b.path(), &[]),
+            verify(b.path(), |_| {}),
             vec!["WAL segment \"pg_wal/000000010000000000000002\" is missing (needed for timeline 1 from 0/100028 to 0/200100)"]
         );
-        assert_eq!(verify(b.path(), &["-n"]), Vec::<String>::new());
+        assert_eq!(
+            verify(b.path(), |o| o.no_parse_wal = true),
+            Vec::<String>::new()
+        );
         // Missing first segment: no segment size either.
         let b = backup();
         fs::remove_file(wal(&b, 1)).unwrap();
         assert_eq!(
-            verify(b.path(), &[]),
+            verify(b.path(), |_| {}),
             vec!["WAL segment holding 0/100028 on timeline 1 is missing from \"pg_wal\""]
         );
         // Truncated first segment.
         let b = backup();
         fs::write(wal(&b, 1), vec![0u8; 4096]).unwrap();
         assert_eq!(
-            verify(b.path(), &[]),
+            verify(b.path(), |_| {}),
             vec!["WAL file \"pg_wal/000000010000000000000001\" has size 4096, which is not the size of a WAL segment with that name (a power of two from 1 MB to 1 GB)"]
         );
         // Truncated second one.
         let b = backup();
         fs::write(wal(&b, 2), vec![0u8; 4096]).unwrap();
         assert_eq!(
-            verify(b.path(), &[]),
+            verify(b.path(), |_| {}),
             vec!["WAL segment \"pg_wal/000000010000000000000002\" has size 4096 but the WAL segment size is 1048576"]
         );
         // Header problems.
@@ -1025,7 +811,7 @@ mod tests {
         for (data, want) in cases {
             let b = backup();
             fs::write(wal(&b, 2), data).unwrap();
-            let out = verify(b.path(), &[]);
+            let out = verify(b.path(), |_| {});
             assert_eq!(out.len(), 1, "{out:?}");
             assert!(
                 out[0].starts_with(
@@ -1037,7 +823,7 @@ mod tests {
         let b = backup();
         fs::write(wal(&b, 2), segment(0xD118, 1, 2)).unwrap();
         assert_eq!(
-            verify(b.path(), &[]),
+            verify(b.path(), |_| {}),
             vec!["WAL segment \"pg_wal/000000010000000000000002\" has page magic 0xD118, but \"pg_wal/000000010000000000000001\" has 0xD116"]
         );
     }
@@ -1069,14 +855,14 @@ mod tests {
             segment(0xD116, 2, 3),
         )
         .unwrap();
-        assert_eq!(verify(d, &[]), Vec::<String>::new());
+        assert_eq!(verify(d, |_| {}), Vec::<String>::new());
         // Segment 4 is not needed: the range ends at its first byte.
         fs::write(
             d.join("pg_wal/000000020000000000000003"),
             segment(0xD116, 1, 3),
         )
         .unwrap();
-        assert_eq!(verify(d, &[]).len(), 1);
+        assert_eq!(verify(d, |_| {}).len(), 1);
         fs::write(
             d.join("pg_wal/000000020000000000000003"),
             segment(0xD116, 2, 3),
@@ -1086,10 +872,10 @@ mod tests {
         let elsewhere = tempfile::tempdir().unwrap();
         let other = elsewhere.path().join("wal");
         fs::rename(d.join("pg_wal"), &other).unwrap();
-        let out = verify(d, &[]);
+        let out = verify(d, |_| {});
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(
-            verify(d, &["-w", other.to_str().unwrap()]),
+            verify(d, |o| o.wal_path = Some(other.clone())),
             Vec::<String>::new()
         );
     }

@@ -134,22 +134,27 @@ impl Config {
         let wal_method = wal_method(args, &to)?;
         check_recovery_conf(args, &to, &compression)?;
         check_slot_options(args, wal_method)?;
-        let status_interval = status_interval(args.status_interval.as_deref())?;
-        let checkpoint = checkpoint(args.checkpoint.as_deref())?;
-        let max_rate = args.max_rate.as_deref().map(parse_max_rate).transpose()?;
+        let status_interval = status_interval(args.connection.status_interval.as_deref())?;
+        let checkpoint = checkpoint(args.general.checkpoint.as_deref())?;
+        let max_rate = args
+            .output
+            .max_rate
+            .as_deref()
+            .map(parse_max_rate)
+            .transpose()?;
         check_waldir(args, &to)?;
-        if args.progress && args.no_estimate_size {
+        if args.general.progress && args.general.no_estimate_size {
             return Err(usage(
                 "--progress and --no-estimate-size are incompatible options",
             ));
         }
         let (manifest, manifest_checksums) = manifest_options(args)?;
-        if args.password && args.no_password {
+        if args.connection.password && args.connection.no_password {
             return Err(usage(
                 "-W/--password and -w/--no-password cannot be used together",
             ));
         }
-        let timeout = timeout(args.timeout.as_deref())?;
+        let timeout = timeout(args.general.timeout.as_deref())?;
         let conn = connection(args, env, timeout)?;
         Ok(Self {
             conn,
@@ -158,25 +163,26 @@ impl Config {
             format: to.format,
             compression,
             wal_method,
-            waldir: args.waldir.clone(),
-            tablespace_mapping: TablespaceMapping::parse(&args.tablespace_mapping)?,
+            waldir: args.output.waldir.clone(),
+            tablespace_mapping: TablespaceMapping::parse(&args.output.tablespace_mapping)?,
             checkpoint,
             label: args
+                .general
                 .label
                 .clone()
                 .unwrap_or_else(|| "pgclone base backup".into()),
             max_rate,
-            verify_checksums: !args.no_verify_checksums,
-            estimate_size: !args.no_estimate_size,
+            verify_checksums: !args.general.no_verify_checksums,
+            estimate_size: !args.general.no_estimate_size,
             manifest,
             manifest_checksums,
-            no_clean: args.no_clean,
-            no_sync: args.no_sync,
-            progress: args.progress,
-            write_recovery_conf: args.write_recovery_conf,
-            slot: args.slot.clone(),
-            create_slot: args.create_slot,
-            no_slot: args.no_slot,
+            no_clean: args.general.no_clean,
+            no_sync: args.general.no_sync,
+            progress: args.general.progress,
+            write_recovery_conf: args.output.write_recovery_conf,
+            slot: args.output.slot.clone(),
+            create_slot: args.output.create_slot,
+            no_slot: args.output.no_slot,
             status_interval,
             timeout,
         })
@@ -189,7 +195,7 @@ fn usage(message: &str) -> Error {
 
 /// `-t`, `-D` and `-F`: a server-side target excludes a directory and a format.
 fn destination(args: &Args) -> Result<Destination, Error> {
-    let target = match args.target.as_deref() {
+    let target = match args.output.target.as_deref() {
         None | Some("client") => None,
         Some(t) => {
             let (name, detail) = match t.split_once(':') {
@@ -200,21 +206,21 @@ fn destination(args: &Args) -> Result<Destination, Error> {
         }
     };
     if target.is_some() {
-        if args.pgdata.is_some() {
+        if args.output.pgdata.is_some() {
             return Err(usage(
                 "cannot specify both output directory and backup target",
             ));
         }
-        if args.format.is_some() {
+        if args.output.format.is_some() {
             return Err(usage("cannot specify both format and backup target"));
         }
     }
-    let dest = match (&args.pgdata, &target) {
+    let dest = match (&args.output.pgdata, &target) {
         (Some(d), _) if !d.as_os_str().is_empty() => d.clone(),
         (None, Some(_)) => PathBuf::new(),
         _ => return Err(usage("must specify output directory or backup target")),
     };
-    let format = match args.format.as_deref() {
+    let format = match args.output.format.as_deref() {
         None | Some("p" | "plain") => Format::Plain,
         Some("t" | "tar") => Format::Tar,
         Some(other) => {
@@ -237,7 +243,7 @@ fn destination(args: &Args) -> Result<Destination, Error> {
 
 /// `-z`, `-Z`: client-side compression only for tar files written here.
 fn compression(args: &Args, to: &Destination) -> Result<Compression, Error> {
-    let compression = match (&args.compress, args.gzip) {
+    let compression = match (&args.output.compress, args.output.gzip) {
         (Some(spec), _) => codec::spec::parse(spec, to.has_target())?,
         (None, true) => codec::spec::parse("gzip", to.has_target())?,
         (None, false) => Compression::NONE,
@@ -261,7 +267,7 @@ fn compression(args: &Args, to: &Destination) -> Result<Compression, Error> {
 
 /// `-X`: streaming needs a place for the WAL next to the backup.
 fn wal_method(args: &Args, to: &Destination) -> Result<WalMethod, Error> {
-    let wal_method = match args.wal_method.as_deref() {
+    let wal_method = match args.output.wal_method.as_deref() {
         None => WalMethod::Stream,
         Some("n" | "none") => WalMethod::None,
         Some("f" | "fetch") => WalMethod::Fetch,
@@ -291,12 +297,12 @@ fn check_recovery_conf(
     to: &Destination,
     compression: &Compression,
 ) -> Result<(), Error> {
-    if to.has_target() && args.write_recovery_conf {
+    if to.has_target() && args.output.write_recovery_conf {
         return Err(usage(
             "--write-recovery-conf cannot be used with a backup target",
         ));
     }
-    if args.write_recovery_conf
+    if args.output.write_recovery_conf
         && to.format == Format::Tar
         && matches!(compression, Compression::Server { .. })
     {
@@ -309,27 +315,27 @@ fn check_recovery_conf(
 
 /// `-S`, `-C`, `--no-slot`: slots only with streaming, and not both a name and none.
 fn check_slot_options(args: &Args, wal_method: WalMethod) -> Result<(), Error> {
-    if let Some(slot) = &args.slot {
+    if let Some(slot) = &args.output.slot {
         check_slot_name(slot)?;
         if wal_method != WalMethod::Stream {
             return Err(usage(
                 "replication slots can only be used with WAL streaming",
             ));
         }
-        if args.no_slot {
+        if args.output.no_slot {
             return Err(usage("--no-slot cannot be used with slot name"));
         }
     }
-    if args.no_slot && wal_method != WalMethod::Stream {
+    if args.output.no_slot && wal_method != WalMethod::Stream {
         return Err(usage("--no-slot can only be used with WAL streaming"));
     }
-    if args.create_slot {
-        if args.slot.is_none() {
+    if args.output.create_slot {
+        if args.output.slot.is_none() {
             return Err(usage(
                 "--create-slot needs a slot to be specified using --slot",
             ));
         }
-        if args.no_slot {
+        if args.output.no_slot {
             return Err(usage(
                 "--create-slot and --no-slot are incompatible options",
             ));
@@ -352,7 +358,7 @@ fn checkpoint(arg: Option<&str>) -> Result<Checkpoint, Error> {
 
 /// `--waldir`: an absolute path, for a plain backup written here.
 fn check_waldir(args: &Args, to: &Destination) -> Result<(), Error> {
-    let Some(waldir) = &args.waldir else {
+    let Some(waldir) = &args.output.waldir else {
         return Ok(());
     };
     if to.has_target() {
@@ -373,17 +379,17 @@ fn check_waldir(args: &Args, to: &Destination) -> Result<(), Error> {
 
 /// `--no-manifest`, `--manifest-force-encode`, `--manifest-checksums` (case-insensitive).
 fn manifest_options(args: &Args) -> Result<(ManifestOption, Option<ChecksumAlgorithm>), Error> {
-    if args.no_manifest && args.manifest_checksums.is_some() {
+    if args.general.no_manifest && args.general.manifest_checksums.is_some() {
         return Err(usage(
             "--no-manifest and --manifest-checksums are incompatible options",
         ));
     }
-    if args.no_manifest && args.manifest_force_encode {
+    if args.general.no_manifest && args.general.manifest_force_encode {
         return Err(usage(
             "--no-manifest and --manifest-force-encode are incompatible options",
         ));
     }
-    let checksums = match &args.manifest_checksums {
+    let checksums = match &args.general.manifest_checksums {
         None => None,
         Some(name) => Some(name.parse::<ChecksumAlgorithm>().map_err(|_| {
             Error::Usage(format!(
@@ -394,9 +400,9 @@ fn manifest_options(args: &Args) -> Result<(ManifestOption, Option<ChecksumAlgor
             ))
         })?),
     };
-    let manifest = if args.no_manifest {
+    let manifest = if args.general.no_manifest {
         ManifestOption::No
-    } else if args.manifest_force_encode {
+    } else if args.general.manifest_force_encode {
         ManifestOption::ForceEncode
     } else {
         ManifestOption::Yes
@@ -450,17 +456,17 @@ fn connection(
 ) -> Result<ConnParams, Error> {
     let mut conn = ConnParams::resolve(
         &ConnFlags {
-            host: args.host.as_deref(),
-            port: args.port.as_deref(),
-            user: args.username.as_deref(),
-            connstr: args.dbname.as_deref(),
-            no_password: args.no_password,
-            password: args.password,
+            host: args.connection.host.as_deref(),
+            port: args.connection.port.as_deref(),
+            user: args.connection.username.as_deref(),
+            connstr: args.connection.dbname.as_deref(),
+            no_password: args.connection.no_password,
+            password: args.connection.password,
         },
         env,
     )?;
     conn.timeout = timeout;
-    conn.wait = wait(args.wait.as_deref())?;
+    conn.wait = wait(args.connection.wait.as_deref())?;
     Ok(conn)
 }
 
