@@ -22,7 +22,7 @@ use pgclone_proto::tar::{build_header, Member, MemberKind, TarEvent, TarSplitter
 
 use crate::sink::codec::{self, ArchiveWriter, ClientSpec, Method};
 use crate::error::Error;
-use crate::manifest::check::Verifier;
+use crate::manifest::check::WriteCheck as Verifier;
 use crate::manifest::ChecksumAlgorithm;
 use crate::sink::plain::{Chunk, Stats, MANIFEST_TMP};
 use crate::sink::writeback::{TrackedFile, Writeback};

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::sink::codec::{self, Method};
 use crate::error::Error;
-use crate::manifest::check::Verifier;
+use crate::manifest::check::WriteCheck as Verifier;
 use crate::manifest::ChecksumAlgorithm;
 use crate::sink::writeback::{FileProgress, Writeback};
 
