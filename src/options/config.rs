@@ -134,7 +134,7 @@ impl Config {
         let wal_method = wal_method(args, &to)?;
         check_recovery_conf(args, &to, &compression)?;
         check_slot_options(args, wal_method)?;
-        let status_interval = status_interval(args.connection.status_interval.as_deref())?;
+        let status_interval = STATUS_INTERVAL.parse(args.connection.status_interval.as_deref())?;
         let checkpoint = checkpoint(args.general.checkpoint.as_deref())?;
         let max_rate = args
             .output
@@ -154,7 +154,7 @@ impl Config {
                 "-W/--password and -w/--no-password cannot be used together",
             ));
         }
-        let timeout = timeout(args.general.timeout.as_deref())?;
+        let timeout = TIMEOUT.parse(args.general.timeout.as_deref())?;
         let conn = connection(args, env, timeout)?;
         Ok(Self {
             conn,
@@ -410,42 +410,53 @@ fn manifest_options(args: &Args) -> Result<(ManifestOption, Option<ChecksumAlgor
     Ok((manifest, checksums))
 }
 
-/// `-s`: 0 sends no status packets.
-fn status_interval(arg: Option<&str>) -> Result<Option<Duration>, Error> {
-    let Some(text) = arg else {
-        return Ok(Some(DEFAULT_STATUS_INTERVAL));
-    };
-    let interval = parse_seconds(text, MAX_STATUS_INTERVAL_SECS).ok_or_else(|| {
-        Error::Usage(format!(
-            "invalid status interval \"{text}\": must be an integer between 0 and {MAX_STATUS_INTERVAL_SECS}"
-        ))
-    })?;
-    Ok(unless_zero(interval))
+/// A flag given in whole seconds: its largest value, its value when absent, whether 0 means
+/// never (`None`), and its message for a bad value.
+struct SecondsFlag {
+    max: u64,
+    absent: Option<Duration>,
+    zero_is_never: bool,
+    invalid: fn(&str) -> String,
 }
+
+/// `-s`: 0 sends no status packets.
+const STATUS_INTERVAL: SecondsFlag = SecondsFlag {
+    max: MAX_STATUS_INTERVAL_SECS,
+    absent: Some(DEFAULT_STATUS_INTERVAL),
+    zero_is_never: true,
+    invalid: |text| {
+        format!(
+            "invalid status interval \"{text}\": must be an integer between 0 and {MAX_STATUS_INTERVAL_SECS}"
+        )
+    },
+};
 
 /// `--timeout`: 0 waits forever.
-fn timeout(arg: Option<&str>) -> Result<Option<Duration>, Error> {
-    let Some(text) = arg else {
-        return Ok(Some(DEFAULT_TIMEOUT));
-    };
-    let timeout = parse_seconds(text, MAX_TIMEOUT_SECS).ok_or_else(|| {
-        Error::Usage(format!(
-            "invalid timeout \"{text}\": must be a number of seconds (0 for none)"
-        ))
-    })?;
-    Ok(unless_zero(timeout))
-}
+const TIMEOUT: SecondsFlag = SecondsFlag {
+    max: MAX_TIMEOUT_SECS,
+    absent: Some(DEFAULT_TIMEOUT),
+    zero_is_never: true,
+    invalid: |text| format!("invalid timeout \"{text}\": must be a number of seconds (0 for none)"),
+};
 
-/// `--wait`: how long to retry an unreachable server (0 tries once).
-fn wait(arg: Option<&str>) -> Result<Option<Duration>, Error> {
-    arg.map(|text| {
-        parse_seconds(text, MAX_WAIT_SECS).ok_or_else(|| {
-            Error::Usage(format!(
-                "invalid --wait value \"{text}\": must be a number of seconds"
-            ))
-        })
-    })
-    .transpose()
+/// `--wait`: how long to retry an unreachable server (0 tries once; absent, not at all).
+const WAIT: SecondsFlag = SecondsFlag {
+    max: MAX_WAIT_SECS,
+    absent: None,
+    zero_is_never: false,
+    invalid: |text| format!("invalid --wait value \"{text}\": must be a number of seconds"),
+};
+
+impl SecondsFlag {
+    /// The flag's value (`arg` as given, `None` when absent).
+    fn parse(&self, arg: Option<&str>) -> Result<Option<Duration>, Error> {
+        let Some(text) = arg else {
+            return Ok(self.absent);
+        };
+        let secs =
+            parse_seconds(text, self.max).ok_or_else(|| Error::Usage((self.invalid)(text)))?;
+        Ok((!(self.zero_is_never && secs.is_zero())).then_some(secs))
+    }
 }
 
 /// The connection flags, resolved against the environment, with `--timeout` and `--wait`.
@@ -466,7 +477,7 @@ fn connection(
         env,
     )?;
     conn.timeout = timeout;
-    conn.wait = wait(args.connection.wait.as_deref())?;
+    conn.wait = WAIT.parse(args.connection.wait.as_deref())?;
     Ok(conn)
 }
 
@@ -477,11 +488,6 @@ pub fn parse_seconds(text: &str, max: u64) -> Option<Duration> {
         Ok(secs) if secs <= max => Some(Duration::from_secs(secs)),
         _ => None,
     }
-}
-
-/// `None` for a zero duration (the flags where 0 means never).
-fn unless_zero(d: Duration) -> Option<Duration> {
-    (!d.is_zero()).then_some(d)
 }
 
 /// Slot names are what the server accepts: lower-case letters, digits and `_`, at most 63 bytes.
@@ -580,24 +586,30 @@ mod tests {
         for bad in ["6", "-1", "1.5", "", "x", "5s", "99999999999999999999"] {
             assert_eq!(parse_seconds(bad, 5), None, "{bad}");
         }
-        assert_eq!(status_interval(Some("0")).ok(), Some(None));
+        assert_eq!(STATUS_INTERVAL.parse(Some("0")).ok(), Some(None));
         assert_eq!(
-            status_interval(None).ok(),
+            STATUS_INTERVAL.parse(None).ok(),
             Some(Some(DEFAULT_STATUS_INTERVAL))
         );
-        assert!(status_interval(Some("2147484")).is_err());
-        assert_eq!(timeout(Some("0")).ok(), Some(None));
-        assert_eq!(timeout(None).ok(), Some(Some(DEFAULT_TIMEOUT)));
-        assert_eq!(wait(Some("0")).ok(), Some(Some(Duration::ZERO)));
-        assert_eq!(wait(None).ok(), Some(None));
-        match wait(Some("604801")) {
+        match STATUS_INTERVAL.parse(Some("2147484")) {
+            Err(Error::Usage(m)) => assert_eq!(
+                m,
+                "invalid status interval \"2147484\": must be an integer between 0 and 2147483"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(TIMEOUT.parse(Some("0")).ok(), Some(None));
+        assert_eq!(TIMEOUT.parse(None).ok(), Some(Some(DEFAULT_TIMEOUT)));
+        assert_eq!(WAIT.parse(Some("0")).ok(), Some(Some(Duration::ZERO)));
+        assert_eq!(WAIT.parse(None).ok(), Some(None));
+        match WAIT.parse(Some("604801")) {
             Err(Error::Usage(m)) => assert_eq!(
                 m,
                 "invalid --wait value \"604801\": must be a number of seconds"
             ),
             other => panic!("{other:?}"),
         }
-        match timeout(Some("x")) {
+        match TIMEOUT.parse(Some("x")) {
             Err(Error::Usage(m)) => assert_eq!(
                 m,
                 "invalid timeout \"x\": must be a number of seconds (0 for none)"
