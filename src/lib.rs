@@ -13,8 +13,9 @@
 //! - `sink/`: where archive bytes land: the plain writer (`plain`, with its path policy), the tar
 //!   writer (`tar`), compression (`codec`), writeback and fsync (`writeback`, `durable`), the
 //!   destination's checks and cleanup (`dest`)
-//! - `manifest/`: `backup_manifest` parsing and checksums, the check while writing (`check`),
-//!   `pgclone verify` (`verify`)
+//! - `manifest/`: the `backup_manifest` model, its parsing (`parse`), per-file checksums
+//!   (`checksum`), differences from it (`compare`), the check while writing (`check`),
+//!   `pgclone verify` (`verify`: the run, `files`, `wal`)
 //! - `conn/`: connection strings (`conninfo`), `.pgpass` (`pgpass`), TLS (`tls`), connecting and
 //!   messaging, the server's facts (`server`)
 //! - `error.rs`: the error type and exit codes; `output.rs`: stderr
