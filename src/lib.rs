@@ -5,7 +5,7 @@
 //! One folder per stage of a clone, in the order a clone meets them. An arrow only ever points
 //! down this list (a sink never imports the clone run; `pgclone-proto` never imports this crate).
 //! - `options/`: the command line as pg_basebackup spells it (`cli`), validated into a `Config`
-//!   (`config`), `-T` mappings (`tablespace`)
+//!   (`config`), `-T` mappings (`tablespace`), the `pgclone verify` subcommand's flags (`verify`)
 //! - `clone/`: one clone from start to finish (`run`), the BASE_BACKUP task (`backup`), `-P`
 //!   (`progress`), SIGINT/SIGTERM/SIGHUP (`signals`)
 //! - `wal/`: the WAL task of `-X stream`, segment files (`segment`), `pg_wal.tar` (`tarwal`)
@@ -13,8 +13,9 @@
 //! - `sink/`: where archive bytes land: the plain writer (`plain`, with its path policy), the tar
 //!   writer (`tar`), compression (`codec`), writeback and fsync (`writeback`, `durable`), the
 //!   destination's checks and cleanup (`dest`)
-//! - `manifest/`: `backup_manifest` parsing and checksums, the check while writing (`check`),
-//!   `pgclone verify` (`verify`)
+//! - `manifest/`: the `backup_manifest` model, its parsing (`parse`), per-file checksums
+//!   (`checksum`), differences from it (`compare`), the check while writing (`check`),
+//!   `pgclone verify` (`verify`: the run, `files`, `wal`)
 //! - `conn/`: connection strings (`conninfo`), `.pgpass` (`pgpass`), TLS (`tls`), connecting and
 //!   messaging, the server's facts (`server`)
 //! - `error.rs`: the error type and exit codes; `output.rs`: stderr
@@ -36,45 +37,45 @@ use options::Config;
 
 /// Runs pgclone with these arguments (including the program name) and returns its exit code.
 pub fn main_with_args(argv: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
-    let argv: Vec<std::ffi::OsString> = argv.into_iter().collect();
-    if argv.get(1).is_some_and(|a| a == "verify") {
-        return manifest::verify::main(&argv[2..]);
-    }
-    let args = match cli::parse(argv) {
-        Parsed::Exit => return ExitCode::SUCCESS,
-        Parsed::Usage(message) => {
-            output::error(&message, true);
-            return ExitCode::from(1);
+    match cli::parse(argv) {
+        Parsed::Exit => ExitCode::SUCCESS,
+        Parsed::Usage { message, command } => {
+            output::usage_error(&message, command);
+            ExitCode::from(1)
         }
-        Parsed::Run(args) => args,
-    };
-    output::init(args.verbose);
-    let result = Config::from_args(&args, &|k| std::env::var(k).ok()).and_then(|cfg| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| error::Error::Internal(format!("could not start the runtime: {e}")))?;
-        runtime.block_on(async {
-            let interrupt = clone::signals::Interrupt::install().map_err(|e| {
-                error::Error::Internal(format!("could not install signal handlers: {e}"))
-            })?;
-            // On a worker thread, the task is woken by the I/O driver it runs beside; under
-            // block_on every wake-up of the socket would also wake this thread.
-            let result = tokio::spawn(clone::run(cfg, interrupt.token()))
-                .await
-                .map_err(|e| error::Error::Internal(format!("the clone task failed: {e}")))
-                .and_then(|r| r);
-            match (result, interrupt.received()) {
-                (Err(_), Some(signo)) => Err(error::Error::Interrupted(signo)),
-                (result, _) => result,
+        Parsed::Verify(options) => manifest::verify::run(&options),
+        Parsed::Run(args) => {
+            output::init(args.general.verbose);
+            match Config::from_args(&args, &|k| std::env::var(k).ok()).and_then(run_clone) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    output::error(&error::chain(&e), e.wants_help_hint());
+                    ExitCode::from(e.exit_code())
+                }
             }
-        })
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            output::error(&error::chain(&e), e.wants_help_hint());
-            ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Runs one clone on a fresh runtime, with the signal handlers installed.
+fn run_clone(cfg: Config) -> Result<(), error::Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| error::Error::Internal(format!("could not start the runtime: {e}")))?;
+    runtime.block_on(async {
+        let interrupt = clone::signals::Interrupt::install().map_err(|e| {
+            error::Error::Internal(format!("could not install signal handlers: {e}"))
+        })?;
+        // On a worker thread, the task is woken by the I/O driver it runs beside; under
+        // block_on every wake-up of the socket would also wake this thread.
+        let result = tokio::spawn(clone::run(cfg, interrupt.token()))
+            .await
+            .map_err(|e| error::Error::Internal(format!("the clone task failed: {e}")))
+            .and_then(|r| r);
+        match (result, interrupt.received()) {
+            (Err(_), Some(signo)) => Err(error::Error::Interrupted(signo)),
+            (result, _) => result,
+        }
+    })
 }

@@ -67,14 +67,23 @@ pub fn notice(n: &ServerError) {
     let _ = writeln!(err, "{n}");
 }
 
-/// Prints the final error line (and the usage hint when it is a usage error).
+/// Prints an error line (and the usage hint to `pgclone --help` when it is a usage error).
 pub fn error(message: &str, help_hint: bool) {
+    print_error(message, help_hint.then_some("pgclone"));
+}
+
+/// Prints a usage error and the hint to `command --help` (`pgclone` or `pgclone verify`).
+pub fn usage_error(message: &str, command: &str) {
+    print_error(message, Some(command));
+}
+
+fn print_error(message: &str, hint_to: Option<&str>) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "pgclone: error: {message}");
-    if help_hint {
+    if let Some(command) = hint_to {
         let _ = writeln!(
             err,
-            "pgclone: hint: Try \"pgclone --help\" for more information."
+            "pgclone: hint: Try \"{command} --help\" for more information."
         );
     }
 }

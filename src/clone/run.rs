@@ -231,7 +231,7 @@ fn backup_options(cfg: &Config) -> BaseBackupOptions {
         tablespace_map: cfg.format == Format::Tar || matches!(cfg.output, Output::Target(_)),
         verify_checksums: cfg.verify_checksums,
         manifest: cfg.manifest,
-        manifest_checksums: cfg.manifest_checksums.clone(),
+        manifest_checksums: cfg.manifest_checksums.map(|a| a.name().to_owned()),
         target: match &cfg.output {
             Output::Target(t) => Some(t.clone()),
             _ => None,
@@ -323,8 +323,7 @@ fn verify_algorithm(cfg: &Config, facts: &ServerFacts) -> Option<ChecksumAlgorit
     if cfg.manifest == ManifestOption::No || !facts.version.is_at_least(13) {
         return None;
     }
-    let name = cfg.manifest_checksums.as_deref().unwrap_or("CRC32C");
-    name.parse().ok()
+    Some(cfg.manifest_checksums.unwrap_or(ChecksumAlgorithm::Crc32c))
 }
 
 /// The plain-format layout: `--waldir` and its link, and the WAL directories the WAL task

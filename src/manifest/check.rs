@@ -11,9 +11,10 @@ use pgclone_proto::Oid;
 use crate::error::Error;
 use crate::manifest::{Checksum, ChecksumAlgorithm, Manifest, WrittenFiles};
 
-/// Checks written files against the manifest.
+/// The check while writing: records each file's size and checksum as the sink writes it, and
+/// compares them with the manifest once it has arrived.
 #[derive(Debug)]
-pub struct Verifier {
+pub struct WriteCheck {
     algorithm: ChecksumAlgorithm,
     prefix: Vec<u8>,
     written: WrittenFiles,
@@ -22,8 +23,8 @@ pub struct Verifier {
     disabled: Option<&'static str>,
 }
 
-impl Verifier {
-    /// A verifier computing `algorithm` (the `--manifest-checksums` value; CRC32C by default).
+impl WriteCheck {
+    /// A check computing `algorithm` (the `--manifest-checksums` value; CRC32C by default).
     pub fn new(algorithm: ChecksumAlgorithm) -> Self {
         Self {
             algorithm,
@@ -103,7 +104,7 @@ mod tests {
 
     #[test]
     fn names_tablespace_files_as_the_manifest_does() {
-        let mut v = Verifier::new(ChecksumAlgorithm::Crc32c);
+        let mut v = WriteCheck::new(ChecksumAlgorithm::Crc32c);
         v.start_archive(Some(Oid(16400)));
         v.begin_file(b"PG_16_202307071/5/16401");
         v.data(b"x");

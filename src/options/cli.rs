@@ -1,275 +1,194 @@
 //! Command-line flags, spelled as pg_basebackup spells them, and nothing else: no validation
-//! beyond what clap does, no system calls. [`crate::options::config`] turns them into a checked config.
+//! beyond what clap does, no system calls. [`crate::options::config`] turns them into a checked
+//! config. `pgclone verify` is the one subcommand; its flags are in [`crate::options::verify`].
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{ArgAction, Parser};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{ArgAction, Parser, Subcommand};
 
-/// pgclone: clone a running PostgreSQL server (10 and newer) into a data directory.
+use crate::manifest::verify::Options;
+use crate::options::verify::{self, VerifyArgs};
+
+/// pgclone: clone a running PostgreSQL server (10 and newer) into a data directory, or (`verify`)
+/// check a clone against its manifest.
 #[derive(Debug, Parser)]
 #[command(
     name = "pgclone",
     version,
     disable_help_flag = true,
     disable_version_flag = true,
+    disable_help_subcommand = true,
+    args_conflicts_with_subcommands = true,
     about = "pgclone takes a base backup of a running PostgreSQL server (10 or newer), like pg_basebackup.",
     after_help = "Environment: PGHOST, PGPORT, PGUSER, PGPASSWORD, PGAPPNAME.\n\
                   Report bugs at the project's issue tracker."
 )]
 pub struct Args {
+    /// `pgclone verify`; without a subcommand, the flags below take a backup.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Where the backup goes and how.
+    #[command(flatten, next_help_heading = "Options controlling the output")]
+    pub output: OutputArgs,
+    /// How the backup runs.
+    #[command(flatten, next_help_heading = "General options")]
+    pub general: GeneralArgs,
+    /// How to reach the server.
+    #[command(flatten, next_help_heading = "Connection options")]
+    pub connection: ConnectionArgs,
+    /// output version information, then exit
+    #[arg(help_heading = "Other options", short = 'V', long, action = ArgAction::Version)]
+    pub version: Option<bool>,
+    /// show this help, then exit
+    #[arg(help_heading = "Other options", short = '?', long, action = ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+/// The subcommands; without one, pgclone takes a backup.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// check a plain-format backup against its backup manifest
+    Verify(VerifyArgs),
+}
+
+/// Options controlling the output.
+#[derive(Debug, clap::Args)]
+pub struct OutputArgs {
     /// receive base backup into directory
-    #[arg(
-        short = 'D',
-        long = "pgdata",
-        visible_alias = "dest",
-        value_name = "DIRECTORY",
-        help_heading = "Options controlling the output"
-    )]
+    #[arg(short = 'D', long, visible_alias = "dest", value_name = "DIRECTORY")]
     pub pgdata: Option<PathBuf>,
-
     /// output format (plain (default), tar)
-    #[arg(
-        short = 'F',
-        long = "format",
-        value_name = "p|t",
-        help_heading = "Options controlling the output"
-    )]
+    #[arg(short = 'F', long, value_name = "p|t")]
     pub format: Option<String>,
-
     /// maximum transfer rate to transfer data directory (in kB/s, or use suffix "k" or "M")
-    #[arg(
-        short = 'r',
-        long = "max-rate",
-        value_name = "RATE",
-        help_heading = "Options controlling the output"
-    )]
+    #[arg(short = 'r', long, value_name = "RATE")]
     pub max_rate: Option<String>,
-
     /// write configuration for replication
-    #[arg(
-        short = 'R',
-        long = "write-recovery-conf",
-        help_heading = "Options controlling the output"
-    )]
+    #[arg(short = 'R', long)]
     pub write_recovery_conf: bool,
-
     /// compress tar output with gzip
-    #[arg(
-        short = 'z',
-        long = "gzip",
-        help_heading = "Options controlling the output"
-    )]
+    #[arg(short = 'z', long)]
     pub gzip: bool,
-
     /// compress on client or server as specified ([client-|server-]METHOD[:DETAIL], or a level)
     #[arg(
         short = 'Z',
-        long = "compress",
+        long,
         value_name = "[{client|server}-]METHOD[:DETAIL]",
-        allow_hyphen_values = true,
-        help_heading = "Options controlling the output"
+        allow_hyphen_values = true
     )]
     pub compress: Option<String>,
-
     /// backup target (if other than client): blackhole, server:DIRECTORY
-    #[arg(
-        short = 't',
-        long = "target",
-        value_name = "TARGET[:DETAIL]",
-        help_heading = "Options controlling the output"
-    )]
+    #[arg(short = 't', long, value_name = "TARGET[:DETAIL]")]
     pub target: Option<String>,
-
     /// replication slot to use
-    #[arg(
-        short = 'S',
-        long = "slot",
-        value_name = "SLOTNAME",
-        help_heading = "Options controlling the output"
-    )]
+    #[arg(short = 'S', long, value_name = "SLOTNAME")]
     pub slot: Option<String>,
-
     /// create replication slot
-    #[arg(
-        short = 'C',
-        long = "create-slot",
-        help_heading = "Options controlling the output"
-    )]
+    #[arg(short = 'C', long)]
     pub create_slot: bool,
-
     /// prevent creation of temporary replication slot
-    #[arg(long = "no-slot", help_heading = "Options controlling the output")]
+    #[arg(long)]
     pub no_slot: bool,
-
     /// relocate tablespace in OLDDIR to NEWDIR
-    #[arg(
-        short = 'T',
-        long = "tablespace-mapping",
-        value_name = "OLDDIR=NEWDIR",
-        help_heading = "Options controlling the output"
-    )]
+    #[arg(short = 'T', long, value_name = "OLDDIR=NEWDIR")]
     pub tablespace_mapping: Vec<String>,
-
     /// location for the write-ahead log directory
-    #[arg(
-        long = "waldir",
-        value_name = "WALDIR",
-        help_heading = "Options controlling the output"
-    )]
+    #[arg(long, value_name = "WALDIR")]
     pub waldir: Option<PathBuf>,
-
     /// include required WAL files with specified method (fetch, stream, none)
-    #[arg(
-        short = 'X',
-        long = "wal-method",
-        value_name = "none|fetch|stream",
-        help_heading = "Options controlling the output"
-    )]
+    #[arg(short = 'X', long, value_name = "none|fetch|stream")]
     pub wal_method: Option<String>,
+}
 
+/// General options.
+#[derive(Debug, clap::Args)]
+pub struct GeneralArgs {
     /// set fast or spread checkpointing
-    #[arg(
-        short = 'c',
-        long = "checkpoint",
-        value_name = "fast|spread",
-        help_heading = "General options"
-    )]
+    #[arg(short = 'c', long, value_name = "fast|spread")]
     pub checkpoint: Option<String>,
-
     /// set backup label
-    #[arg(
-        short = 'l',
-        long = "label",
-        value_name = "LABEL",
-        help_heading = "General options"
-    )]
+    #[arg(short = 'l', long, value_name = "LABEL")]
     pub label: Option<String>,
-
     /// do not clean up after errors
-    #[arg(short = 'n', long = "no-clean", help_heading = "General options")]
+    #[arg(short = 'n', long)]
     pub no_clean: bool,
-
     /// do not wait for changes to be written safely to disk
-    #[arg(short = 'N', long = "no-sync", help_heading = "General options")]
+    #[arg(short = 'N', long)]
     pub no_sync: bool,
-
     /// show progress information
-    #[arg(short = 'P', long = "progress", help_heading = "General options")]
+    #[arg(short = 'P', long)]
     pub progress: bool,
-
     /// output verbose messages (repeat for more)
-    #[arg(short = 'v', long = "verbose", action = ArgAction::Count, help_heading = "General options")]
+    #[arg(short = 'v', long, action = ArgAction::Count)]
     pub verbose: u8,
-
     /// give up when the server sends nothing for SECS seconds (0 = never; default 300)
-    #[arg(
-        long = "timeout",
-        value_name = "SECS",
-        help_heading = "General options"
-    )]
+    #[arg(long, value_name = "SECS")]
     pub timeout: Option<String>,
-
     /// do not verify checksums
-    #[arg(long = "no-verify-checksums", help_heading = "General options")]
+    #[arg(long)]
     pub no_verify_checksums: bool,
-
     /// do not estimate backup size in server side
-    #[arg(long = "no-estimate-size", help_heading = "General options")]
+    #[arg(long)]
     pub no_estimate_size: bool,
-
     /// suppress generation of backup manifest
-    #[arg(long = "no-manifest", help_heading = "General options")]
+    #[arg(long)]
     pub no_manifest: bool,
-
     /// use algorithm for manifest checksums
-    #[arg(
-        long = "manifest-checksums",
-        value_name = "SHA{224,256,384,512}|CRC32C|NONE",
-        help_heading = "General options"
-    )]
+    #[arg(long, value_name = "SHA{224,256,384,512}|CRC32C|NONE")]
     pub manifest_checksums: Option<String>,
-
     /// hex encode all file names in manifest
-    #[arg(long = "manifest-force-encode", help_heading = "General options")]
+    #[arg(long)]
     pub manifest_force_encode: bool,
+}
 
+/// Connection options.
+#[derive(Debug, clap::Args)]
+pub struct ConnectionArgs {
     /// time between status packets sent to server (in seconds)
-    #[arg(
-        short = 's',
-        long = "status-interval",
-        value_name = "INTERVAL",
-        help_heading = "Connection options"
-    )]
+    #[arg(short = 's', long, value_name = "INTERVAL")]
     pub status_interval: Option<String>,
-
     /// keep retrying for up to SECONDS (default 60) while the server is not reachable yet
-    #[arg(long = "wait", value_name = "SECONDS", num_args = 0..=1, default_missing_value = "60",
-          require_equals = true, help_heading = "Connection options")]
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "60", require_equals = true)]
     pub wait: Option<String>,
-
     /// connection string
-    #[arg(
-        short = 'd',
-        long = "dbname",
-        value_name = "CONNSTR",
-        help_heading = "Connection options"
-    )]
+    #[arg(short = 'd', long, value_name = "CONNSTR")]
     pub dbname: Option<String>,
-
     /// database server host or socket directory
-    #[arg(
-        short = 'h',
-        long = "host",
-        value_name = "HOSTNAME",
-        help_heading = "Connection options"
-    )]
+    #[arg(short = 'h', long, value_name = "HOSTNAME")]
     pub host: Option<String>,
-
     /// database server port number
-    #[arg(
-        short = 'p',
-        long = "port",
-        value_name = "PORT",
-        help_heading = "Connection options"
-    )]
+    #[arg(short = 'p', long, value_name = "PORT")]
     pub port: Option<String>,
-
     /// connect as specified database user
-    #[arg(
-        short = 'U',
-        long = "username",
-        value_name = "NAME",
-        help_heading = "Connection options"
-    )]
+    #[arg(short = 'U', long, value_name = "NAME")]
     pub username: Option<String>,
-
     /// never prompt for password
-    #[arg(short = 'w', long = "no-password", help_heading = "Connection options")]
+    #[arg(short = 'w', long)]
     pub no_password: bool,
-
     /// force password prompt (should happen automatically)
-    #[arg(short = 'W', long = "password", help_heading = "Connection options")]
+    #[arg(short = 'W', long)]
     pub password: bool,
-
-    /// output version information, then exit
-    #[arg(short = 'V', long = "version", action = ArgAction::Version, help_heading = "Other options")]
-    pub version: Option<bool>,
-
-    /// show this help, then exit
-    #[arg(short = '?', long = "help", action = ArgAction::Help, help_heading = "Other options")]
-    pub help: Option<bool>,
 }
 
 /// What parsing the command line gave.
 #[derive(Debug)]
 pub enum Parsed {
-    /// Run with these flags.
+    /// Take a backup with these flags.
     Run(Box<Args>),
+    /// `pgclone verify` with these options.
+    Verify(Options),
     /// Help or version was printed; exit 0.
     Exit,
-    /// A usage error, already formatted without the `error:` prefix.
-    Usage(String),
+    /// A usage error, already formatted without the `error:` prefix, and the command whose
+    /// `--help` the hint names (`pgclone` or `pgclone verify`).
+    Usage {
+        /// What is wrong.
+        message: String,
+        /// The command the hint points to.
+        command: &'static str,
+    },
 }
 
 /// Parses `argv` (including the program name).
@@ -278,19 +197,42 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    match Args::try_parse_from(argv) {
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    match Args::try_parse_from(&argv) {
+        Ok(Args {
+            command: Some(Command::Verify(verify)),
+            ..
+        }) => Parsed::Verify(verify.into_options()),
         Ok(args) => Parsed::Run(Box::new(args)),
         Err(e) => match e.kind() {
-            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
                 let _ = e.print();
                 Parsed::Exit
             }
-            _ => {
-                let rendered = e.render().to_string();
-                let first = rendered.lines().next().unwrap_or("invalid arguments");
-                Parsed::Usage(first.trim_start_matches("error: ").to_owned())
-            }
+            // A subcommand must come first: any flag before it conflicts.
+            _ if argv.get(1).is_some_and(|a| a == "verify") => Parsed::Usage {
+                message: verify::usage_message(&e, &argv),
+                command: "pgclone verify",
+            },
+            _ => Parsed::Usage {
+                message: top_level_message(&e),
+                command: "pgclone",
+            },
         },
+    }
+}
+
+/// Clap's message for the backup flags; a stray word (also `verify` after flags) is an
+/// unexpected argument, as it was before there was a subcommand.
+fn top_level_message(e: &clap::Error) -> String {
+    match (e.kind(), e.get(ContextKind::InvalidSubcommand)) {
+        (
+            ErrorKind::InvalidSubcommand | ErrorKind::ArgumentConflict,
+            Some(ContextValue::String(word)),
+        ) => {
+            format!("unexpected argument '{word}' found")
+        }
+        _ => verify::first_line(e),
     }
 }
 
@@ -331,19 +273,19 @@ mod tests {
         ]) else {
             panic!("should parse")
         };
-        assert_eq!(a.host.as_deref(), Some("master"));
-        assert_eq!(a.pgdata, Some(PathBuf::from("/data")));
-        assert_eq!(a.verbose, 2);
-        assert_eq!(a.tablespace_mapping, ["/a=/b", "/c=/d"]);
+        assert_eq!(a.connection.host.as_deref(), Some("master"));
+        assert_eq!(a.output.pgdata, Some(PathBuf::from("/data")));
+        assert_eq!(a.general.verbose, 2);
+        assert_eq!(a.output.tablespace_mapping, ["/a=/b", "/c=/d"]);
         let Parsed::Run(a) = parse(["pgclone", "--host", "m", "--dest", "/x"]) else {
             panic!("should parse")
         };
-        assert_eq!(a.pgdata, Some(PathBuf::from("/x")));
+        assert_eq!(a.output.pgdata, Some(PathBuf::from("/x")));
     }
 
     #[test]
     fn unknown_flags_are_usage_errors() {
-        let Parsed::Usage(msg) = parse(["pgclone", "--bogus"]) else {
+        let Parsed::Usage { message: msg, .. } = parse(["pgclone", "--bogus"]) else {
             panic!("should fail")
         };
         assert!(msg.contains("--bogus"), "{msg}");

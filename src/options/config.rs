@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use pgclone_proto::basebackup::{Checkpoint, ManifestOption, Target, MAX_RATE_RANGE};
 
-use crate::options::cli::Args;
-use crate::sink::codec::{self, Compression, Method};
 use crate::conn::{ConnFlags, ConnParams};
 use crate::error::Error;
+use crate::manifest::ChecksumAlgorithm;
+use crate::options::cli::Args;
 use crate::options::tablespace::TablespaceMapping;
+use crate::sink::codec::{self, Compression, Method};
 
 /// How WAL gets into the clone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +76,7 @@ pub struct Config {
     /// Manifest request (for 13+ servers).
     pub manifest: ManifestOption,
     /// `--manifest-checksums`.
-    pub manifest_checksums: Option<String>,
+    pub manifest_checksums: Option<ChecksumAlgorithm>,
     /// `-n`.
     pub no_clean: bool,
     /// `-N`.
@@ -99,277 +100,393 @@ pub struct Config {
 /// Default `--timeout`: five minutes of silence.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
-const MANIFEST_ALGORITHMS: &[&str] = &["NONE", "CRC32C", "SHA224", "SHA256", "SHA384", "SHA512"];
+/// Default `-s`: a status packet every ten seconds.
+const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Largest `-s`: what fits pg_basebackup's interval in milliseconds as a 32-bit integer.
+const MAX_STATUS_INTERVAL_SECS: u64 = 2_147_483;
+
+/// Largest `--timeout`: a year.
+const MAX_TIMEOUT_SECS: u64 = 86_400 * 365;
+
+/// Largest `--wait`: a week.
+const MAX_WAIT_SECS: u64 = 86_400 * 7;
+
+/// Where the backup goes and in which form: `-D`, `-F`, `-t`.
+struct Destination {
+    dest: PathBuf,
+    output: Output,
+    format: Format,
+}
+
+impl Destination {
+    fn has_target(&self) -> bool {
+        matches!(self.output, Output::Target(_))
+    }
+}
 
 impl Config {
-    /// Validates the flags; `env` reads environment variables.
+    /// Validates the flags; `env` reads environment variables. The checks run in
+    /// pg_basebackup's order, so a command line with several mistakes reports the same one.
     pub fn from_args(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        let usage = |m: &str| Error::Usage(m.to_owned());
-        let target = match args.target.as_deref() {
-            None | Some("client") => None,
-            Some(t) => {
-                let (name, detail) = match t.split_once(':') {
-                    Some((n, d)) => (n.to_owned(), Some(d.to_owned())),
-                    None => (t.to_owned(), None),
-                };
-                Some(Target { name, detail })
-            }
-        };
-        if target.is_some() {
-            if args.pgdata.is_some() {
-                return Err(usage(
-                    "cannot specify both output directory and backup target",
-                ));
-            }
-            if args.format.is_some() {
-                return Err(usage("cannot specify both format and backup target"));
-            }
-        }
-        let dest = match (&args.pgdata, &target) {
-            (Some(d), _) if !d.as_os_str().is_empty() => d.clone(),
-            (None, Some(_)) => PathBuf::new(),
-            _ => return Err(usage("must specify output directory or backup target")),
-        };
-        let format = match args.format.as_deref() {
-            None | Some("p" | "plain") => Format::Plain,
-            Some("t" | "tar") => Format::Tar,
-            Some(other) => {
-                return Err(Error::Usage(format!(
-                    "invalid output format \"{other}\", must be \"plain\" or \"tar\""
-                )))
-            }
-        };
-        let output = match (&target, dest.as_os_str() == "-") {
-            (Some(t), _) => Output::Target(t.clone()),
-            (None, true) => Output::Stdout,
-            (None, false) => Output::Dir,
-        };
-        let compression = match (&args.compress, args.gzip) {
-            (Some(spec), _) => codec::spec::parse(spec, target.is_some())?,
-            (None, true) => codec::spec::parse("gzip", target.is_some())?,
-            (None, false) => Compression::NONE,
-        };
-        let client_compressed = compression.client().method != Method::None;
-        if target.is_some() && client_compressed {
-            return Err(usage(
-                "client-side compression is not possible when a backup target is specified",
-            ));
-        }
-        if format == Format::Plain && client_compressed {
-            return Err(usage("only tar mode backups can be compressed"));
-        }
-        if output == Output::Stdout && format != Format::Tar {
-            return Err(usage(
-                "standard output (-D -) can only be used with tar format (-F t)",
-            ));
-        }
-        let wal_method = match args.wal_method.as_deref() {
-            None => WalMethod::Stream,
-            Some("n" | "none") => WalMethod::None,
-            Some("f" | "fetch") => WalMethod::Fetch,
-            Some("s" | "stream") => WalMethod::Stream,
-            Some(other) => {
-                return Err(Error::Usage(format!(
-                "invalid wal-method option \"{other}\", must be \"fetch\", \"stream\", or \"none\""
-            )))
-            }
-        };
-        if target.is_some() && wal_method == WalMethod::Stream {
-            return Err(usage(
-                "WAL cannot be streamed when a backup target is specified",
-            ));
-        }
-        if output == Output::Stdout && wal_method == WalMethod::Stream {
-            return Err(usage(
-                "cannot stream write-ahead logs in tar mode to stdout",
-            ));
-        }
-        if target.is_some() && args.write_recovery_conf {
-            return Err(usage(
-                "--write-recovery-conf cannot be used with a backup target",
-            ));
-        }
-        if args.write_recovery_conf
-            && format == Format::Tar
-            && matches!(compression, Compression::Server { .. })
-        {
-            return Err(usage(
-                "the recovery configuration cannot be injected into server-compressed archives; use client-side compression or plain format",
-            ));
-        }
-        if let Some(slot) = &args.slot {
-            check_slot_name(slot)?;
-            if wal_method != WalMethod::Stream {
-                return Err(usage(
-                    "replication slots can only be used with WAL streaming",
-                ));
-            }
-            if args.no_slot {
-                return Err(usage("--no-slot cannot be used with slot name"));
-            }
-        }
-        if args.no_slot && wal_method != WalMethod::Stream {
-            return Err(usage("--no-slot can only be used with WAL streaming"));
-        }
-        if args.create_slot {
-            if args.slot.is_none() {
-                return Err(usage(
-                    "--create-slot needs a slot to be specified using --slot",
-                ));
-            }
-            if args.no_slot {
-                return Err(usage(
-                    "--create-slot and --no-slot are incompatible options",
-                ));
-            }
-        }
-        let status_interval = match args.status_interval.as_deref() {
-            None => Some(Duration::from_secs(10)),
-            Some(s) => match s.trim().parse::<u64>() {
-                Ok(0) => None,
-                Ok(n) if n <= 2_147_483 => Some(Duration::from_secs(n)),
-                _ => {
-                    return Err(Error::Usage(format!(
-                        "invalid status interval \"{s}\": must be an integer between 0 and 2147483"
-                    )))
-                }
-            },
-        };
-        let checkpoint = match args
-            .checkpoint
+        let to = destination(args)?;
+        let compression = compression(args, &to)?;
+        let wal_method = wal_method(args, &to)?;
+        check_recovery_conf(args, &to, &compression)?;
+        check_slot_options(args, wal_method)?;
+        let status_interval = STATUS_INTERVAL.parse(args.connection.status_interval.as_deref())?;
+        let checkpoint = checkpoint(args.general.checkpoint.as_deref())?;
+        let max_rate = args
+            .output
+            .max_rate
             .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            None | Some("spread") => Checkpoint::Spread,
-            Some("fast") => Checkpoint::Fast,
-            Some(_) => {
-                return Err(Error::Usage(format!(
-                    "invalid checkpoint argument \"{}\", must be \"fast\" or \"spread\"",
-                    args.checkpoint.as_deref().unwrap_or_default()
-                )))
-            }
-        };
-        let max_rate = args.max_rate.as_deref().map(parse_max_rate).transpose()?;
-        if let Some(waldir) = &args.waldir {
-            if target.is_some() {
-                return Err(usage(
-                    "WAL directory location cannot be specified along with a backup target",
-                ));
-            }
-            if format != Format::Plain {
-                return Err(usage(
-                    "WAL directory location can only be specified in plain mode",
-                ));
-            }
-            if !waldir.is_absolute() {
-                return Err(usage("WAL directory location must be an absolute path"));
-            }
-        }
-        if args.progress && args.no_estimate_size {
+            .map(parse_max_rate)
+            .transpose()?;
+        check_waldir(args, &to)?;
+        if args.general.progress && args.general.no_estimate_size {
             return Err(usage(
                 "--progress and --no-estimate-size are incompatible options",
             ));
         }
-        if args.no_manifest && args.manifest_checksums.is_some() {
-            return Err(usage(
-                "--no-manifest and --manifest-checksums are incompatible options",
-            ));
-        }
-        if args.no_manifest && args.manifest_force_encode {
-            return Err(usage(
-                "--no-manifest and --manifest-force-encode are incompatible options",
-            ));
-        }
-        let manifest_checksums = match &args.manifest_checksums {
-            None => None,
-            Some(a) => {
-                let upper = a.to_ascii_uppercase();
-                if !MANIFEST_ALGORITHMS.contains(&upper.as_str()) {
-                    return Err(Error::Usage(format!(
-                        "invalid manifest checksum algorithm \"{a}\", must be one of {}",
-                        MANIFEST_ALGORITHMS.join(", ")
-                    )));
-                }
-                Some(upper)
-            }
-        };
-        let manifest = if args.no_manifest {
-            ManifestOption::No
-        } else if args.manifest_force_encode {
-            ManifestOption::ForceEncode
-        } else {
-            ManifestOption::Yes
-        };
-        if args.password && args.no_password {
+        let (manifest, manifest_checksums) = manifest_options(args)?;
+        if args.connection.password && args.connection.no_password {
             return Err(usage(
                 "-W/--password and -w/--no-password cannot be used together",
             ));
         }
-        let timeout = match args.timeout.as_deref() {
-            None => Some(DEFAULT_TIMEOUT),
-            Some(s) => match s.trim().parse::<u64>() {
-                Ok(0) => None,
-                Ok(n) if n <= 86_400 * 365 => Some(Duration::from_secs(n)),
-                _ => {
-                    return Err(Error::Usage(format!(
-                        "invalid timeout \"{s}\": must be a number of seconds (0 for none)"
-                    )))
-                }
-            },
-        };
-        let mut conn = ConnParams::resolve(
-            &ConnFlags {
-                host: args.host.as_deref(),
-                port: args.port.as_deref(),
-                user: args.username.as_deref(),
-                connstr: args.dbname.as_deref(),
-                no_password: args.no_password,
-                password: args.password,
-            },
-            env,
-        )?;
-        conn.timeout = timeout;
-        conn.wait = match args.wait.as_deref() {
-            None => None,
-            Some(s) => match s.trim().parse::<u64>() {
-                Ok(n) if n <= 86_400 * 7 => Some(Duration::from_secs(n)),
-                _ => {
-                    return Err(Error::Usage(format!(
-                        "invalid --wait value \"{s}\": must be a number of seconds"
-                    )))
-                }
-            },
-        };
+        let timeout = TIMEOUT.parse(args.general.timeout.as_deref())?;
+        let conn = connection(args, env, timeout)?;
         Ok(Self {
             conn,
-            dest,
-            output,
-            format,
+            dest: to.dest,
+            output: to.output,
+            format: to.format,
             compression,
             wal_method,
-            waldir: args.waldir.clone(),
-            tablespace_mapping: TablespaceMapping::parse(&args.tablespace_mapping)?,
+            waldir: args.output.waldir.clone(),
+            tablespace_mapping: TablespaceMapping::parse(&args.output.tablespace_mapping)?,
             checkpoint,
             label: args
+                .general
                 .label
                 .clone()
                 .unwrap_or_else(|| "pgclone base backup".into()),
             max_rate,
-            verify_checksums: !args.no_verify_checksums,
-            estimate_size: !args.no_estimate_size,
+            verify_checksums: !args.general.no_verify_checksums,
+            estimate_size: !args.general.no_estimate_size,
             manifest,
             manifest_checksums,
-            no_clean: args.no_clean,
-            no_sync: args.no_sync,
-            progress: args.progress,
-            write_recovery_conf: args.write_recovery_conf,
-            slot: args.slot.clone(),
-            create_slot: args.create_slot,
-            no_slot: args.no_slot,
+            no_clean: args.general.no_clean,
+            no_sync: args.general.no_sync,
+            progress: args.general.progress,
+            write_recovery_conf: args.output.write_recovery_conf,
+            slot: args.output.slot.clone(),
+            create_slot: args.output.create_slot,
+            no_slot: args.output.no_slot,
             status_interval,
             timeout,
         })
+    }
+}
+
+fn usage(message: &str) -> Error {
+    Error::Usage(message.to_owned())
+}
+
+/// `-t`, `-D` and `-F`: a server-side target excludes a directory and a format.
+fn destination(args: &Args) -> Result<Destination, Error> {
+    let target = match args.output.target.as_deref() {
+        None | Some("client") => None,
+        Some(t) => {
+            let (name, detail) = match t.split_once(':') {
+                Some((n, d)) => (n.to_owned(), Some(d.to_owned())),
+                None => (t.to_owned(), None),
+            };
+            Some(Target { name, detail })
+        }
+    };
+    if target.is_some() {
+        if args.output.pgdata.is_some() {
+            return Err(usage(
+                "cannot specify both output directory and backup target",
+            ));
+        }
+        if args.output.format.is_some() {
+            return Err(usage("cannot specify both format and backup target"));
+        }
+    }
+    let dest = match (&args.output.pgdata, &target) {
+        (Some(d), _) if !d.as_os_str().is_empty() => d.clone(),
+        (None, Some(_)) => PathBuf::new(),
+        _ => return Err(usage("must specify output directory or backup target")),
+    };
+    let format = match args.output.format.as_deref() {
+        None | Some("p" | "plain") => Format::Plain,
+        Some("t" | "tar") => Format::Tar,
+        Some(other) => {
+            return Err(Error::Usage(format!(
+                "invalid output format \"{other}\", must be \"plain\" or \"tar\""
+            )))
+        }
+    };
+    let output = match (target, dest.as_os_str() == "-") {
+        (Some(t), _) => Output::Target(t),
+        (None, true) => Output::Stdout,
+        (None, false) => Output::Dir,
+    };
+    Ok(Destination {
+        dest,
+        output,
+        format,
+    })
+}
+
+/// `-z`, `-Z`: client-side compression only for tar files written here.
+fn compression(args: &Args, to: &Destination) -> Result<Compression, Error> {
+    let compression = match (&args.output.compress, args.output.gzip) {
+        (Some(spec), _) => codec::spec::parse(spec, to.has_target())?,
+        (None, true) => codec::spec::parse("gzip", to.has_target())?,
+        (None, false) => Compression::NONE,
+    };
+    let client_compressed = compression.client().method != Method::None;
+    if to.has_target() && client_compressed {
+        return Err(usage(
+            "client-side compression is not possible when a backup target is specified",
+        ));
+    }
+    if to.format == Format::Plain && client_compressed {
+        return Err(usage("only tar mode backups can be compressed"));
+    }
+    if to.output == Output::Stdout && to.format != Format::Tar {
+        return Err(usage(
+            "standard output (-D -) can only be used with tar format (-F t)",
+        ));
+    }
+    Ok(compression)
+}
+
+/// `-X`: streaming needs a place for the WAL next to the backup.
+fn wal_method(args: &Args, to: &Destination) -> Result<WalMethod, Error> {
+    let wal_method = match args.output.wal_method.as_deref() {
+        None => WalMethod::Stream,
+        Some("n" | "none") => WalMethod::None,
+        Some("f" | "fetch") => WalMethod::Fetch,
+        Some("s" | "stream") => WalMethod::Stream,
+        Some(other) => {
+            return Err(Error::Usage(format!(
+                "invalid wal-method option \"{other}\", must be \"fetch\", \"stream\", or \"none\""
+            )))
+        }
+    };
+    if to.has_target() && wal_method == WalMethod::Stream {
+        return Err(usage(
+            "WAL cannot be streamed when a backup target is specified",
+        ));
+    }
+    if to.output == Output::Stdout && wal_method == WalMethod::Stream {
+        return Err(usage(
+            "cannot stream write-ahead logs in tar mode to stdout",
+        ));
+    }
+    Ok(wal_method)
+}
+
+/// `-R`: written here, so not with a target, and not into archives compressed by the server.
+fn check_recovery_conf(
+    args: &Args,
+    to: &Destination,
+    compression: &Compression,
+) -> Result<(), Error> {
+    if to.has_target() && args.output.write_recovery_conf {
+        return Err(usage(
+            "--write-recovery-conf cannot be used with a backup target",
+        ));
+    }
+    if args.output.write_recovery_conf
+        && to.format == Format::Tar
+        && matches!(compression, Compression::Server { .. })
+    {
+        return Err(usage(
+            "the recovery configuration cannot be injected into server-compressed archives; use client-side compression or plain format",
+        ));
+    }
+    Ok(())
+}
+
+/// `-S`, `-C`, `--no-slot`: slots only with streaming, and not both a name and none.
+fn check_slot_options(args: &Args, wal_method: WalMethod) -> Result<(), Error> {
+    if let Some(slot) = &args.output.slot {
+        check_slot_name(slot)?;
+        if wal_method != WalMethod::Stream {
+            return Err(usage(
+                "replication slots can only be used with WAL streaming",
+            ));
+        }
+        if args.output.no_slot {
+            return Err(usage("--no-slot cannot be used with slot name"));
+        }
+    }
+    if args.output.no_slot && wal_method != WalMethod::Stream {
+        return Err(usage("--no-slot can only be used with WAL streaming"));
+    }
+    if args.output.create_slot {
+        if args.output.slot.is_none() {
+            return Err(usage(
+                "--create-slot needs a slot to be specified using --slot",
+            ));
+        }
+        if args.output.no_slot {
+            return Err(usage(
+                "--create-slot and --no-slot are incompatible options",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `-c`, case-insensitive.
+fn checkpoint(arg: Option<&str>) -> Result<Checkpoint, Error> {
+    match arg.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("spread") => Ok(Checkpoint::Spread),
+        Some("fast") => Ok(Checkpoint::Fast),
+        Some(_) => Err(Error::Usage(format!(
+            "invalid checkpoint argument \"{}\", must be \"fast\" or \"spread\"",
+            arg.unwrap_or_default()
+        ))),
+    }
+}
+
+/// `--waldir`: an absolute path, for a plain backup written here.
+fn check_waldir(args: &Args, to: &Destination) -> Result<(), Error> {
+    let Some(waldir) = &args.output.waldir else {
+        return Ok(());
+    };
+    if to.has_target() {
+        return Err(usage(
+            "WAL directory location cannot be specified along with a backup target",
+        ));
+    }
+    if to.format != Format::Plain {
+        return Err(usage(
+            "WAL directory location can only be specified in plain mode",
+        ));
+    }
+    if !waldir.is_absolute() {
+        return Err(usage("WAL directory location must be an absolute path"));
+    }
+    Ok(())
+}
+
+/// `--no-manifest`, `--manifest-force-encode`, `--manifest-checksums` (case-insensitive).
+fn manifest_options(args: &Args) -> Result<(ManifestOption, Option<ChecksumAlgorithm>), Error> {
+    if args.general.no_manifest && args.general.manifest_checksums.is_some() {
+        return Err(usage(
+            "--no-manifest and --manifest-checksums are incompatible options",
+        ));
+    }
+    if args.general.no_manifest && args.general.manifest_force_encode {
+        return Err(usage(
+            "--no-manifest and --manifest-force-encode are incompatible options",
+        ));
+    }
+    let checksums = match &args.general.manifest_checksums {
+        None => None,
+        Some(name) => Some(name.parse::<ChecksumAlgorithm>().map_err(|_| {
+            Error::Usage(format!(
+                "invalid manifest checksum algorithm \"{name}\", must be one of {}",
+                ChecksumAlgorithm::ALL
+                    .map(ChecksumAlgorithm::name)
+                    .join(", ")
+            ))
+        })?),
+    };
+    let manifest = if args.general.no_manifest {
+        ManifestOption::No
+    } else if args.general.manifest_force_encode {
+        ManifestOption::ForceEncode
+    } else {
+        ManifestOption::Yes
+    };
+    Ok((manifest, checksums))
+}
+
+/// A flag given in whole seconds: its largest value, its value when absent, whether 0 means
+/// never (`None`), and its message for a bad value.
+struct SecondsFlag {
+    max: u64,
+    absent: Option<Duration>,
+    zero_is_never: bool,
+    invalid: fn(&str) -> String,
+}
+
+/// `-s`: 0 sends no status packets.
+const STATUS_INTERVAL: SecondsFlag = SecondsFlag {
+    max: MAX_STATUS_INTERVAL_SECS,
+    absent: Some(DEFAULT_STATUS_INTERVAL),
+    zero_is_never: true,
+    invalid: |text| {
+        format!(
+            "invalid status interval \"{text}\": must be an integer between 0 and {MAX_STATUS_INTERVAL_SECS}"
+        )
+    },
+};
+
+/// `--timeout`: 0 waits forever.
+const TIMEOUT: SecondsFlag = SecondsFlag {
+    max: MAX_TIMEOUT_SECS,
+    absent: Some(DEFAULT_TIMEOUT),
+    zero_is_never: true,
+    invalid: |text| format!("invalid timeout \"{text}\": must be a number of seconds (0 for none)"),
+};
+
+/// `--wait`: how long to retry an unreachable server (0 tries once; absent, not at all).
+const WAIT: SecondsFlag = SecondsFlag {
+    max: MAX_WAIT_SECS,
+    absent: None,
+    zero_is_never: false,
+    invalid: |text| format!("invalid --wait value \"{text}\": must be a number of seconds"),
+};
+
+impl SecondsFlag {
+    /// The flag's value (`arg` as given, `None` when absent).
+    fn parse(&self, arg: Option<&str>) -> Result<Option<Duration>, Error> {
+        let Some(text) = arg else {
+            return Ok(self.absent);
+        };
+        let secs =
+            parse_seconds(text, self.max).ok_or_else(|| Error::Usage((self.invalid)(text)))?;
+        Ok((!(self.zero_is_never && secs.is_zero())).then_some(secs))
+    }
+}
+
+/// The connection flags, resolved against the environment, with `--timeout` and `--wait`.
+fn connection(
+    args: &Args,
+    env: &dyn Fn(&str) -> Option<String>,
+    timeout: Option<Duration>,
+) -> Result<ConnParams, Error> {
+    let mut conn = ConnParams::resolve(
+        &ConnFlags {
+            host: args.connection.host.as_deref(),
+            port: args.connection.port.as_deref(),
+            user: args.connection.username.as_deref(),
+            connstr: args.connection.dbname.as_deref(),
+            no_password: args.connection.no_password,
+            password: args.connection.password,
+        },
+        env,
+    )?;
+    conn.timeout = timeout;
+    conn.wait = WAIT.parse(args.connection.wait.as_deref())?;
+    Ok(conn)
+}
+
+/// The one parser of durations on the command line: a whole number of seconds from 0 to
+/// `max`, blanks around it allowed. `None` for anything else (the caller names the flag).
+pub fn parse_seconds(text: &str, max: u64) -> Option<Duration> {
+    match text.trim().parse::<u64>() {
+        Ok(secs) if secs <= max => Some(Duration::from_secs(secs)),
+        _ => None,
     }
 }
 
@@ -459,6 +576,45 @@ mod tests {
         assert_eq!(parse_max_rate("1024M").ok(), Some(1_048_576));
         for bad in ["0", "31", "1025M", "x", "10G", "-5"] {
             assert!(parse_max_rate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn seconds_are_whole_numbers_within_the_flags_range() {
+        assert_eq!(parse_seconds("0", 5), Some(Duration::ZERO));
+        assert_eq!(parse_seconds(" 5 ", 5), Some(Duration::from_secs(5)));
+        for bad in ["6", "-1", "1.5", "", "x", "5s", "99999999999999999999"] {
+            assert_eq!(parse_seconds(bad, 5), None, "{bad}");
+        }
+        assert_eq!(STATUS_INTERVAL.parse(Some("0")).ok(), Some(None));
+        assert_eq!(
+            STATUS_INTERVAL.parse(None).ok(),
+            Some(Some(DEFAULT_STATUS_INTERVAL))
+        );
+        match STATUS_INTERVAL.parse(Some("2147484")) {
+            Err(Error::Usage(m)) => assert_eq!(
+                m,
+                "invalid status interval \"2147484\": must be an integer between 0 and 2147483"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(TIMEOUT.parse(Some("0")).ok(), Some(None));
+        assert_eq!(TIMEOUT.parse(None).ok(), Some(Some(DEFAULT_TIMEOUT)));
+        assert_eq!(WAIT.parse(Some("0")).ok(), Some(Some(Duration::ZERO)));
+        assert_eq!(WAIT.parse(None).ok(), Some(None));
+        match WAIT.parse(Some("604801")) {
+            Err(Error::Usage(m)) => assert_eq!(
+                m,
+                "invalid --wait value \"604801\": must be a number of seconds"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match TIMEOUT.parse(Some("x")) {
+            Err(Error::Usage(m)) => assert_eq!(
+                m,
+                "invalid timeout \"x\": must be a number of seconds (0 for none)"
+            ),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -556,6 +712,6 @@ mod tests {
         assert_eq!(c.wal_method, WalMethod::Stream);
         assert_eq!(c.status_interval, Some(Duration::from_secs(10)));
         assert_eq!(c.checkpoint, Checkpoint::Fast);
-        assert_eq!(c.manifest_checksums.as_deref(), Some("SHA256"));
+        assert_eq!(c.manifest_checksums, Some(ChecksumAlgorithm::Sha256));
     }
 }

@@ -1,8 +1,10 @@
 //! The first stage: the command line as pg_basebackup spells it (`cli`), turned into a checked
-//! [`Config`] (`config`), with the `-T` mappings (`tablespace`).
+//! [`Config`] (`config`), with the `-T` mappings (`tablespace`); the `pgclone verify`
+//! subcommand's flags (`verify`).
 
 pub mod cli;
 pub mod config;
 pub mod tablespace;
+pub mod verify;
 
 pub use config::Config;

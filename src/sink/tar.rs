@@ -19,7 +19,7 @@ use bytes::Bytes;
 use pgclone_proto::tar::{Member, MemberKind, TarEvent, TarSplitter};
 
 use crate::error::Error;
-use crate::manifest::check::Verifier;
+use crate::manifest::check::WriteCheck as Verifier;
 use crate::manifest::ChecksumAlgorithm;
 use crate::sink::codec::{self, ArchiveWriter, ClientSpec, Method};
 use crate::sink::fs::{self, TAR_END};

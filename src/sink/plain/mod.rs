@@ -29,7 +29,7 @@ use pgclone_proto::Oid;
 use tokio::sync::mpsc;
 
 use crate::error::Error;
-use crate::manifest::check::Verifier;
+use crate::manifest::check::WriteCheck as Verifier;
 use crate::manifest::ChecksumAlgorithm;
 use crate::sink::codec::{self, Method};
 use crate::sink::fs::{create_new, preallocate};
