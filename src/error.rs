@@ -197,6 +197,15 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// An I/O error's text the way PostgreSQL's `%m` prints it: without Rust's ` (os error N)`.
+pub fn os_text(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
 /// Name of a signal number, for messages.
 pub fn signal_name(signo: i32) -> &'static str {
     match signo {

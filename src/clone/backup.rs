@@ -23,7 +23,7 @@ use crate::options::config::Config;
 use crate::options::tablespace::canonicalize;
 use crate::sink::dest::Cleanup;
 use crate::sink::plain::{self, Layout};
-use crate::sink::tar::{self, TarLayout};
+use crate::sink::tar;
 use crate::sink::{ArchiveRoot, Chunk, Stats};
 
 /// Batches in flight to the decompressing thread: 16 × 256 kB ≈ 4 MB.
@@ -139,7 +139,7 @@ pub enum Sink {
     /// Unpacked into directories (`-F p`).
     Plain(Layout),
     /// Written as tar files or to standard output (`-F t`).
-    Tar(TarLayout),
+    Tar(tar::Layout),
     /// Nowhere: the server sends no data (a backup target).
     Discard,
 }

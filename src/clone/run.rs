@@ -24,8 +24,9 @@ use crate::recovery::{self, PrimaryConnInfo};
 use crate::sink::codec::{ClientSpec, Compression, Method};
 use crate::sink::dest::{self, Cleanup};
 use crate::sink::durable;
-use crate::sink::plain::{Layout, MANIFEST_TMP};
-use crate::sink::tar::{RecoveryFiles, TarLayout};
+use crate::sink::plain::Layout;
+use crate::sink::tar::{self, RecoveryFiles};
+use crate::sink::MANIFEST_TMP;
 use crate::wal::{self, Slot, WalConfig, WalOutput};
 
 /// Runs the clone described by `cfg`. Cancelling `interrupt` (a signal) stops every task and
@@ -192,7 +193,7 @@ fn choose_sink(
 ) -> Result<Sink, Error> {
     Ok(match (&cfg.output, cfg.format) {
         (Output::Target(_), _) => Sink::Discard,
-        (Output::Stdout, _) => Sink::Tar(TarLayout {
+        (Output::Stdout, _) => Sink::Tar(tar::Layout {
             verify: verify_algorithm(cfg, facts),
             dir: None,
             compression: cfg.compression.client(),
@@ -201,7 +202,7 @@ fn choose_sink(
         }),
         (Output::Dir, Format::Tar) => {
             cleanup.prepare_dir(&cfg.dest, facts.dir_mode, "data directory")?;
-            Sink::Tar(TarLayout {
+            Sink::Tar(tar::Layout {
                 verify: verify_algorithm(cfg, facts),
                 dir: Some(cfg.dest.clone()),
                 compression: cfg.compression.client(),

@@ -22,7 +22,7 @@ use super::{
     read_raw, tls, ChannelBinding, ConnParams, Connection, Host, Keepalives, Limit, Prompt, Secret,
     ServerInfo, SslMode, Target, TlsSettings,
 };
-use crate::error::Error;
+use crate::error::{os_text, Error};
 use crate::output;
 
 /// Opens a replication connection, trying each host in turn. Prompts for a password when the
@@ -388,16 +388,6 @@ fn io_reason(e: &std::io::Error) -> String {
     let mut chars = text.chars();
     match chars.next() {
         Some(c) => c.to_uppercase().chain(chars).collect(),
-        None => text,
-    }
-}
-
-/// An I/O error's text without Rust's ` (os error N)` suffix (as PostgreSQL's `%m` prints
-/// it). The same function as `io_text` in `manifest/verify.rs`.
-fn os_text(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error") {
-        Some(i) => text[..i].to_owned(),
         None => text,
     }
 }

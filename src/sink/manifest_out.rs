@@ -1,14 +1,14 @@
 //! The manifest as both writers receive it (`ManifestStart`, `ManifestData`, `ManifestEnd`):
 //! written to [`MANIFEST_TMP`] in the destination directory (the caller renames it once the
 //! backup is synced), or kept in memory when there is no directory (the tar writer on standard
-//! output adds it to the base archive at the end); and handed to the verifier, if any.
+//! output adds it to the base archive at the end); and handed to the check, if any.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 
 use crate::error::Error;
-use crate::manifest::check::Verifier;
+use crate::manifest::check::WriteCheck;
 use crate::sink::{fs, MANIFEST_TMP};
 
 /// Where the manifest goes, and the part of it received so far.
@@ -44,9 +44,9 @@ impl ManifestOut {
         Ok(())
     }
 
-    /// Manifest bytes: to the verifier, then to the file or buffer.
-    pub fn data(&mut self, data: &[u8], verifier: Option<&mut Verifier>) -> Result<(), Error> {
-        if let Some(v) = verifier {
+    /// Manifest bytes: to the check, then to the file or buffer.
+    pub fn data(&mut self, data: &[u8], check: Option<&mut WriteCheck>) -> Result<(), Error> {
+        if let Some(v) = check {
             v.manifest_data(data);
         }
         match &mut self.current {
@@ -62,12 +62,12 @@ impl ManifestOut {
     }
 
     /// The manifest is complete: closes its file (a buffer is kept for [`Self::take_memory`])
-    /// and has the verifier check what was written against it.
-    pub fn end(&mut self, verifier: Option<&mut Verifier>) -> Result<(), Error> {
+    /// and has the check check what was written against it.
+    pub fn end(&mut self, check: Option<&mut WriteCheck>) -> Result<(), Error> {
         if let Some(Target::File { .. }) = self.current {
             self.current = None;
         }
-        match verifier {
+        match check {
             Some(v) => v.finish_manifest(),
             None => Ok(()),
         }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use pgclone_proto::tar::{Member, MemberKind, TarEvent, TarSplitter};
 
 use crate::error::Error;
-use crate::manifest::check::WriteCheck as Verifier;
+use crate::manifest::check::WriteCheck;
 use crate::manifest::ChecksumAlgorithm;
 use crate::sink::codec::{self, ArchiveWriter, ClientSpec, Method};
 use crate::sink::fs::{self, TAR_END};
@@ -41,7 +41,7 @@ pub struct RecoveryFiles {
 
 /// Where and how tar output is written.
 #[derive(Debug, Clone)]
-pub struct TarLayout {
+pub struct Layout {
     /// The destination directory; `None` for standard output (base archive only).
     pub dir: Option<PathBuf>,
     /// Client-side compression.
@@ -60,8 +60,8 @@ pub struct TarLayout {
 pub struct Writer {
     /// Early writeback of the archive files as they grow.
     writeback: Option<Arc<Writeback>>,
-    layout: TarLayout,
-    verifier: Option<Verifier>,
+    layout: Layout,
+    check: Option<WriteCheck>,
     current: Option<ArchiveOut>,
     /// The base archive on standard output, kept open for the manifest.
     stdout_base: Option<ArchiveOut>,
@@ -71,14 +71,14 @@ pub struct Writer {
 
 impl Writer {
     /// A writer for `layout`.
-    pub fn new(layout: TarLayout) -> Self {
+    pub fn new(layout: Layout) -> Self {
         let writeback = (layout.sync && layout.dir.is_some())
             .then(Writeback::start)
             .flatten()
             .map(Arc::new);
         Self {
             writeback,
-            verifier: layout.verify.map(Verifier::new),
+            check: layout.verify.map(WriteCheck::new),
             manifest: ManifestOut::new(layout.dir.clone()),
             layout,
             current: None,
@@ -99,8 +99,8 @@ impl Writer {
             Chunk::Data(data) => self.write_data(data)?,
             Chunk::ArchiveEnd => self.end_archive()?,
             Chunk::ManifestStart => self.manifest.start()?,
-            Chunk::ManifestData(data) => self.manifest.data(&data, self.verifier.as_mut())?,
-            Chunk::ManifestEnd => self.manifest.end(self.verifier.as_mut())?,
+            Chunk::ManifestData(data) => self.manifest.data(&data, self.check.as_mut())?,
+            Chunk::ManifestEnd => self.manifest.end(self.check.as_mut())?,
         }
         Ok(())
     }
@@ -115,7 +115,7 @@ impl Writer {
         Ok(self.stats)
     }
 
-    /// Opens the archive's output and tells the verifier which archive it is (verification is
+    /// Opens the archive's output and tells the check which archive it is (verification is
     /// off for archives the server compressed).
     fn start_archive(
         &mut self,
@@ -128,7 +128,7 @@ impl Writer {
             ArchiveRoot::Tablespace { oid, .. } => (false, Some(oid)),
         };
         let archive = self.open(name, base, server_terminated)?;
-        if let Some(v) = self.verifier.as_mut() {
+        if let Some(v) = self.check.as_mut() {
             v.start_archive(oid);
             if archive.inspect.is_none() {
                 v.disable("the server compressed the archives");
@@ -145,7 +145,7 @@ impl Writer {
             Some(a) if a.rewrite.is_none() => {
                 for data in &pieces {
                     self.stats.bytes += data.len() as u64;
-                    a.inspect(self.verifier.as_mut(), data)?;
+                    a.inspect(self.check.as_mut(), data)?;
                 }
                 a.writer
                     .write_batch(&pieces)
@@ -161,7 +161,7 @@ impl Writer {
     fn write_data(&mut self, data: Bytes) -> Result<(), Error> {
         if let Some(a) = self.current.as_mut() {
             self.stats.bytes += data.len() as u64;
-            a.inspect(self.verifier.as_mut(), &data)?;
+            a.inspect(self.check.as_mut(), &data)?;
             a.write(data)?;
         }
         Ok(())
@@ -263,11 +263,11 @@ struct Inspect {
     in_file: bool,
 }
 
-/// Feeds archive bytes to the verifier, member by member.
+/// Feeds archive bytes to the check, member by member.
 fn inspect_members(
     inspect: &mut Inspect,
     data: Bytes,
-    v: &mut Verifier,
+    v: &mut WriteCheck,
 ) -> Result<(), pgclone_proto::tar::TarError> {
     inspect.splitter.handle_data(data)?;
     while let Some(event) = inspect.splitter.poll_event() {
@@ -292,9 +292,9 @@ fn inspect_members(
 }
 
 impl ArchiveOut {
-    /// Feeds `data` to the verifier (when verifying and the archive can be split).
-    fn inspect(&mut self, verifier: Option<&mut Verifier>, data: &Bytes) -> Result<(), Error> {
-        if let (Some(v), Some(inspect)) = (verifier, self.inspect.as_mut()) {
+    /// Feeds `data` to the check (when verifying and the archive can be split).
+    fn inspect(&mut self, check: Option<&mut WriteCheck>, data: &Bytes) -> Result<(), Error> {
+        if let (Some(v), Some(inspect)) = (check, self.inspect.as_mut()) {
             inspect_members(inspect, data.clone(), v).map_err(|source| Error::Tar {
                 archive: self.name.clone(),
                 source,

@@ -8,7 +8,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::manifest::verify::{io_text, BackupCheck, Stop};
+use crate::error::os_text;
+use crate::manifest::verify::{BackupCheck, Stop};
 use crate::manifest::{
     compare_checksum, Checksum, ChecksumAlgorithm, Manifest, ManifestFile, Problem,
 };
@@ -36,7 +37,7 @@ impl BackupCheck<'_> {
             self.fatal(format!(
                 "could not open directory \"{}\": {}",
                 dir.display(),
-                io_text(&e)
+                os_text(&e)
             ))
         })?;
         let mut walk = Walk {
@@ -110,7 +111,7 @@ impl BackupCheck<'_> {
                 self.report(format!(
                     "could not open directory \"{}\": {}",
                     full.display(),
-                    io_text(&e)
+                    os_text(&e)
                 ))?;
                 self.ignore.push(rel.to_vec());
                 return Ok(None);
@@ -124,7 +125,7 @@ impl BackupCheck<'_> {
                     self.report(format!(
                         "could not read directory \"{}\": {}",
                         full.display(),
-                        io_text(&e)
+                        os_text(&e)
                     ))?;
                     break;
                 }
@@ -143,7 +144,7 @@ impl BackupCheck<'_> {
             Err(e) => {
                 self.report(format!(
                     "could not stat file or directory \"{shown}\": {}",
-                    io_text(&e)
+                    os_text(&e)
                 ))?;
                 self.ignore.push(rel);
                 return Ok(());
@@ -206,7 +207,7 @@ impl BackupCheck<'_> {
             return Err(self.fatal(format!(
                 "could not read file \"{}\": {}",
                 path.display(),
-                io_text(&e)
+                os_text(&e)
             )));
         }
         let have = u64::from_ne_bytes(head);
@@ -230,7 +231,7 @@ impl BackupCheck<'_> {
         let mut file = match File::open(&path) {
             Ok(f) => f,
             Err(e) => {
-                return self.report(format!("could not open file \"{shown}\": {}", io_text(&e)))
+                return self.report(format!("could not open file \"{shown}\": {}", os_text(&e)))
             }
         };
         let mut sum = Checksum::with_algorithm(entry.algorithm);
@@ -240,7 +241,7 @@ impl BackupCheck<'_> {
                 Ok(n) => sum.update(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    return self.report(format!("could not read file \"{shown}\": {}", io_text(&e)))
+                    return self.report(format!("could not read file \"{shown}\": {}", os_text(&e)))
                 }
             }
         }

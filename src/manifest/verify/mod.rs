@@ -26,11 +26,10 @@ mod wal;
 
 use std::fmt::Display;
 use std::fs;
-use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::error::chain;
+use crate::error::{chain, os_text};
 use crate::manifest::{is_ignored_by, Manifest, VERIFY_IGNORED};
 use crate::output;
 
@@ -153,21 +152,12 @@ impl<'a> BackupCheck<'a> {
             self.fatal(format!(
                 "could not open file \"{}\": {}",
                 manifest_path.display(),
-                io_text(&e)
+                os_text(&e)
             ))
         })?;
         let manifest = Manifest::parse(&bytes).map_err(|e| self.fatal(chain(&e)))?;
         Manifest::check_own_checksum(&bytes).map_err(|e| self.fatal(chain(&e)))?;
         Ok(manifest)
-    }
-}
-
-/// An I/O error the way PostgreSQL's `%m` prints it (without Rust's ` (os error N)`).
-fn io_text(e: &io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error") {
-        Some(i) => text[..i].to_owned(),
-        None => text,
     }
 }
 

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use pgclone_proto::{Lsn, SegNo, TimelineId, WalSegSize};
 
-use crate::manifest::verify::{io_text, BackupCheck, Stop};
+use crate::error::os_text;
+use crate::manifest::verify::{BackupCheck, Stop};
 use crate::manifest::{Manifest, WalRange};
 
 /// `XLP_LONG_HEADER` in `xlp_info`.
@@ -153,7 +154,7 @@ impl SegmentCheck<'_> {
                     range.timeline, range.start, range.end
                 ))
             }
-            Err(e) => return Err(format!("could not stat file \"{rel}\": {}", io_text(&e))),
+            Err(e) => return Err(format!("could not stat file \"{rel}\": {}", os_text(&e))),
         };
         if !meta.is_file() {
             return Err(format!("WAL segment \"{rel}\" is not a regular file"));
@@ -168,7 +169,7 @@ impl SegmentCheck<'_> {
         let mut header = [0u8; LONG_HEADER_LEN];
         File::open(&self.path)
             .and_then(|mut f| f.read_exact(&mut header))
-            .map_err(|e| format!("could not read file \"{rel}\": {}", io_text(&e)))?;
+            .map_err(|e| format!("could not read file \"{rel}\": {}", os_text(&e)))?;
         let bad =
             |what: String| format!("WAL segment \"{rel}\" has an invalid page header: {what}");
         let u16_at = |o: usize| u16::from_ne_bytes([header[o], header[o + 1]]);

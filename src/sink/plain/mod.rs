@@ -29,16 +29,13 @@ use pgclone_proto::Oid;
 use tokio::sync::mpsc;
 
 use crate::error::Error;
-use crate::manifest::check::WriteCheck as Verifier;
+use crate::manifest::check::WriteCheck;
 use crate::manifest::ChecksumAlgorithm;
 use crate::sink::codec::{self, Method};
 use crate::sink::fs::{create_new, preallocate};
 use crate::sink::manifest_out::ManifestOut;
 use crate::sink::writeback::{FileProgress, Writeback};
 use crate::sink::{ArchiveRoot, Chunk, Stats};
-
-/// Also here for the callers that import it with the layout; defined in [`crate::sink`].
-pub use crate::sink::MANIFEST_TMP;
 
 /// Where plain-format output goes, fixed before the first archive arrives.
 #[derive(Debug, Clone)]
@@ -222,7 +219,7 @@ struct OpenFile {
 /// Unpacks uncompressed archives member by member; what [`Writer`] and [`run`] drive.
 struct Unpacker {
     layout: Layout,
-    verifier: Option<Verifier>,
+    check: Option<WriteCheck>,
     archive: Option<Archive>,
     file: Option<OpenFile>,
     manifest: ManifestOut,
@@ -241,7 +238,7 @@ impl Unpacker {
             None
         };
         Self {
-            verifier: layout.verify.map(Verifier::new),
+            check: layout.verify.map(WriteCheck::new),
             manifest: ManifestOut::new(Some(layout.dest.clone())),
             layout,
             archive: None,
@@ -269,8 +266,8 @@ impl Unpacker {
             Chunk::Batch(pieces) => self.archive_data(pieces)?,
             Chunk::ArchiveEnd => self.end_archive()?,
             Chunk::ManifestStart => self.manifest.start()?,
-            Chunk::ManifestData(data) => self.manifest.data(&data, self.verifier.as_mut())?,
-            Chunk::ManifestEnd => self.manifest.end(self.verifier.as_mut())?,
+            Chunk::ManifestData(data) => self.manifest.data(&data, self.check.as_mut())?,
+            Chunk::ManifestEnd => self.manifest.end(self.check.as_mut())?,
         }
         Ok(())
     }
@@ -281,7 +278,7 @@ impl Unpacker {
             ArchiveRoot::Base => (self.layout.dest.clone(), true, None),
             ArchiveRoot::Tablespace { dir, oid } => (dir, false, Some(oid)),
         };
-        if let Some(v) = self.verifier.as_mut() {
+        if let Some(v) = self.check.as_mut() {
             v.start_archive(oid);
         }
         self.archive = Some(Archive {
@@ -335,7 +332,7 @@ impl Unpacker {
                     if let Some(mut done) = self.file.take() {
                         done.written.flush(self.writeback.as_ref(), &done.file);
                         self.stats.files += 1;
-                        if let Some(v) = self.verifier.as_mut() {
+                        if let Some(v) = self.check.as_mut() {
                             v.end_file();
                         }
                     }
@@ -355,7 +352,7 @@ impl Unpacker {
             let mut n = 0;
             for data in contents.iter() {
                 n += data.len() as u64;
-                if let Some(v) = self.verifier.as_mut() {
+                if let Some(v) = self.check.as_mut() {
                     v.data(data);
                 }
             }
@@ -421,7 +418,7 @@ impl Unpacker {
     }
 
     /// A regular file starts: created (it must not exist) with its mode, its blocks reserved,
-    /// and announced to the verifier.
+    /// and announced to the check.
     fn begin_file(&mut self, path: PathBuf, mode: u32, m: &Member) -> Result<(), Error> {
         let file = create_file(&path, mode)?;
         preallocate(&file, m.size).map_err(Error::fs("preallocate", &path))?;
@@ -430,7 +427,7 @@ impl Unpacker {
             path,
             written: FileProgress::default(),
         });
-        if let Some(v) = self.verifier.as_mut() {
+        if let Some(v) = self.check.as_mut() {
             v.begin_file(&m.name);
         }
         Ok(())
