@@ -620,42 +620,47 @@ mod tests {
 
     #[test]
     fn bad_combinations_have_pg_basebackup_messages() {
-        assert_eq!(
-            usage_message(&["-U", "u"]),
-            "must specify output directory or backup target"
-        );
-        assert_eq!(
-            usage_message(&["-D", "/x", "-U", "u", "-F", "z"]),
-            "invalid output format \"z\", must be \"plain\" or \"tar\""
-        );
-        assert_eq!(
-            usage_message(&["-D", "/x", "-U", "u", "-X", "bogus"]),
-            "invalid wal-method option \"bogus\", must be \"fetch\", \"stream\", or \"none\""
-        );
-        assert_eq!(
-            usage_message(&["-D", "/x", "-U", "u", "-c", "slow"]),
-            "invalid checkpoint argument \"slow\", must be \"fast\" or \"spread\""
-        );
-        assert_eq!(
-            usage_message(&["-D", "/x", "-U", "u", "-P", "--no-estimate-size"]),
-            "--progress and --no-estimate-size are incompatible options"
-        );
-        assert_eq!(
-            usage_message(&[
-                "-D",
-                "/x",
-                "-U",
-                "u",
-                "--no-manifest",
-                "--manifest-checksums",
-                "sha256"
-            ]),
-            "--no-manifest and --manifest-checksums are incompatible options"
-        );
-        assert_eq!(
-            usage_message(&["-D", "/x", "-U", "u", "--waldir", "rel"]),
-            "WAL directory location must be an absolute path"
-        );
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["-U", "u"],
+                "must specify output directory or backup target",
+            ),
+            (
+                &["-D", "/x", "-U", "u", "-F", "z"],
+                "invalid output format \"z\", must be \"plain\" or \"tar\"",
+            ),
+            (
+                &["-D", "/x", "-U", "u", "-X", "bogus"],
+                "invalid wal-method option \"bogus\", must be \"fetch\", \"stream\", or \"none\"",
+            ),
+            (
+                &["-D", "/x", "-U", "u", "-c", "slow"],
+                "invalid checkpoint argument \"slow\", must be \"fast\" or \"spread\"",
+            ),
+            (
+                &["-D", "/x", "-U", "u", "-P", "--no-estimate-size"],
+                "--progress and --no-estimate-size are incompatible options",
+            ),
+            (
+                &[
+                    "-D",
+                    "/x",
+                    "-U",
+                    "u",
+                    "--no-manifest",
+                    "--manifest-checksums",
+                    "sha256",
+                ],
+                "--no-manifest and --manifest-checksums are incompatible options",
+            ),
+            (
+                &["-D", "/x", "-U", "u", "--waldir", "rel"],
+                "WAL directory location must be an absolute path",
+            ),
+        ];
+        for (args, message) in cases {
+            assert_eq!(usage_message(args), *message, "{args:?}");
+        }
     }
 
     #[test]
