@@ -41,6 +41,8 @@ mod reader;
 pub mod replication;
 pub mod startup;
 pub mod tar;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testutil;
 
 pub use backend::BackendMessage;
 pub use error::{ProtocolError, ServerError};
