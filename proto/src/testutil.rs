@@ -113,7 +113,8 @@ pub fn append_member(out: &mut Vec<u8>, member: &TarMember<'_>, mode: u32, mtime
     let (name, kind, contents, link) = *member;
     let mut h = build_header(name, kind, mode, contents.len() as u64, mtime);
     if let Some(link) = link {
-        h.set_link_name(link).expect("a link name that fits the header");
+        h.set_link_name(link)
+            .expect("a link name that fits the header");
         h.set_cksum();
     }
     out.extend_from_slice(h.as_bytes());
