@@ -7,6 +7,7 @@
 //! builders panic on input a test would never give (a message over 4 GiB, a link name too long
 //! for a tar header): they are not for bytes from a server.
 
+use crate::replication::{KEEPALIVE_TAG, XLOG_DATA_TAG};
 use crate::tar::{build_header, MemberKind, BLOCK};
 
 /// One backend message: the tag byte, the length (counting itself, not the tag), the body.
@@ -102,6 +103,35 @@ pub fn copy_data(payload: &[u8]) -> Vec<u8> {
 /// CopyDone (`c`).
 pub fn copy_done() -> Vec<u8> {
     frame(b'c', &[])
+}
+
+/// CopyBothResponse (`W`), binary overall format, no columns: START_REPLICATION's answer.
+pub fn copy_both() -> Vec<u8> {
+    frame(b'W', &[0, 0, 0])
+}
+
+/// The server clock that [`xlog_data`] and [`keepalive`] payloads carry.
+pub const SERVER_CLOCK: i64 = 7;
+
+/// An XLogData payload (`w`, inside CopyData): `wal` starting at `start`, the server's WAL end
+/// just after it, the clock [`SERVER_CLOCK`].
+pub fn xlog_data(start: u64, wal: &[u8]) -> Vec<u8> {
+    let mut v = vec![XLOG_DATA_TAG];
+    v.extend_from_slice(&start.to_be_bytes());
+    v.extend_from_slice(&(start + wal.len() as u64).to_be_bytes());
+    v.extend_from_slice(&SERVER_CLOCK.to_be_bytes());
+    v.extend_from_slice(wal);
+    v
+}
+
+/// A primary keepalive payload (`k`, inside CopyData): the server's WAL end, the clock
+/// [`SERVER_CLOCK`], whether it asks for a reply.
+pub fn keepalive(wal_end: u64, reply: bool) -> Vec<u8> {
+    let mut v = vec![KEEPALIVE_TAG];
+    v.extend_from_slice(&wal_end.to_be_bytes());
+    v.extend_from_slice(&SERVER_CLOCK.to_be_bytes());
+    v.push(u8::from(reply));
+    v
 }
 
 /// A tar member as tests write it: name, kind, contents, link target (symbolic links).
