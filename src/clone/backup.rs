@@ -15,15 +15,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::options::config::Config;
+use crate::conn::Connection;
+use crate::sink::dest::Cleanup;
+use crate::error::Error;
 use crate::clone::progress::Progress;
 use crate::conn::server::ServerFacts;
-use crate::conn::Connection;
-use crate::error::Error;
-use crate::options::config::Config;
 use crate::options::tablespace::canonicalize;
-use crate::sink::dest::Cleanup;
-use crate::sink::plain::{self, ArchiveRoot, Chunk, Layout, Stats};
 use crate::sink::tar::{self, TarLayout};
+use crate::sink::plain::{self, ArchiveRoot, Chunk, Layout, Stats};
 
 /// Batches in flight to the decompressing thread: 16 × 256 kB ≈ 4 MB.
 const CHANNEL_DEPTH: usize = 16;
@@ -459,8 +459,5 @@ fn discard(stats: &mut Stats, chunk: &Chunk) {
 
 /// Whether the server was asked to compress its archives.
 fn server_compressed(cfg: &Config) -> bool {
-    matches!(
-        cfg.compression,
-        crate::sink::codec::Compression::Server { .. }
-    )
+    matches!(cfg.compression, crate::sink::codec::Compression::Server { .. })
 }

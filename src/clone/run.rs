@@ -15,17 +15,17 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clone::backup::{self, Job, Outcome, Sink, WalLink};
-use crate::conn::server::{self, ServerFacts};
+use crate::sink::codec::{ClientSpec, Compression, Method};
+use crate::options::config::{Config, Format, Output, WalMethod};
 use crate::conn::{self, ChannelBinding, ConnParams, Connection, Prompt, RootCert, SslMode};
+use crate::sink::dest::{self, Cleanup};
 use crate::error::Error;
 use crate::manifest::ChecksumAlgorithm;
-use crate::options::config::{Config, Format, Output, WalMethod};
 use crate::recovery::{self, PrimaryConnInfo};
-use crate::sink::codec::{ClientSpec, Compression, Method};
-use crate::sink::dest::{self, Cleanup};
+use crate::conn::server::{self, ServerFacts};
 use crate::sink::durable;
-use crate::sink::plain::{Layout, MANIFEST_TMP};
 use crate::sink::tar::{RecoveryFiles, TarLayout};
+use crate::sink::plain::{Layout, MANIFEST_TMP};
 use crate::wal::{self, Slot, WalConfig, WalOutput};
 
 /// Runs the clone described by `cfg`. Cancelling `interrupt` (a signal) stops every task and

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use pgclone_proto::basebackup::{Checkpoint, ManifestOption, Target, MAX_RATE_RANGE};
 
+use crate::options::cli::Args;
+use crate::sink::codec::{self, Compression, Method};
 use crate::conn::{ConnFlags, ConnParams};
 use crate::error::Error;
-use crate::options::cli::Args;
 use crate::options::tablespace::TablespaceMapping;
-use crate::sink::codec::{self, Compression, Method};
 
 /// How WAL gets into the clone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,10 +20,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use pgclone_proto::tar::{build_header, Member, MemberKind, TarEvent, TarSplitter, BLOCK};
 
+use crate::sink::codec::{self, ArchiveWriter, ClientSpec, Method};
 use crate::error::Error;
 use crate::manifest::check::Verifier;
 use crate::manifest::ChecksumAlgorithm;
-use crate::sink::codec::{self, ArchiveWriter, ClientSpec, Method};
 use crate::sink::plain::{Chunk, Stats, MANIFEST_TMP};
 use crate::sink::writeback::{TrackedFile, Writeback};
 

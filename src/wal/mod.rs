@@ -20,9 +20,9 @@ use pgclone_proto::{Lsn, ProtocolError, TimelineId, WalSegSize};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::sink::codec::ClientSpec;
 use crate::conn::{self, ConnParams, Connection};
 use crate::error::Error;
-use crate::sink::codec::ClientSpec;
 use pgclone_proto::replication::WalChunk;
 use segment::SegmentWriter;
 use tarwal::TarWalWriter;
@@ -100,9 +100,7 @@ pub struct Prepared {
 pub async fn prepare(mut cfg: WalConfig) -> Result<Prepared, Error> {
     let mut conn = conn::connect(&mut cfg.params).await?;
     conn.set_label("WAL");
-    let system_id = crate::conn::server::identify_system(&mut conn)
-        .await?
-        .system_id;
+    let system_id = crate::conn::server::identify_system(&mut conn).await?.system_id;
     if system_id != cfg.system_id {
         return Err(Error::IncompatibleServer(
             "system identifier does not match between base backup and streaming connection".into(),
@@ -184,9 +182,7 @@ async fn stream(
     let Ok((start_lsn, mut timeline)) = start.await else {
         return Err(Error::Cancelled);
     };
-    let server_tli = crate::conn::server::identify_system(&mut conn)
-        .await?
-        .timeline;
+    let server_tli = crate::conn::server::identify_system(&mut conn).await?.timeline;
     if timeline > server_tli {
         return Err(Error::IncompatibleServer(format!(
             "starting timeline {timeline} is not present in the server"

@@ -18,8 +18,8 @@ use pgclone_proto::tar::{build_header, MemberKind, BLOCK};
 use pgclone_proto::{Lsn, SegNo, TimelineId, WalSegSize};
 
 use super::WalSink;
-use crate::error::Error;
 use crate::sink::codec::{self, ArchiveWriter, ClientSpec};
+use crate::error::Error;
 
 /// Writes WAL into one tar archive.
 pub struct TarWalWriter {

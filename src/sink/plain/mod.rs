@@ -28,10 +28,10 @@ use pgclone_proto::tar::{Member, MemberKind, TarEvent, TarSplitter};
 use pgclone_proto::Oid;
 use tokio::sync::mpsc;
 
+use crate::sink::codec::{self, Method};
 use crate::error::Error;
 use crate::manifest::check::Verifier;
 use crate::manifest::ChecksumAlgorithm;
-use crate::sink::codec::{self, Method};
 use crate::sink::writeback::{FileProgress, Writeback};
 
 /// Name of the manifest while it is being written; renamed once the backup is synced.
@@ -130,8 +130,8 @@ pub fn run(mut rx: mpsc::Receiver<Chunk>, layout: Layout) -> Result<Stats, Error
                     ended: false,
                 };
                 {
-                    let mut decoder =
-                        codec::reader(method, &mut reader).map_err(|e| decode_error(&name, e))?;
+                    let mut decoder = codec::reader(method, &mut reader)
+                        .map_err(|e| decode_error(&name, e))?;
                     let mut buf = vec![0u8; 256 * 1024];
                     loop {
                         let n = decoder.read(&mut buf).map_err(|e| decode_error(&name, e))?;
