@@ -1,5 +1,7 @@
 //! Test bed shared by the integration tests: real PostgreSQL servers of every major 10–18,
-//! started on loopback on free ports as an unprivileged user, and helpers to run pgclone.
+//! started on loopback on free ports as an unprivileged user, and the one way tests run
+//! pgclone: [`pgclone_cmd`], with every libpq variable pgclone reads taken out of the
+//! environment ([`scrub_libpq_env`]).
 //!
 //! Binaries come from `scripts/testbed` (cached outside the repository). When the tests run as
 //! root, servers and pgclone run as the account `scripts/testbed user` creates, because
@@ -94,7 +96,7 @@ pub fn as_pg_user(program: impl AsRef<Path>) -> Command {
 }
 
 /// `initdb -D <data>` of the server in `bin` as the test bed runs it: superuser `postgres`,
-/// trust, UTF8, no locale, no fsync.
+/// trust, UTF8, no locale, no sync to disk (`-N`).
 pub fn initdb_cmd(bin: &Path, data: &Path) -> Command {
     let mut cmd = as_pg_user(bin.join("initdb"));
     cmd.arg("-D").arg(data).args([
