@@ -4,11 +4,12 @@
 mod support;
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
-use support::{free_port, pgclone, Cluster, ClusterOptions, TestDir};
+use support::{fake, free_port, pgclone_cmd, Cluster, ClusterOptions, Pgclone, TestDir};
 
 fn primary(major: u32, hba: &[&str]) -> Cluster {
     let mut opts = ClusterOptions::new(major);
@@ -16,21 +17,13 @@ fn primary(major: u32, hba: &[&str]) -> Cluster {
     Cluster::start(&opts)
 }
 
-fn args<'a>(port: &'a str, user: &'a str, dest: &'a str) -> Vec<&'a str> {
-    vec![
-        "-h",
-        "127.0.0.1",
-        "-p",
-        port,
-        "-U",
-        user,
-        "-D",
-        dest,
-        "-X",
-        "fetch",
-        "-c",
-        "fast",
-    ]
+/// A `-X fetch` clone of the server on `port` as `user` into `dest`.
+fn clone_cmd(port: impl std::fmt::Display, user: &str, dest: &Path) -> Pgclone {
+    let mut cmd = pgclone_cmd();
+    cmd.server(port, user)
+        .dest(dest)
+        .args(["-X", "fetch", "-c", "fast"]);
+    cmd
 }
 
 #[test]
@@ -42,19 +35,22 @@ fn wrong_password_no_password_and_missing_hba_entry() {
     p.create_replication_role("right", "scram-sha-256");
     let work = TestDir::new("bad");
     let dest = work.join("copy");
-    let d = dest.to_str().expect("utf8");
-    let port = p.port.to_string();
 
-    pgclone(&args(&port, "replication", d), &[("PGPASSWORD", "wrong")])
+    clone_cmd(p.port, "replication", &dest)
+        .password("wrong")
+        .run()
         .assert_error("password authentication failed for user \"replication\"");
     assert!(!dest.exists());
 
-    pgclone(&[args(&port, "replication", d), vec!["-w"]].concat(), &[])
+    clone_cmd(p.port, "replication", &dest)
+        .arg("-w")
+        .run()
         .assert_error("fe_sendauth: no password supplied");
     assert!(!dest.exists());
 
     p.psql("CREATE ROLE nohba WITH REPLICATION LOGIN");
-    pgclone(&args(&port, "nohba", d), &[])
+    clone_cmd(p.port, "nohba", &dest)
+        .run()
         .assert_error("no pg_hba.conf entry for replication connection");
     assert!(!dest.exists());
 }
@@ -72,11 +68,7 @@ fn role_without_replication_attribute() {
         p.psql("CREATE ROLE norep LOGIN");
         let work = TestDir::new("bad");
         let dest = work.join("copy");
-        pgclone(
-            &args(&p.port.to_string(), "norep", dest.to_str().expect("utf8")),
-            &[],
-        )
-        .assert_error(text);
+        clone_cmd(p.port, "norep", &dest).run().assert_error(text);
         assert!(!dest.exists());
     }
 }
@@ -85,8 +77,8 @@ fn role_without_replication_attribute() {
 fn nothing_listening() {
     let work = TestDir::new("bad");
     let dest = work.join("copy");
-    let port = free_port().to_string();
-    let run = pgclone(&args(&port, "x", dest.to_str().expect("utf8")), &[]);
+    let port = free_port();
+    let run = clone_cmd(port, "x", &dest).run();
     run.assert_error(&format!(
         "connection to server at \"127.0.0.1\", port {port} failed: Connection refused"
     ));
@@ -97,29 +89,33 @@ fn nothing_listening() {
 fn destination_not_empty_or_not_writable() {
     let p = primary(13, &[]);
     let work = TestDir::new("bad");
-    let port = p.port.to_string();
 
     let full = work.mkdir("full");
     fs::write(full.join("keep.txt"), b"mine").expect("write");
     support::chown_to_pg_user(&full);
-    pgclone(&args(&port, "postgres", full.to_str().expect("utf8")), &[]).assert_error(&format!(
-        "directory \"{}\" exists but is not empty",
-        full.display()
-    ));
+    clone_cmd(p.port, "postgres", &full)
+        .run()
+        .assert_error(&format!(
+            "directory \"{}\" exists but is not empty",
+            full.display()
+        ));
     assert_eq!(fs::read(full.join("keep.txt")).expect("kept"), b"mine");
     assert_eq!(fs::read_dir(&full).expect("read").count(), 1);
 
     let locked = work.mkdir("locked");
     fs::set_permissions(&locked, fs::Permissions::from_mode(0o555)).expect("chmod");
     let dest = locked.join("copy");
-    pgclone(&args(&port, "postgres", dest.to_str().expect("utf8")), &[])
+    clone_cmd(p.port, "postgres", &dest)
+        .run()
         .assert_error("could not create directory");
     assert!(!dest.exists());
 
     // A file where the directory should be.
     let file = work.join("afile");
     fs::write(&file, b"x").expect("write");
-    pgclone(&args(&port, "postgres", file.to_str().expect("utf8")), &[]).assert_error("afile");
+    clone_cmd(p.port, "postgres", &file)
+        .run()
+        .assert_error("afile");
     assert_eq!(fs::read(&file).expect("kept"), b"x");
 }
 
@@ -128,35 +124,11 @@ fn fake_old_server() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     std::thread::spawn(move || {
-        for stream in listener.incoming().flatten().take(1) {
-            let mut s = stream;
-            // The StartupMessage, after declining an SSLRequest if one comes first.
-            loop {
-                let mut len = [0u8; 4];
-                if s.read_exact(&mut len).is_err() {
-                    break;
-                }
-                let mut rest = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
-                let _ = s.read_exact(&mut rest);
-                if rest == [0x04, 0xd2, 0x16, 0x2f] {
-                    let _ = s.write_all(b"N");
-                    continue;
-                }
-                break;
+        for mut s in listener.incoming().flatten().take(1) {
+            if fake::handshake(&mut s, "9.6.24") {
+                let mut sink = Vec::new();
+                let _ = s.read_to_end(&mut sink);
             }
-            let mut out = Vec::new();
-            out.extend_from_slice(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]);
-            for (k, v) in [("server_version", "9.6.24"), ("integer_datetimes", "on")] {
-                let body = format!("{k}\0{v}\0");
-                out.push(b'S');
-                out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-                out.extend_from_slice(body.as_bytes());
-            }
-            out.extend_from_slice(&[b'K', 0, 0, 0, 12, 0, 0, 0, 1, 0, 0, 0, 2]);
-            out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
-            let _ = s.write_all(&out);
-            let mut sink = Vec::new();
-            let _ = s.read_to_end(&mut sink);
         }
     });
     port
@@ -164,10 +136,11 @@ fn fake_old_server() -> u16 {
 
 #[test]
 fn server_older_than_10_is_refused() {
-    let port = fake_old_server().to_string();
+    let port = fake_old_server();
     let work = TestDir::new("bad");
     let dest = work.join("copy");
-    pgclone(&args(&port, "x", dest.to_str().expect("utf8")), &[])
+    clone_cmd(port, "x", &dest)
+        .run()
         .assert_error("incompatible server version 9.6.24");
     assert!(!dest.exists());
 }
@@ -200,7 +173,7 @@ fn usage_errors_exit_1_with_a_hint() {
             "invalid connection option \"bogus\"",
         ),
     ] {
-        let run = pgclone(&argv, &[]);
+        let run = pgclone_cmd().args(&argv).run();
         run.assert_error(needle);
         assert!(
             run.stderr.contains("hint:") || needle.contains("supported"),
@@ -209,10 +182,10 @@ fn usage_errors_exit_1_with_a_hint() {
         );
         assert!(!dest.exists());
     }
-    let run = pgclone(&["--version"], &[]);
+    let run = pgclone_cmd().arg("--version").run();
     run.assert_ok();
     assert!(run.stdout.starts_with("pgclone "), "{}", run.stdout);
-    let run = pgclone(&["-?"], &[]);
+    let run = pgclone_cmd().arg("-?").run();
     run.assert_ok();
     assert!(run.stdout.contains("--pgdata"), "{}", run.stdout);
 }
@@ -234,14 +207,7 @@ fn checksum_failure_keeps_the_directory_and_exits_1() {
     let p = Cluster::start_existing(15, &p.data.clone(), &[]);
     let work = TestDir::new("bad");
     let dest = work.join("copy");
-    let run = pgclone(
-        &args(
-            &p.port.to_string(),
-            "postgres",
-            dest.to_str().expect("utf8"),
-        ),
-        &[],
-    );
+    let run = clone_cmd(p.port, "postgres", &dest).run();
     run.assert_error("checksum error occurred");
     assert!(
         run.stderr

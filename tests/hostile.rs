@@ -6,23 +6,13 @@ mod support;
 
 use std::fs;
 
-use pgclone_proto::tar::{build_header, MemberKind};
-use support::{fake, pgclone_direct_cmd, run_cmd, TestDir};
+use pgclone_proto::tar::MemberKind;
+use pgclone_proto::testutil::{self, TarMember};
+use support::{fake, pgclone_cmd, TestDir};
 
 /// Tar bytes for `(name, kind, contents, link target)` members, padded, unterminated.
-fn tar(members: &[(&str, MemberKind, &[u8], Option<&str>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, kind, data, link) in members {
-        let mut h = build_header(name, *kind, 0o600, data.len() as u64, 0);
-        if let Some(link) = link {
-            h.set_link_name(link).expect("link name");
-            h.set_cksum();
-        }
-        out.extend_from_slice(h.as_bytes());
-        out.extend_from_slice(data);
-        out.extend(std::iter::repeat_n(0u8, (512 - data.len() % 512) % 512));
-    }
-    out
+fn tar(members: &[TarMember<'_>]) -> Vec<u8> {
+    testutil::tar(members, 0o600)
 }
 
 /// A BASE_BACKUP reply holding one base archive with these bytes, sent in 1000-byte chunks.
@@ -39,28 +29,17 @@ fn reply_with_archive(archive: &[u8]) -> Vec<u8> {
 }
 
 fn run_against(reply: Vec<u8>, needle: &str) {
-    let port = fake::start(reply).to_string();
+    let port = fake::start(reply);
     let work = TestDir::new("hostile");
     let outside = work.mkdir("outside");
     let out = work.mkdir("out");
     let dest = out.join("copy");
-    let run = run_cmd(pgclone_direct_cmd(
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "x",
-            "-D",
-            dest.to_str().expect("utf8"),
-            "-X",
-            "fetch",
-            "--timeout",
-            "5",
-        ],
-        &[],
-    ));
+    let run = pgclone_cmd()
+        .server(port, "x")
+        .dest(&dest)
+        .args(["-X", "fetch", "--timeout", "5"])
+        .direct()
+        .run();
     eprintln!("{}", run.stderr.trim_end());
     run.assert_error(needle);
     assert_eq!(
@@ -144,14 +123,8 @@ fn file_beneath_a_tablespace_link_is_refused() {
     let work = TestDir::new("ts");
     let location = work.join("ts");
     let loc = location.to_str().expect("utf8");
-    let mut reply = Vec::new();
-    reply.extend(fake::row_description(&["recptr", "tli"]));
-    reply.extend(fake::data_row(&[Some("0/2000028"), Some("1")]));
-    reply.extend(fake::command_complete("SELECT"));
-    reply.extend(fake::row_description(&["spcoid", "spclocation", "size"]));
-    reply.extend(fake::data_row(&[Some("16400"), Some(loc), Some("1")]));
-    reply.extend(fake::data_row(&[None, None, Some("100")]));
-    reply.extend(fake::command_complete("SELECT"));
+    let mut reply =
+        fake::backup_header(&[[Some("16400"), Some(loc), Some("1")], fake::MAIN_TABLESPACE]);
     reply.extend(fake::copy_out());
     reply.extend(fake::copy_data(format!("n16400.tar\0{loc}\0").as_bytes()));
     reply.extend(fake::copy_data(&[&b"d"[..], &[0u8; 1024][..]].concat()));
@@ -172,18 +145,10 @@ fn file_beneath_a_tablespace_link_is_refused() {
 
 #[test]
 fn relative_tablespace_location_is_refused() {
-    let mut reply = Vec::new();
-    reply.extend(fake::row_description(&["recptr", "tli"]));
-    reply.extend(fake::data_row(&[Some("0/2000028"), Some("1")]));
-    reply.extend(fake::command_complete("SELECT"));
-    reply.extend(fake::row_description(&["spcoid", "spclocation", "size"]));
-    reply.extend(fake::data_row(&[
-        Some("16400"),
-        Some("../../outside"),
-        Some("1"),
-    ]));
-    reply.extend(fake::data_row(&[None, None, Some("100")]));
-    reply.extend(fake::command_complete("SELECT"));
+    let reply = fake::backup_header(&[
+        [Some("16400"), Some("../../outside"), Some("1")],
+        fake::MAIN_TABLESPACE,
+    ]);
     run_against(
         reply,
         "tablespace location \"../../outside\" from the server is unsafe",

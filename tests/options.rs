@@ -5,39 +5,26 @@ mod support;
 
 use std::fs;
 
-use support::{pgclone, Cluster, ClusterOptions, TestDir};
+use support::{pgclone_cmd, Cluster, ClusterOptions, TestDir};
 
 #[test]
 fn label_checksums_manifest_and_progress_options() {
     for major in [10, 15] {
         let p = Cluster::start(&ClusterOptions::new(major));
         let work = TestDir::new("opts");
-        let port = p.port.to_string();
         let dest = work.join("copy");
-        let d = dest.to_str().expect("utf8");
-        let run = pgclone(
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-D",
-                d,
+        let run = pgclone_cmd()
+            .server(p.port, "postgres")
+            .dest(&dest)
+            .args([
                 "-X",
                 "none",
                 "-l",
                 "label with 'quotes'",
                 "--no-verify-checksums",
-                "--manifest-checksums",
-                "sha256",
-                "-P",
-                "-c",
-                "fast",
-            ],
-            &[],
-        );
+            ])
+            .args(["--manifest-checksums", "sha256", "-P", "-c", "fast"])
+            .run();
         run.assert_ok();
         let label = fs::read_to_string(dest.join("backup_label")).expect("backup_label");
         assert!(label.contains("LABEL: label with 'quotes'"), "{label}");
@@ -70,24 +57,12 @@ fn label_checksums_manifest_and_progress_options() {
         }
 
         let dest = work.join("nomanifest");
-        pgclone(
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-D",
-                dest.to_str().expect("utf8"),
-                "--no-manifest",
-                "--no-estimate-size",
-                "-X",
-                "fetch",
-            ],
-            &[],
-        )
-        .assert_ok();
+        pgclone_cmd()
+            .server(p.port, "postgres")
+            .dest(&dest)
+            .args(["--no-manifest", "--no-estimate-size", "-X", "fetch"])
+            .run()
+            .assert_ok();
         assert!(!dest.join("backup_manifest").exists());
         assert!(dest.join("PG_VERSION").exists());
     }
@@ -105,23 +80,21 @@ fn unix_socket_cleartext_password_and_application_name() {
     let work = TestDir::new("socket");
     let dest = work.join("copy");
     let socket = p.socket_dir.to_str().expect("utf8").to_owned();
-    pgclone(
-        &[
+    pgclone_cmd()
+        .args([
             "-h",
             &socket,
             "-p",
             &p.port.to_string(),
             "-U",
             "replication",
-            "-D",
-            dest.to_str().expect("utf8"),
-            "-R",
-            "-c",
-            "fast",
-        ],
-        &[("PGPASSWORD", "clear text"), ("PGAPPNAME", "standby one")],
-    )
-    .assert_ok();
+        ])
+        .dest(&dest)
+        .args(["-R", "-c", "fast"])
+        .password("clear text")
+        .env("PGAPPNAME", "standby one")
+        .run()
+        .assert_ok();
     let auto = fs::read_to_string(dest.join("postgresql.auto.conf")).expect("auto.conf");
     assert!(auto.contains(&format!("host=''{socket}''")), "{auto}");
     assert!(auto.contains("application_name=''standby one''"), "{auto}");

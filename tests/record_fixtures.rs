@@ -19,7 +19,7 @@ use std::thread;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use support::{pgclone, Cluster, ClusterOptions, TestDir};
+use support::{pgclone_cmd, Cluster, ClusterOptions, TestDir};
 
 fn pump(mut from: TcpStream, mut to: TcpStream, log: Arc<Mutex<Vec<u8>>>) {
     let mut buf = vec![0u8; 65536];
@@ -81,44 +81,23 @@ fn record(major: u32) {
     let primary = Cluster::start(&ClusterOptions::new(major));
     primary.psql("ALTER DATABASE template0 IS_TEMPLATE false");
     primary.psql("ALTER DATABASE template0 ALLOW_CONNECTIONS true");
-    let slim = |sql: &str| {
-        let out = std::process::Command::new(support::tools_bin(18).join("psql"))
-            .args(["-X", "-q", "-U", "postgres", "-d", "template1", "-h"])
-            .arg(&primary.socket_dir)
-            .args(["-p", &primary.port.to_string(), "-c", sql])
-            .output()
-            .expect("psql");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    slim("DROP DATABASE template0");
-    slim("DROP DATABASE postgres");
-    slim("CHECKPOINT");
+    for sql in [
+        "DROP DATABASE template0",
+        "DROP DATABASE postgres",
+        "CHECKPOINT",
+    ] {
+        primary.psql_in("template1", sql);
+    }
     let (port, proxy) = tee(primary.port);
     let work = TestDir::new("record");
     let dest = work.join("copy");
-    pgclone(
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-D",
-            dest.to_str().expect("utf8"),
-            "-X",
-            "none",
-            "-c",
-            "fast",
-            "-N",
-        ],
-        &[("PGAPPNAME", "pgclone-fixture")],
-    )
-    .assert_ok();
+    pgclone_cmd()
+        .server(port, "postgres")
+        .dest(&dest)
+        .args(["-X", "none", "-c", "fast", "-N"])
+        .env("PGAPPNAME", "pgclone-fixture")
+        .run()
+        .assert_ok();
     let (server, client) = proxy.join().expect("proxy");
     let dir = support::repo().join(format!("fixtures/pg{major}"));
     fs::create_dir_all(&dir).expect("fixture dir");

@@ -8,9 +8,10 @@
 mod support;
 
 use std::fs;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{pgclone, pgclone_spawn, pgclone_wait, Cluster, ClusterOptions, Load, TestDir};
+use support::{pgclone_cmd, pgclone_wait, Cluster, ClusterOptions, Load, Pgclone, TestDir};
 
 const PASSWORD: &str = "rep-pw";
 const WAIT: Duration = Duration::from_secs(60);
@@ -24,21 +25,26 @@ fn primary(major: u32, auth: &str, conf: &[&str]) -> Cluster {
     p
 }
 
-fn clone_args<'a>(port: &'a str, dest: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "-h",
-        "127.0.0.1",
-        "-p",
-        port,
-        "-U",
-        "replication",
-        "-D",
-        dest,
-        "-c",
-        "fast",
-    ];
-    v.extend_from_slice(extra);
-    v
+/// A clone of the server on `port` into `dest` as `replication` with its password.
+fn clone_cmd(port: u16, dest: &Path) -> Pgclone {
+    let mut cmd = pgclone_cmd();
+    cmd.server(port, "replication")
+        .dest(dest)
+        .args(["-c", "fast"])
+        .password(PASSWORD);
+    cmd
+}
+
+/// Clones `upstream` into `dir` with `-R`.
+fn clone_standby(upstream: &Cluster, dir: &Path) {
+    clone_cmd(upstream.port, dir).arg("-R").run().assert_ok();
+}
+
+/// Starts the clone in `dir` as a server of `major` and waits until it streams.
+fn start_streaming(major: u32, dir: &Path) -> Cluster {
+    let standby = Cluster::start_existing(major, dir, &[]);
+    standby.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
+    standby
 }
 
 /// Checks that `replica` streams from `upstream`, sees a row written after the clone, and,
@@ -81,10 +87,7 @@ fn replica_under_load(major: u32) {
     let dest = work.join("replica");
     let port = p.port.to_string();
     std::thread::sleep(Duration::from_millis(300));
-    let run = pgclone(
-        &clone_args(&port, dest.to_str().expect("utf8"), &["-R"]),
-        &[("PGPASSWORD", PASSWORD)],
-    );
+    let run = clone_cmd(p.port, &dest).arg("-R").run();
     run.assert_ok();
     assert_eq!(run.stderr, "", "quiet on success");
     // The temporary slot went away with the WAL connection.
@@ -174,54 +177,22 @@ fn seed_scenario_pg10() {
     master.psql("CREATE DATABASE application OWNER application");
     let work = TestDir::new("seed");
     let dest = work.join("replica");
-    let port = master.port.to_string();
-    pgclone(
-        &[
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "-U",
-            "replication",
-            "--dest",
-            dest.to_str().expect("utf8"),
-            "-R",
-        ],
-        &[("PGPASSWORD", "replication")],
-    )
-    .assert_ok();
-    let replica = Cluster::start_existing(10, &dest, &[]);
-    replica.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
-    let psql_app = |c: &Cluster, sql: &str| {
-        let out = std::process::Command::new(support::tools_bin(18).join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-At",
-                "-U",
-                "postgres",
-                "-d",
-                "application",
-                "-h",
-            ])
-            .arg(&c.socket_dir)
-            .args(["-p", &c.port.to_string(), "-c", sql])
-            .output()
-            .expect("psql");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    psql_app(
-        &master,
+    pgclone_cmd()
+        .args(["--host", "127.0.0.1", "--port", &master.port.to_string()])
+        .args(["-U", "replication", "--dest"])
+        .arg(&dest)
+        .arg("-R")
+        .password("replication")
+        .run()
+        .assert_ok();
+    let replica = start_streaming(10, &dest);
+    master.psql_in(
+        "application",
         "create table test(code char(5)); insert into test values('abcd')",
     );
     let lsn = master.current_lsn();
     replica.wait_for_replay(&lsn);
-    assert_eq!(psql_app(&replica, "select * from test"), "abcd");
+    assert_eq!(replica.psql_in("application", "select * from test"), "abcd");
 }
 
 #[test]
@@ -229,18 +200,11 @@ fn permanent_slot_is_created_used_and_refused_twice() {
     let p = primary(15, "scram-sha-256", &[]);
     let mut load = Load::start(&p);
     let work = TestDir::new("slots");
-    let port = p.port.to_string();
     let dest = work.join("replica");
-    let env = [("PGPASSWORD", PASSWORD)];
-    pgclone(
-        &clone_args(
-            &port,
-            dest.to_str().expect("utf8"),
-            &["-R", "-C", "-S", "standby_1"],
-        ),
-        &env,
-    )
-    .assert_ok();
+    clone_cmd(p.port, &dest)
+        .args(["-R", "-C", "-S", "standby_1"])
+        .run()
+        .assert_ok();
     assert_eq!(
         p.psql("SELECT slot_type, temporary, restart_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = 'standby_1'"),
         "physical|f|t"
@@ -257,15 +221,10 @@ fn permanent_slot_is_created_used_and_refused_twice() {
 
     // Creating it again fails before anything is written.
     let again = work.join("again");
-    pgclone(
-        &clone_args(
-            &port,
-            again.to_str().expect("utf8"),
-            &["-C", "-S", "standby_1"],
-        ),
-        &env,
-    )
-    .assert_error("replication slot \"standby_1\" already exists");
+    clone_cmd(p.port, &again)
+        .args(["-C", "-S", "standby_1"])
+        .run()
+        .assert_error("replication slot \"standby_1\" already exists");
     assert!(!again.exists());
 }
 
@@ -273,25 +232,20 @@ fn permanent_slot_is_created_used_and_refused_twice() {
 fn missing_slot_fails_cleanly_and_no_slot_works() {
     let p = primary(16, "scram-sha-256", &[]);
     let work = TestDir::new("slots");
-    let port = p.port.to_string();
-    let env = [("PGPASSWORD", PASSWORD)];
     let dest = work.join("missing");
-    pgclone(
-        &clone_args(&port, dest.to_str().expect("utf8"), &["-S", "nosuchslot"]),
-        &env,
-    )
-    .assert_error("replication slot \"nosuchslot\" does not exist");
+    clone_cmd(p.port, &dest)
+        .args(["-S", "nosuchslot"])
+        .run()
+        .assert_error("replication slot \"nosuchslot\" does not exist");
     assert!(!dest.exists());
 
     let dest = work.join("noslot");
-    pgclone(
-        &clone_args(&port, dest.to_str().expect("utf8"), &["--no-slot", "-R"]),
-        &env,
-    )
-    .assert_ok();
+    clone_cmd(p.port, &dest)
+        .args(["--no-slot", "-R"])
+        .run()
+        .assert_ok();
     assert_eq!(p.psql("SELECT count(*) FROM pg_replication_slots"), "0");
-    let replica = Cluster::start_existing(16, &dest, &[]);
-    replica.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
+    start_streaming(16, &dest);
 }
 
 /// A clone of a standby that is itself a pgclone clone; WAL streams from the standby.
@@ -299,26 +253,12 @@ fn cascade(major: u32) {
     let p = primary(major, "scram-sha-256", &[]);
     let mut load = Load::start(&p);
     let work = TestDir::new("cascade");
-    let env = [("PGPASSWORD", PASSWORD)];
     let s1_dir = work.join("standby1");
-    pgclone(
-        &clone_args(&p.port.to_string(), s1_dir.to_str().expect("utf8"), &["-R"]),
-        &env,
-    )
-    .assert_ok();
-    let s1 = Cluster::start_existing(major, &s1_dir, &[]);
-    s1.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
+    clone_standby(&p, &s1_dir);
+    let s1 = start_streaming(major, &s1_dir);
 
     let s2_dir = work.join("standby2");
-    pgclone(
-        &clone_args(
-            &s1.port.to_string(),
-            s2_dir.to_str().expect("utf8"),
-            &["-R"],
-        ),
-        &env,
-    )
-    .assert_ok();
+    clone_standby(&s1, &s2_dir);
     let conf = fs::read_to_string(if major >= 12 {
         s2_dir.join("postgresql.auto.conf")
     } else {
@@ -350,15 +290,9 @@ fn killed_wal_connection_fails_and_cleans_up() {
     );
     let work = TestDir::new("kill");
     let dest = work.join("copy");
-    let port = p.port.to_string();
-    let child = pgclone_spawn(
-        &clone_args(
-            &port,
-            dest.to_str().expect("utf8"),
-            &["-r", "4M", "-C", "-S", "doomed"],
-        ),
-        &[("PGPASSWORD", PASSWORD)],
-    );
+    let child = clone_cmd(p.port, &dest)
+        .args(["-r", "4M", "-C", "-S", "doomed"])
+        .spawn();
     let deadline = Instant::now() + WAIT;
     loop {
         let killed = p.psql(
@@ -391,15 +325,10 @@ fn stream_outlasting_wal_sender_timeout_completes() {
     let work = TestDir::new("slow");
     let dest = work.join("copy");
     let started = Instant::now();
-    pgclone(
-        &clone_args(
-            &p.port.to_string(),
-            dest.to_str().expect("utf8"),
-            &["-R", "-r", "8M"],
-        ),
-        &[("PGPASSWORD", PASSWORD)],
-    )
-    .assert_ok();
+    clone_cmd(p.port, &dest)
+        .args(["-R", "-r", "8M"])
+        .run()
+        .assert_ok();
     let took = started.elapsed();
     assert!(
         took > Duration::from_secs(3),
@@ -416,15 +345,11 @@ fn waldir_with_streaming() {
     let work = TestDir::new("waldir");
     let dest = work.join("copy");
     let waldir = work.join("wal");
-    pgclone(
-        &clone_args(
-            &p.port.to_string(),
-            dest.to_str().expect("utf8"),
-            &["-R", "--waldir", waldir.to_str().expect("utf8")],
-        ),
-        &[("PGPASSWORD", PASSWORD)],
-    )
-    .assert_ok();
+    clone_cmd(p.port, &dest)
+        .args(["-R", "--waldir"])
+        .arg(&waldir)
+        .run()
+        .assert_ok();
     assert_eq!(fs::read_link(dest.join("pg_wal")).expect("link"), waldir);
     assert!(fs::read_dir(&waldir).expect("waldir").count() > 1);
     let replica = Cluster::start_existing(12, &dest, &[]);
@@ -441,37 +366,17 @@ fn pg16_wal_stream_follows_a_timeline_switch() {
         "CREATE TABLE filler AS SELECT g, repeat('x', 500) AS v FROM generate_series(1, 20000) g",
     );
     let work = TestDir::new("tli");
-    let env = [("PGPASSWORD", PASSWORD)];
     let s1_dir = work.join("standby1");
-    pgclone(
-        &clone_args(&p.port.to_string(), s1_dir.to_str().expect("utf8"), &["-R"]),
-        &env,
-    )
-    .assert_ok();
-    let s1 = Cluster::start_existing(16, &s1_dir, &[]);
-    s1.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
+    clone_standby(&p, &s1_dir);
+    let s1 = start_streaming(16, &s1_dir);
     let s2_dir = work.join("standby2");
-    pgclone(
-        &clone_args(
-            &s1.port.to_string(),
-            s2_dir.to_str().expect("utf8"),
-            &["-R"],
-        ),
-        &env,
-    )
-    .assert_ok();
-    let s2 = Cluster::start_existing(16, &s2_dir, &[]);
-    s2.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
+    clone_standby(&s1, &s2_dir);
+    let s2 = start_streaming(16, &s2_dir);
 
     let s3_dir = work.join("standby3");
-    let child = pgclone_spawn(
-        &clone_args(
-            &s2.port.to_string(),
-            s3_dir.to_str().expect("utf8"),
-            &["-R", "-r", "4M", "-v"],
-        ),
-        &env,
-    );
+    let child = clone_cmd(s2.port, &s3_dir)
+        .args(["-R", "-r", "4M", "-v"])
+        .spawn();
     s2.wait_for(
         "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
         "1",
@@ -489,8 +394,7 @@ fn pg16_wal_stream_follows_a_timeline_switch() {
         run.stderr
     );
     assert!(s3_dir.join("pg_wal/00000002.history").is_file());
-    let s3 = Cluster::start_existing(16, &s3_dir, &[]);
-    s3.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
+    let s3 = start_streaming(16, &s3_dir);
     s1.psql("INSERT INTO on_new_timeline VALUES (43)");
     s3.wait_for("SELECT count(*) FROM on_new_timeline", "2", WAIT);
 }

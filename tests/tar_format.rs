@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pgclone::sink::codec::{self, ClientSpec, Method};
-use support::{pgclone, tools_bin, Cluster, ClusterOptions, Load, TestDir};
+use support::{checked_output, pgclone_cmd, tools_bin, Cluster, ClusterOptions, Load, TestDir};
 
 const WAIT: Duration = Duration::from_secs(60);
 const PASSWORD: &str = "tar-pw";
@@ -36,18 +36,13 @@ fn untar(archive: &Path, into: &Path) {
         Method::Lz4 => "--use-compress-program=lz4",
         Method::None => "-v",
     };
-    let out = support::as_pg_user("tar")
-        .args(["-x", flag, "-f"])
-        .arg(archive)
-        .arg("-C")
-        .arg(into)
-        .output()
-        .expect("tar");
-    assert!(
-        out.status.success(),
-        "tar -x {}: {}",
-        archive.display(),
-        String::from_utf8_lossy(&out.stderr)
+    checked_output(
+        support::as_pg_user("tar")
+            .args(["-x", flag, "-f"])
+            .arg(archive)
+            .arg("-C")
+            .arg(into),
+        &format!("tar -x {}", archive.display()),
     );
 }
 
@@ -64,33 +59,19 @@ fn tar_replica(major: u32, extra: &[&str], tablespace: bool) {
     let work = TestDir::new("tar");
     let ts_dir = work.mkdir("ts-primary");
     if tablespace {
-        p.psql(&format!(
-            "CREATE TABLESPACE ts LOCATION '{}'",
-            ts_dir.display()
-        ));
+        p.create_tablespace("ts", &ts_dir);
         p.psql("CREATE TABLE in_ts(x int) TABLESPACE ts; INSERT INTO in_ts SELECT generate_series(1, 1000)");
     }
     let mut load = Load::start(&p);
     let out = work.join("tar");
-    let port = p.port.to_string();
-    let mut args = vec![
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-U",
-        "replication",
-        "-D",
-        out.to_str().expect("utf8"),
-        "-F",
-        "t",
-        "-R",
-        "-c",
-        "fast",
-    ];
-    args.extend_from_slice(extra);
-    let run = pgclone(&args, &[("PGPASSWORD", PASSWORD)]);
-    run.assert_ok();
+    pgclone_cmd()
+        .server(p.port, "replication")
+        .dest(&out)
+        .args(["-F", "t", "-R", "-c", "fast"])
+        .args(extra)
+        .password(PASSWORD)
+        .run()
+        .assert_ok();
     let names: Vec<String> = fs::read_dir(&out)
         .expect("out")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -230,7 +211,6 @@ fn server_side_compression_unpacks_into_a_plain_copy() {
         let p = primary(opts);
         p.psql("CREATE TABLE t AS SELECT g, md5(g::text) AS v FROM generate_series(1, 5000) g");
         let want = p.psql("SELECT count(*), sum(hashtext(v)) FROM t");
-        let port = p.port.to_string();
         // The PyPI build of 15 has lz4 but not zstd.
         let methods: &[&str] = if major >= 16 {
             &["server-gzip", "server-lz4:1", "server-zstd:level=3"]
@@ -240,24 +220,13 @@ fn server_side_compression_unpacks_into_a_plain_copy() {
         for method in methods {
             let work = TestDir::new("srvz");
             let dest = work.join("copy");
-            pgclone(
-                &[
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port,
-                    "-U",
-                    "replication",
-                    "-D",
-                    dest.to_str().expect("utf8"),
-                    "-Z",
-                    method,
-                    "-c",
-                    "fast",
-                ],
-                &[("PGPASSWORD", PASSWORD)],
-            )
-            .assert_ok();
+            pgclone_cmd()
+                .server(p.port, "replication")
+                .dest(&dest)
+                .args(["-Z", method, "-c", "fast"])
+                .password(PASSWORD)
+                .run()
+                .assert_ok();
             if let Err(e) = support::verify_backup(major, &dest) {
                 panic!("{major} {method}: {e}");
             }
@@ -277,25 +246,13 @@ fn server_side_compression_unpacks_into_a_plain_copy() {
         } else {
             ("server-lz4", "base.tar.lz4")
         };
-        pgclone(
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "replication",
-                "-D",
-                dest.to_str().expect("utf8"),
-                "-Ft",
-                "-Z",
-                method,
-                "-X",
-                "fetch",
-            ],
-            &[("PGPASSWORD", PASSWORD)],
-        )
-        .assert_ok();
+        pgclone_cmd()
+            .server(p.port, "replication")
+            .dest(&dest)
+            .args(["-Ft", "-Z", method, "-X", "fetch"])
+            .password(PASSWORD)
+            .run()
+            .assert_ok();
         assert!(dest.join(name).is_file());
         untar(&dest.join(name), &work.join("x"));
         assert!(work.join("x/global/pg_control").is_file());
@@ -306,28 +263,12 @@ fn server_side_compression_unpacks_into_a_plain_copy() {
 fn standard_output_and_backup_targets() {
     let p = primary(ClusterOptions::new(16));
     let work = TestDir::new("stdout");
-    let port = p.port.to_string();
     // -D - : one tar on stdout with the manifest inside.
-    let out = support::pgclone_direct_cmd(
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-D",
-            "-",
-            "-Ft",
-            "-X",
-            "fetch",
-            "-c",
-            "fast",
-        ],
-        &[],
-    )
-    .output()
-    .expect("run");
+    let out = pgclone_cmd()
+        .server(p.port, "postgres")
+        .args(["-D", "-", "-Ft", "-X", "fetch", "-c", "fast"])
+        .direct()
+        .output();
     assert!(
         out.status.success(),
         "{}",
@@ -348,42 +289,18 @@ fn standard_output_and_backup_targets() {
     drop(copy);
 
     // Targets: blackhole writes nothing; server writes into a directory on the server.
-    pgclone(
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-t",
-            "blackhole",
-            "-X",
-            "none",
-        ],
-        &[],
-    )
-    .assert_ok();
+    pgclone_cmd()
+        .server(p.port, "postgres")
+        .args(["-t", "blackhole", "-X", "none"])
+        .run()
+        .assert_ok();
     let on_server = work.join("server-side");
     let target = format!("server:{}", on_server.display());
-    pgclone(
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-t",
-            &target,
-            "-X",
-            "fetch",
-            "-c",
-            "fast",
-        ],
-        &[],
-    )
-    .assert_ok();
+    pgclone_cmd()
+        .server(p.port, "postgres")
+        .args(["-t", &target, "-X", "fetch", "-c", "fast"])
+        .run()
+        .assert_ok();
     assert!(
         on_server.join("base.tar").is_file(),
         "the server wrote base.tar"
@@ -391,39 +308,18 @@ fn standard_output_and_backup_targets() {
     assert!(on_server.join("backup_manifest").is_file());
 
     let old = primary(ClusterOptions::new(14));
-    pgclone(
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &old.port.to_string(),
-            "-U",
-            "postgres",
-            "-t",
-            "blackhole",
-            "-X",
-            "none",
-        ],
-        &[],
-    )
-    .assert_error("backup targets are not supported by this server version");
+    pgclone_cmd()
+        .server(old.port, "postgres")
+        .args(["-t", "blackhole", "-X", "none"])
+        .run()
+        .assert_error("backup targets are not supported by this server version");
     let dest = work.join("z");
-    pgclone(
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &old.port.to_string(),
-            "-U",
-            "postgres",
-            "-D",
-            dest.to_str().expect("utf8"),
-            "-Z",
-            "server-gzip",
-        ],
-        &[],
-    )
-    .assert_error("server-side compression is not supported by this server version");
+    pgclone_cmd()
+        .server(old.port, "postgres")
+        .dest(&dest)
+        .args(["-Z", "server-gzip"])
+        .run()
+        .assert_error("server-side compression is not supported by this server version");
     assert!(!dest.exists());
 }
 
@@ -466,9 +362,7 @@ fn option_errors_match_pg_basebackup() {
             .args(&args)
             .output()
             .expect("pg_basebackup");
-        let ours = support::pgclone_direct_cmd(&args, &[])
-            .output()
-            .expect("pgclone");
+        let ours = pgclone_cmd().args(&args).direct().output();
         let first = |b: &[u8]| -> String {
             let text = String::from_utf8_lossy(b);
             let line = text.lines().next().unwrap_or_default();

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{pgclone, Cluster, ClusterOptions, TestDir};
+use support::{checked_output, pgclone_cmd, Cluster, ClusterOptions, TestDir};
 
 const PASSWORD: &str = "tls-pw";
 
@@ -25,112 +25,46 @@ impl Certs {
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+/// Runs `openssl` in `dir` with the words of `args`, then `more` as they are.
+fn openssl(dir: &Path, args: &str, more: &[&str]) {
+    checked_output(
+        Command::new("openssl")
+            .args(args.split_whitespace())
+            .args(more)
+            .current_dir(dir),
+        &format!("openssl {args} {more:?}"),
     );
+}
+
+/// `<name>.key` and `<name>.crt` for `subj`, signed by `ca.crt` with the extensions `ext`.
+fn signed_cert(dir: &Path, name: &str, subj: &str, ext: &str) {
+    let req = format!("req -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr -subj");
+    openssl(dir, &req, &[subj]);
+    fs::write(dir.join(format!("{name}.ext")), ext).expect("ext");
+    let sign = format!(
+        "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {name}.crt \
+         -days 2 -extfile {name}.ext"
+    );
+    openssl(dir, &sign, &[]);
 }
 
 /// A CA, a server certificate for DNS:localhost only, and a client certificate for
 /// `certuser`, all readable by the unprivileged account; keys 0600.
 fn make_certs(work: &TestDir) -> Certs {
     let dir = work.mkdir("certs");
-    openssl(
+    let ca = "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj";
+    openssl(&dir, ca, &["/CN=pgclone test CA"]);
+    signed_cert(
         &dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=pgclone test CA",
-        ],
+        "server",
+        "/CN=localhost",
+        "subjectAltName=DNS:localhost\n",
     );
-    openssl(
+    signed_cert(
         &dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    fs::write(dir.join("server.ext"), "subjectAltName=DNS:localhost\n").expect("ext");
-    openssl(
-        &dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ],
-    );
-    openssl(
-        &dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
-            "-subj",
-            "/CN=certuser",
-        ],
-    );
-    fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
-    openssl(
-        &dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "client.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "client.ext",
-        ],
+        "client",
+        "/CN=certuser",
+        "extendedKeyUsage=clientAuth\n",
     );
     support::chown_to_pg_user(&dir);
     for key in ["server.key", "client.key", "ca.key"] {
@@ -169,21 +103,12 @@ fn server(major: u32, certs: Option<&Certs>) -> Cluster {
 fn try_clone(conninfo: &str) -> (bool, String) {
     let work = TestDir::new("tlsrun");
     let dest = work.join("copy");
-    let run = pgclone(
-        &[
-            "-d",
-            conninfo,
-            "-D",
-            dest.to_str().expect("utf8"),
-            "-X",
-            "none",
-            "-c",
-            "fast",
-            "-N",
-            "--no-manifest",
-        ],
-        &[("PGPASSWORD", PASSWORD)],
-    );
+    let run = pgclone_cmd()
+        .args(["-d", conninfo])
+        .dest(&dest)
+        .args(["-X", "none", "-c", "fast", "-N", "--no-manifest"])
+        .password(PASSWORD)
+        .run();
     if !run.status.success() {
         assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
         assert!(!dest.exists());
@@ -306,19 +231,13 @@ fn replica_made_over_tls_streams_over_tls() {
         p.port,
         certs.path("ca.crt")
     );
-    pgclone(
-        &[
-            "-d",
-            &conninfo,
-            "-D",
-            dest.to_str().expect("utf8"),
-            "-R",
-            "-c",
-            "fast",
-        ],
-        &[("PGPASSWORD", PASSWORD)],
-    )
-    .assert_ok();
+    pgclone_cmd()
+        .args(["-d", &conninfo])
+        .dest(&dest)
+        .args(["-R", "-c", "fast"])
+        .password(PASSWORD)
+        .run()
+        .assert_ok();
     let auto = fs::read_to_string(dest.join("postgresql.auto.conf")).expect("auto.conf");
     assert!(auto.contains("sslmode=''verify-full''"), "{auto}");
     assert!(

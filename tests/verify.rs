@@ -17,7 +17,7 @@ use std::process::Command;
 
 use pgclone::manifest::Manifest;
 use pgclone_proto::WalSegSize;
-use support::{pgclone, verify_backup, Cluster, ClusterOptions, TestDir};
+use support::{create_table_t, pgclone_cmd, verify_backup, Cluster, ClusterOptions, TestDir};
 
 struct Case {
     major: u32,
@@ -39,49 +39,23 @@ struct Prepared {
 fn prepare(case: &Case) -> Prepared {
     let primary = Cluster::start(&ClusterOptions::new(case.major));
     let work = TestDir::new("verify");
-    let ts_dir = work.mkdir("ts-primary");
-    let ts_copy = work.join("ts-copy");
-    let table_ts = if case.tablespace {
-        primary.psql(&format!(
-            "CREATE TABLESPACE ts LOCATION '{}'",
-            ts_dir.display()
-        ));
-        " TABLESPACE ts"
-    } else {
-        ""
-    };
-    primary.psql(&format!(
-        "CREATE TABLE t(id int PRIMARY KEY, v text){table_ts}; \
-         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g; CHECKPOINT"
-    ));
+    let table = create_table_t(&primary, &work, case.tablespace, "; CHECKPOINT");
     let relfile = primary.psql("SELECT pg_relation_filepath('t')");
     let dest = work.join("copy");
-    let port = primary.port.to_string();
-    let mapping = format!("{}={}", ts_dir.display(), ts_copy.display());
-    let mut args = vec![
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-U",
-        "postgres",
-        "-D",
-        dest.to_str().expect("utf8"),
-        "-X",
-        case.wal_method,
-        "-c",
-        "fast",
-    ];
-    if case.tablespace {
-        args.extend(["-T", &mapping]);
+    let mut cmd = pgclone_cmd();
+    cmd.server(primary.port, "postgres")
+        .dest(&dest)
+        .args(["-X", case.wal_method, "-c", "fast"]);
+    if let Some(mapping) = &table.mapping {
+        cmd.args(["-T", mapping]);
     }
     if let Some(alg) = case.checksums {
-        args.extend(["--manifest-checksums", alg]);
+        cmd.args(["--manifest-checksums", alg]);
     }
     if case.force_encode {
-        args.push("--manifest-force-encode");
+        cmd.arg("--manifest-force-encode");
     }
-    pgclone(&args, &[]).assert_ok();
+    cmd.run().assert_ok();
     let manifest = fs::read_to_string(dest.join("backup_manifest")).expect("manifest");
     assert_eq!(
         manifest.contains("\"Encoded-Path\""),
@@ -139,10 +113,7 @@ fn cp_a(src: &Path, dst: &Path) {
 }
 
 fn pgclone_verify(dir: &Path, extra: &[&str]) -> support::Run {
-    let mut args = vec!["verify"];
-    args.extend(extra);
-    args.push(dir.to_str().expect("utf8"));
-    pgclone(&args, &[])
+    pgclone_cmd().arg("verify").args(extra).arg(dir).run()
 }
 
 /// The name of the first WAL segment the backup needs.
@@ -395,20 +366,23 @@ fn pg15_no_checksums_encoded_paths() {
 
 #[test]
 fn usage_errors_and_missing_manifest() {
-    let run = pgclone(&["verify"], &[]);
+    let run = pgclone_cmd().arg("verify").run();
     run.assert_error("no backup directory specified");
     assert!(
         run.stderr.contains("pgclone verify --help"),
         "{}",
         run.stderr
     );
-    pgclone(&["verify", "-x", "dir"], &[]).assert_error("invalid option -- 'x'");
-    let run = pgclone(&["verify", "--help"], &[]);
+    pgclone_cmd()
+        .args(["verify", "-x", "dir"])
+        .run()
+        .assert_error("invalid option -- 'x'");
+    let run = pgclone_cmd().args(["verify", "--help"]).run();
     run.assert_ok();
     assert!(run.stdout.contains("--no-parse-wal"), "{}", run.stdout);
     let work = TestDir::new("verify-empty");
     pgclone_verify(work.path(), &[]).assert_error("backup_manifest\": No such file or directory");
     // pg_basebackup flags still reach the clone command.
-    let run = pgclone(&["--version"], &[]);
+    let run = pgclone_cmd().arg("--version").run();
     run.assert_ok();
 }

@@ -5,31 +5,19 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{free_port, pgclone, pgclone_spawn, pgclone_wait, Cluster, ClusterOptions, TestDir};
+use support::{free_port, pgclone_cmd, pgclone_wait, Cluster, ClusterOptions, TestDir};
 
 #[test]
 fn clone_waits_for_a_primary_that_starts_later() {
     let port = free_port();
     let work = TestDir::new("wait");
     let dest = work.join("copy");
-    let port_s = port.to_string();
-    let child = pgclone_spawn(
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port_s,
-            "-U",
-            "replication",
-            "-D",
-            dest.to_str().expect("utf8"),
-            "--wait=90",
-            "-c",
-            "fast",
-            "-R",
-        ],
-        &[("PGPASSWORD", "waitpw")],
-    );
+    let child = pgclone_cmd()
+        .server(port, "replication")
+        .dest(&dest)
+        .args(["--wait=90", "-c", "fast", "-R"])
+        .password("waitpw")
+        .spawn();
     // Prepare the primary elsewhere (so that pgclone never meets it half set up), then move it
     // to the port pgclone is waiting on.
     let mut opts = ClusterOptions::new(15);
@@ -55,21 +43,13 @@ fn clone_waits_for_a_primary_that_starts_later() {
     // A wrong password is not worth waiting for.
     let started = Instant::now();
     let other = work.join("other");
-    pgclone(
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port_s,
-            "-U",
-            "replication",
-            "-D",
-            other.to_str().expect("utf8"),
-            "--wait=60",
-        ],
-        &[("PGPASSWORD", "wrong")],
-    )
-    .assert_error("password authentication failed");
+    pgclone_cmd()
+        .server(port, "replication")
+        .dest(&other)
+        .arg("--wait=60")
+        .password("wrong")
+        .run()
+        .assert_error("password authentication failed");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",
@@ -105,20 +85,13 @@ fn passfile_and_uri() {
         "postgresql://replication@127.0.0.1:{}/?application_name=from%20uri",
         p.port
     );
-    pgclone(
-        &[
-            "-d",
-            &uri,
-            "-D",
-            dest.to_str().expect("utf8"),
-            "-R",
-            "-w",
-            "-c",
-            "fast",
-        ],
-        &[("PGPASSFILE", pf)],
-    )
-    .assert_ok();
+    pgclone_cmd()
+        .args(["-d", &uri])
+        .dest(&dest)
+        .args(["-R", "-w", "-c", "fast"])
+        .env("PGPASSFILE", pf)
+        .run()
+        .assert_ok();
     let auto = std::fs::read_to_string(dest.join("postgresql.auto.conf")).expect("auto.conf");
     assert!(auto.contains(&format!("passfile=''{pf}''")), "{auto}");
     assert!(!auto.contains("password="), "{auto}");
@@ -126,10 +99,12 @@ fn passfile_and_uri() {
 
     std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     let other = work.join("other");
-    let run = pgclone(
-        &["-d", &uri, "-D", other.to_str().expect("utf8"), "-w"],
-        &[("PGPASSFILE", pf)],
-    );
+    let run = pgclone_cmd()
+        .args(["-d", &uri])
+        .dest(&other)
+        .arg("-w")
+        .env("PGPASSFILE", pf)
+        .run();
     run.assert_error("no password supplied");
     assert!(
         run.stderr.contains("has group or world access"),

@@ -383,13 +383,7 @@ fn parse_copy_response(body: &[u8], what: &'static str) -> Result<CopyResponse, 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
+    use crate::testutil::frame;
 
     fn decode_one(bytes: &[u8]) -> Result<Option<BackendMessage>, ProtocolError> {
         decode(&mut BytesMut::from(bytes), DEFAULT_MAX_MESSAGE_LEN)

@@ -47,6 +47,8 @@ pub mod replication;
 pub mod sqlstate;
 pub mod startup;
 pub mod tar;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testutil;
 
 pub use backend::BackendMessage;
 pub use error::{ProtocolError, ServerError};

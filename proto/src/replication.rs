@@ -630,6 +630,7 @@ impl WalReceiver {
 mod tests {
     use super::*;
     use crate::backend::{CopyResponse, FieldDescription};
+    use crate::testutil::{keepalive as keepalive_payload, xlog_data as xlog_payload};
 
     const SEG: u64 = 1 << 20;
     const START: u64 = SEG; // segment 1
@@ -638,25 +639,12 @@ mod tests {
         WalSegSize::from_bytes(SEG).expect("valid size")
     }
 
-    fn xlog_payload(start: u64, data: &[u8]) -> Vec<u8> {
-        let mut v = vec![XLOG_DATA_TAG];
-        v.extend_from_slice(&start.to_be_bytes());
-        v.extend_from_slice(&(start + data.len() as u64).to_be_bytes());
-        v.extend_from_slice(&7i64.to_be_bytes());
-        v.extend_from_slice(data);
-        v
-    }
-
     fn xlog(start: u64, len: usize) -> BackendMessage {
         BackendMessage::CopyData(Bytes::from(xlog_payload(start, &vec![0xAB; len])))
     }
 
     fn keepalive(wal_end: u64, reply: bool) -> BackendMessage {
-        let mut v = vec![KEEPALIVE_TAG];
-        v.extend_from_slice(&wal_end.to_be_bytes());
-        v.extend_from_slice(&7i64.to_be_bytes());
-        v.push(u8::from(reply));
-        BackendMessage::CopyData(Bytes::from(v))
+        BackendMessage::CopyData(Bytes::from(keepalive_payload(wal_end, reply)))
     }
 
     /// What the receiver wrote, decoded.

@@ -349,22 +349,12 @@ pub fn build_header(name: &str, kind: MemberKind, mode: u32, size: u64, mtime: u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{tar, terminate, TarMember};
 
-    fn archive(members: &[(&str, MemberKind, &[u8], Option<&str>)], terminated: bool) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (name, kind, data, link) in members {
-            let mut h = build_header(name, *kind, 0o600, data.len() as u64, 0);
-            if let Some(link) = link {
-                h.set_link_name(link).expect("link");
-                h.set_cksum();
-            }
-            out.extend_from_slice(h.as_bytes());
-            out.extend_from_slice(data);
-            let pad = (BLOCK - data.len() % BLOCK) % BLOCK;
-            out.extend(std::iter::repeat_n(0, pad));
-        }
+    fn archive(members: &[TarMember<'_>], terminated: bool) -> Vec<u8> {
+        let mut out = tar(members, 0o600);
         if terminated {
-            out.extend([0u8; 2 * BLOCK]);
+            terminate(&mut out);
         }
         out
     }

@@ -3,7 +3,7 @@
 //! - A sequence of well-formed backend messages (CopyData, DataRow, CommandComplete,
 //!   ReadyForQuery, ErrorResponse), concatenated and cut at arbitrary points, decodes with
 //!   [`backend::decode`] into exactly the messages it was built from.
-//! - A tar archive built with [`build_header`] (random names, kinds, modes, contents; with or
+//! - A tar archive built with [`testutil::append_member`] (random names, kinds, modes, contents; with or
 //!   without the end-of-archive marker), cut at arbitrary points, splits with [`TarSplitter`]
 //!   into exactly its members (adjacent data events merged).
 //! - [`WalChunk::split_at_segments`] pieces concatenate back to the chunk, are never empty and
@@ -15,7 +15,8 @@
 use bytes::{Bytes, BytesMut};
 use pgclone_proto::backend::{self, BackendMessage, DEFAULT_MAX_MESSAGE_LEN};
 use pgclone_proto::replication::WalChunk;
-use pgclone_proto::tar::{build_header, Member, MemberKind, TarEvent, TarSplitter, BLOCK};
+use pgclone_proto::tar::{Member, MemberKind, TarEvent, TarSplitter};
+use pgclone_proto::testutil;
 use pgclone_proto::{Lsn, ProtocolError, SegNo, ServerError, WalSegSize};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -47,23 +48,10 @@ fn cut<'a>(bytes: &'a [u8], points: &[Index]) -> Vec<&'a [u8]> {
 // ---------------------------------------------------------------------------------------------
 // Backend messages
 
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(body.len() + 4).expect("small message");
-    let mut v = vec![tag];
-    v.extend_from_slice(&len.to_be_bytes());
-    v.extend_from_slice(body);
-    v
-}
-
 /// Text without NUL (the protocol's strings are NUL-terminated).
 fn text(max: usize) -> impl Strategy<Value = String> {
     vec(any::<char>().prop_filter("no NUL", |c| *c != '\0'), 0..max)
         .prop_map(|chars| chars.into_iter().collect())
-}
-
-fn cstr(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(s.as_bytes());
-    out.push(0);
 }
 
 fn copy_data() -> impl Strategy<Value = (Vec<u8>, BackendMessage)> {
@@ -72,42 +60,30 @@ fn copy_data() -> impl Strategy<Value = (Vec<u8>, BackendMessage)> {
         1 => vec(any::<u8>(), 0..20_000),
     ]
     .prop_map(|payload| {
-        let bytes = frame(b'd', &payload);
+        let bytes = testutil::copy_data(&payload);
         (bytes, BackendMessage::CopyData(Bytes::from(payload)))
     })
 }
 
 fn data_row() -> impl Strategy<Value = (Vec<u8>, BackendMessage)> {
     vec(proptest::option::of(vec(any::<u8>(), 0..40)), 0..6).prop_map(|values| {
-        let count = i16::try_from(values.len()).expect("few columns");
-        let mut body = count.to_be_bytes().to_vec();
-        for v in &values {
-            match v {
-                None => body.extend_from_slice(&(-1i32).to_be_bytes()),
-                Some(v) => {
-                    let len = i32::try_from(v.len()).expect("short value");
-                    body.extend_from_slice(&len.to_be_bytes());
-                    body.extend_from_slice(v);
-                }
-            }
-        }
+        let bytes = testutil::data_row(&values);
         let msg = BackendMessage::DataRow(values.into_iter().map(|v| v.map(Bytes::from)).collect());
-        (frame(b'D', &body), msg)
+        (bytes, msg)
     })
 }
 
 fn command_complete() -> impl Strategy<Value = (Vec<u8>, BackendMessage)> {
     text(24).prop_map(|tag| {
-        let mut body = Vec::new();
-        cstr(&mut body, &tag);
-        (frame(b'C', &body), BackendMessage::CommandComplete(tag))
+        let bytes = testutil::command_complete(&tag);
+        (bytes, BackendMessage::CommandComplete(tag))
     })
 }
 
 fn ready_for_query() -> impl Strategy<Value = (Vec<u8>, BackendMessage)> {
     prop::sample::select(&b"ITE"[..]).prop_map(|status| {
         (
-            frame(b'Z', &[status]),
+            testutil::ready_for_query(status),
             BackendMessage::ReadyForQuery(status),
         )
     })
@@ -122,8 +98,7 @@ fn error_response() -> impl Strategy<Value = (Vec<u8>, BackendMessage)> {
         proptest::option::of(text(40)),
     )
         .prop_map(|(severity, code, message, detail, hint)| {
-            let mut body = Vec::new();
-            for (kind, value) in [
+            let fields: Vec<(u8, &str)> = [
                 (b'S', Some(&severity)),
                 (b'V', Some(&severity)),
                 (b'C', Some(&code)),
@@ -131,13 +106,11 @@ fn error_response() -> impl Strategy<Value = (Vec<u8>, BackendMessage)> {
                 (b'D', detail.as_ref()),
                 (b'H', hint.as_ref()),
                 (b'R', Some(&message)), // a field the decoder skips
-            ] {
-                if let Some(value) = value {
-                    body.push(kind);
-                    cstr(&mut body, value);
-                }
-            }
-            body.push(0);
+            ]
+            .into_iter()
+            .filter_map(|(kind, value)| Some((kind, value?.as_str())))
+            .collect();
+            let bytes = testutil::error_fields(b'E', &fields);
             let e = ServerError {
                 severity,
                 code,
@@ -145,7 +118,7 @@ fn error_response() -> impl Strategy<Value = (Vec<u8>, BackendMessage)> {
                 detail,
                 hint,
             };
-            (frame(b'E', &body), BackendMessage::ErrorResponse(e))
+            (bytes, BackendMessage::ErrorResponse(e))
         })
 }
 
@@ -296,19 +269,15 @@ fn archive(specs: &[Spec], terminated: bool) -> Vec<u8> {
     let mut out = Vec::new();
     for s in specs {
         let name = std::str::from_utf8(&s.name).expect("ASCII name");
-        let size = s.contents.len() as u64;
-        let mut h = build_header(name, s.kind, s.mode, size, 1_700_000_000);
-        if let Some(link) = &s.link_name {
-            h.set_link_name(std::str::from_utf8(link).expect("ASCII link"))
-                .expect("short link name");
-            h.set_cksum();
-        }
-        out.extend_from_slice(h.as_bytes());
-        out.extend_from_slice(&s.contents);
-        out.resize(out.len().next_multiple_of(BLOCK), 0);
+        let link = s
+            .link_name
+            .as_deref()
+            .map(|l| std::str::from_utf8(l).expect("ASCII link"));
+        let member = (name, s.kind, &s.contents[..], link);
+        testutil::append_member(&mut out, &member, s.mode, 1_700_000_000);
     }
     if terminated {
-        out.resize(out.len() + 2 * BLOCK, 0);
+        testutil::terminate(&mut out);
     }
     out
 }

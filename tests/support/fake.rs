@@ -6,81 +6,38 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::thread;
 
-fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut v = vec![tag];
-    v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    v.extend_from_slice(body);
-    v
-}
-
-/// RowDescription with text columns.
-pub fn row_description(cols: &[&str]) -> Vec<u8> {
-    let mut body = (cols.len() as i16).to_be_bytes().to_vec();
-    for c in cols {
-        body.extend_from_slice(c.as_bytes());
-        body.push(0);
-        body.extend_from_slice(&0u32.to_be_bytes());
-        body.extend_from_slice(&0i16.to_be_bytes());
-        body.extend_from_slice(&25u32.to_be_bytes());
-        body.extend_from_slice(&(-1i16).to_be_bytes());
-        body.extend_from_slice(&(-1i32).to_be_bytes());
-        body.extend_from_slice(&0i16.to_be_bytes());
-    }
-    msg(b'T', &body)
-}
-
-/// DataRow; `None` is NULL.
-pub fn data_row(values: &[Option<&str>]) -> Vec<u8> {
-    let mut body = (values.len() as i16).to_be_bytes().to_vec();
-    for v in values {
-        match v {
-            None => body.extend_from_slice(&(-1i32).to_be_bytes()),
-            Some(s) => {
-                body.extend_from_slice(&(s.len() as i32).to_be_bytes());
-                body.extend_from_slice(s.as_bytes());
-            }
-        }
-    }
-    msg(b'D', &body)
-}
-
-/// CommandComplete.
-pub fn command_complete(tag: &str) -> Vec<u8> {
-    let mut body = tag.as_bytes().to_vec();
-    body.push(0);
-    msg(b'C', &body)
-}
+pub use pgclone_proto::testutil::{
+    command_complete, copy_data, copy_done, copy_out, data_row, row_description,
+};
+use pgclone_proto::testutil::{frame, parameter_status, ready_for_query};
 
 /// ReadyForQuery (idle).
 pub fn ready() -> Vec<u8> {
-    msg(b'Z', b"I")
+    ready_for_query(b'I')
 }
 
-/// CopyOutResponse with no columns.
-pub fn copy_out() -> Vec<u8> {
-    msg(b'H', &[0, 0, 0])
-}
-
-/// CopyData.
-pub fn copy_data(payload: &[u8]) -> Vec<u8> {
-    msg(b'd', payload)
-}
-
-/// CopyDone.
-pub fn copy_done() -> Vec<u8> {
-    msg(b'c', &[])
-}
-
-/// The start of a 15+ BASE_BACKUP response for a single (main) tablespace, up to the first
-/// archive's `n` message.
-pub fn backup_prologue() -> Vec<u8> {
+/// The first two result sets of a BASE_BACKUP response: the start position (0/2000028 on
+/// timeline 1), then one row per tablespace as `[spcoid, spclocation, size]`.
+pub fn backup_header(tablespaces: &[[Option<&str>; 3]]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend(row_description(&["recptr", "tli"]));
     out.extend(data_row(&[Some("0/2000028"), Some("1")]));
     out.extend(command_complete("SELECT"));
     out.extend(row_description(&["spcoid", "spclocation", "size"]));
-    out.extend(data_row(&[None, None, Some("100")]));
+    for row in tablespaces {
+        out.extend(data_row(row));
+    }
     out.extend(command_complete("SELECT"));
+    out
+}
+
+/// The main tablespace's row in [`backup_header`].
+pub const MAIN_TABLESPACE: [Option<&str>; 3] = [None, None, Some("100")];
+
+/// The start of a 15+ BASE_BACKUP response for a single (main) tablespace, up to the first
+/// archive's `n` message.
+pub fn backup_prologue() -> Vec<u8> {
+    let mut out = backup_header(&[MAIN_TABLESPACE]);
     out.extend(copy_out());
     out.extend(copy_data(b"nbase.tar\0\0"));
     out
@@ -106,32 +63,37 @@ fn read_message(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
     Some((head[0], body))
 }
 
-fn serve(mut s: TcpStream, base_backup: &[u8]) {
-    // StartupMessage (after an optional SSLRequest, which is declined): length, then the rest.
+/// Reads the StartupMessage (declining an SSLRequest first if one comes), then authenticates
+/// anyone as a server of `version`. False if the client went away.
+pub fn handshake(s: &mut TcpStream, version: &str) -> bool {
     loop {
         let mut len = [0u8; 4];
         if s.read_exact(&mut len).is_err() {
-            return;
+            return false;
         }
         let mut rest = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
         if s.read_exact(&mut rest).is_err() {
-            return;
+            return false;
         }
         if rest == [0x04, 0xd2, 0x16, 0x2f] {
             if s.write_all(b"N").is_err() {
-                return;
+                return false;
             }
             continue;
         }
         break;
     }
-    let mut hello = msg(b'R', &0i32.to_be_bytes());
-    for (k, v) in [("server_version", "15.99"), ("integer_datetimes", "on")] {
-        hello.extend(msg(b'S', format!("{k}\0{v}\0").as_bytes()));
+    let mut hello = frame(b'R', &0i32.to_be_bytes());
+    for (k, v) in [("server_version", version), ("integer_datetimes", "on")] {
+        hello.extend(parameter_status(k, v));
     }
-    hello.extend(msg(b'K', &[0, 0, 0, 42, 0, 0, 0, 7]));
+    hello.extend(frame(b'K', &[0, 0, 0, 42, 0, 0, 0, 7]));
     hello.extend(ready());
-    if s.write_all(&hello).is_err() {
+    s.write_all(&hello).is_ok()
+}
+
+fn serve(mut s: TcpStream, base_backup: &[u8]) {
+    if !handshake(&mut s, "15.99") {
         return;
     }
     while let Some((tag, body)) = read_message(&mut s) {

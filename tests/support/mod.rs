@@ -1,5 +1,7 @@
 //! Test bed shared by the integration tests: real PostgreSQL servers of every major 10–18,
-//! started on loopback on free ports as an unprivileged user, and helpers to run pgclone.
+//! started on loopback on free ports as an unprivileged user, and the one way tests run
+//! pgclone: [`pgclone_cmd`], with every libpq variable pgclone reads taken out of the
+//! environment ([`scrub_libpq_env`]).
 //!
 //! Binaries come from `scripts/testbed` (cached outside the repository). When the tests run as
 //! root, servers and pgclone run as the account `scripts/testbed user` creates, because
@@ -8,6 +10,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -21,15 +24,23 @@ pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn testbed(args: &[&str]) -> String {
-    let out = Command::new(repo().join("scripts/testbed"))
-        .args(args)
+/// Runs `cmd`; panics with `what` and its stderr unless it exits 0.
+pub fn checked_output(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd
         .output()
-        .expect("run scripts/testbed");
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     assert!(
         out.status.success(),
-        "scripts/testbed {args:?} failed: {}",
+        "{what} failed: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn testbed(args: &[&str]) -> String {
+    let out = checked_output(
+        Command::new(repo().join("scripts/testbed")).args(args),
+        &format!("scripts/testbed {args:?}"),
     );
     String::from_utf8(out.stdout)
         .expect("utf8")
@@ -80,21 +91,43 @@ pub fn as_pg_user(program: impl AsRef<Path>) -> Command {
         }
         None => Command::new(program.as_ref()),
     };
-    for var in [
-        "PGHOST",
-        "PGPORT",
-        "PGUSER",
-        "PGPASSWORD",
-        "PGAPPNAME",
-        "PGDATABASE",
-        "PGPASSFILE",
-        "PGSSLMODE",
-        "PGOPTIONS",
-        "PGCONNECT_TIMEOUT",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.stdin(Stdio::null());
+    scrub_libpq_env(&mut cmd).stdin(Stdio::null());
+    cmd
+}
+
+/// `initdb -D <data>` of the server in `bin` as the test bed runs it: superuser `postgres`,
+/// trust, UTF8, no locale, no sync to disk (`-N`).
+pub fn initdb_cmd(bin: &Path, data: &Path) -> Command {
+    let mut cmd = as_pg_user(bin.join("initdb"));
+    cmd.arg("-D").arg(data).args([
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--no-locale",
+        "-N",
+    ]);
+    cmd
+}
+
+/// `pg_ctl -D <data>` of the server in `bin`, as the unprivileged account.
+pub fn pg_ctl(bin: &Path, data: &Path) -> Command {
+    let mut cmd = as_pg_user(bin.join("pg_ctl"));
+    cmd.arg("-D").arg(data);
+    cmd
+}
+
+/// psql 18 running `sql` as `postgres` on database `db` through the Unix socket in
+/// `socket_dir`: unaligned, tuples only, stopping at the first error.
+pub fn psql_cmd(socket_dir: &Path, port: u16, db: &str, sql: &str) -> Command {
+    let mut cmd = Command::new(tools_bin(18).join("psql"));
+    scrub_libpq_env(&mut cmd)
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .args(["-U", "postgres", "-d", db, "-h"])
+        .arg(socket_dir)
+        .args(["-p", &port.to_string(), "-c", sql])
+        .stdin(Stdio::null());
     cmd
 }
 
@@ -237,28 +270,14 @@ impl Cluster {
         } else {
             server_bin(opts.major)
         };
-        let mut initdb = as_pg_user(bin.join("initdb"));
-        initdb.arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-locale",
-            "-N",
-        ]);
+        let mut initdb = initdb_cmd(&bin, &data);
         if opts.checksums {
             initdb.arg("-k");
         }
         if opts.group_access {
             initdb.arg("-g");
         }
-        let out = initdb.output().expect("initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        checked_output(&mut initdb, "initdb");
         let mut hba = opts.hba.join("\n");
         hba.push_str(
             "\nlocal all all trust\nlocal replication all trust\n\
@@ -340,9 +359,7 @@ impl Cluster {
             opts.push(' ');
             opts.push_str(e);
         }
-        let out = as_pg_user(self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
+        let out = pg_ctl(&self.bin, &self.data)
             .arg("-l")
             .arg(&self.log)
             .args(["-w", "-t", "60", "-o", &opts, "start"])
@@ -375,9 +392,7 @@ impl Cluster {
     /// Stops the server (fast shutdown).
     pub fn stop(&mut self) {
         if self.running {
-            let _ = as_pg_user(self.bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(&self.data)
+            let _ = pg_ctl(&self.bin, &self.data)
                 .args(["-m", "fast", "-w", "stop"])
                 .output();
             self.running = false;
@@ -386,32 +401,23 @@ impl Cluster {
 
     /// Runs SQL as `postgres` through the Unix socket; panics on failure.
     pub fn psql(&self, sql: &str) -> String {
-        self.try_psql(sql)
-            .unwrap_or_else(|e| panic!("psql failed on {}: {e}\nSQL: {sql}", self.major))
+        self.psql_in("postgres", sql)
     }
 
     /// Runs SQL as `postgres`; stdout (unaligned, tuples only) or stderr.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
-        let out = Command::new(tools_bin(18).join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .arg("-h")
-            .arg(&self.socket_dir)
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-c")
-            .arg(sql)
-            .env_remove("PGPASSWORD")
+        self.try_psql_in("postgres", sql)
+    }
+
+    /// Runs SQL as `postgres` on database `db`; panics on failure.
+    pub fn psql_in(&self, db: &str, sql: &str) -> String {
+        self.try_psql_in(db, sql)
+            .unwrap_or_else(|e| panic!("psql failed on {}: {e}\nSQL: {sql}", self.major))
+    }
+
+    /// Runs SQL as `postgres` on database `db`; stdout (unaligned, tuples only) or stderr.
+    pub fn try_psql_in(&self, db: &str, sql: &str) -> Result<String, String> {
+        let out = psql_cmd(&self.socket_dir, self.port, db, sql)
             .output()
             .expect("psql");
         if out.status.success() {
@@ -419,6 +425,14 @@ impl Cluster {
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
+    }
+
+    /// `CREATE TABLESPACE <name> LOCATION '<dir>'`.
+    pub fn create_tablespace(&self, name: &str, dir: &Path) {
+        self.psql(&format!(
+            "CREATE TABLESPACE {name} LOCATION '{}'",
+            dir.display()
+        ));
     }
 
     /// The server's current WAL insert position (on a standby: the last replayed position).
@@ -480,9 +494,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.running {
-            let _ = as_pg_user(self.bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(&self.data)
+            let _ = pg_ctl(&self.bin, &self.data)
                 .args(["-m", "immediate", "-w", "stop"])
                 .output();
         }
@@ -494,6 +506,16 @@ pub struct Run {
     pub status: std::process::ExitStatus,
     pub stdout: String,
     pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Self {
+        Self {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
 }
 
 impl Run {
@@ -508,14 +530,18 @@ impl Run {
         self
     }
 
+    /// The `pgclone: error:` lines of stderr.
+    pub fn error_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("pgclone: error:"))
+            .collect()
+    }
+
     /// Asserts exit code 1 and exactly one `pgclone: error:` line containing `needle`.
     pub fn assert_error(&self, needle: &str) -> &Self {
         assert_eq!(self.status.code(), Some(1), "stderr:\n{}", self.stderr);
-        let errors: Vec<&str> = self
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("pgclone: error:"))
-            .collect();
+        let errors = self.error_lines();
         assert_eq!(
             errors.len(),
             1,
@@ -533,75 +559,148 @@ impl Run {
     }
 }
 
-/// Runs pgclone as the unprivileged account with `args` and extra environment.
-pub fn pgclone(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut cmd = as_pg_user(pgclone_exe());
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.output().expect("run pgclone");
-    Run {
-        status,
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
-}
-
-/// A pgclone command run as the current user (root in CI: failure paths need no server to be
-/// started from the copy, and signals reach pgclone itself, not runuser).
-pub fn pgclone_direct_cmd(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(pgclone_exe());
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for var in [
-        "PGHOST",
-        "PGPORT",
-        "PGUSER",
-        "PGPASSWORD",
-        "PGAPPNAME",
-        "PGDATABASE",
-    ] {
+/// Removes from `cmd`'s environment every libpq variable pgclone reads
+/// (`pgclone::conn::conninfo::ENV_VARS`), so that a developer's shell cannot steer a test.
+pub fn scrub_libpq_env(cmd: &mut Command) -> &mut Command {
+    for (var, _) in pgclone::conn::conninfo::ENV_VARS {
         cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
     }
     cmd
 }
 
-/// Runs a command built by [`pgclone_direct_cmd`] to completion.
-pub fn run_cmd(mut cmd: Command) -> Run {
-    pgclone_wait(cmd.spawn().expect("spawn pgclone"))
+/// A pgclone command line being built (the one way tests run pgclone): arguments, extra
+/// environment on top of a scrubbed one ([`scrub_libpq_env`]), and whom it runs as.
+pub struct Pgclone {
+    args: Vec<OsString>,
+    env: Vec<(String, OsString)>,
+    direct: bool,
 }
 
-/// Starts pgclone as the unprivileged account without waiting for it.
-pub fn pgclone_spawn(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
-    let mut cmd = as_pg_user(pgclone_exe());
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
+/// A pgclone command with no arguments yet, run as the unprivileged account.
+pub fn pgclone_cmd() -> Pgclone {
+    Pgclone {
+        args: Vec::new(),
+        env: Vec::new(),
+        direct: false,
     }
-    cmd.spawn().expect("spawn pgclone")
+}
+
+impl Pgclone {
+    /// Appends one argument.
+    pub fn arg(&mut self, arg: impl AsRef<OsStr>) -> &mut Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        for a in args {
+            self.arg(a);
+        }
+        self
+    }
+
+    /// `-h 127.0.0.1 -p <port> -U <user>`.
+    pub fn server(&mut self, port: impl std::fmt::Display, user: &str) -> &mut Self {
+        self.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
+    }
+
+    /// `-D <dest>`.
+    pub fn dest(&mut self, dest: &Path) -> &mut Self {
+        self.arg("-D").arg(dest)
+    }
+
+    /// Sets an environment variable for the run.
+    pub fn env(&mut self, var: &str, value: impl AsRef<OsStr>) -> &mut Self {
+        self.env.push((var.to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// `PGPASSWORD=<password>`.
+    pub fn password(&mut self, password: &str) -> &mut Self {
+        self.env("PGPASSWORD", password)
+    }
+
+    /// Runs as the current user instead (root in CI: failure paths need no server to be
+    /// started from the copy, and signals reach pgclone itself, not runuser).
+    pub fn direct(&mut self) -> &mut Self {
+        self.direct = true;
+        self
+    }
+
+    /// The command: stdin from /dev/null, stdout and stderr piped.
+    pub fn command(&self) -> Command {
+        let mut cmd = if self.direct {
+            let mut c = Command::new(pgclone_exe());
+            scrub_libpq_env(&mut c).stdin(Stdio::null());
+            c
+        } else {
+            as_pg_user(pgclone_exe())
+        };
+        cmd.args(&self.args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs it to completion, with stdout and stderr as bytes.
+    pub fn output(&self) -> Output {
+        self.command().output().expect("run pgclone")
+    }
+
+    /// Runs it to completion.
+    pub fn run(&self) -> Run {
+        Run::from(self.output())
+    }
+
+    /// Starts it without waiting.
+    pub fn spawn(&self) -> std::process::Child {
+        self.command().spawn().expect("spawn pgclone")
+    }
+}
+
+/// Runs a command built by [`Pgclone::command`] (and then changed) to completion.
+pub fn run_cmd(mut cmd: Command) -> Run {
+    Run::from(cmd.output().expect("run pgclone"))
 }
 
 /// Waits for a spawned pgclone and collects its output.
 pub fn pgclone_wait(child: std::process::Child) -> Run {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = child.wait_with_output().expect("wait for pgclone");
-    Run {
-        status,
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    Run::from(child.wait_with_output().expect("wait for pgclone"))
+}
+
+/// Where [`create_table_t`] put table `t`: the directory a clone relocates its tablespace to,
+/// and the `-T` mapping that does it (`None` when `t` is in the default tablespace).
+pub struct TableT {
+    pub ts_copy: PathBuf,
+    pub mapping: Option<String>,
+}
+
+/// Creates `t(id int PRIMARY KEY, v text)` with 5000 rows on `primary`, in a new tablespace
+/// `ts` under `work` if `tablespace`; `then` is SQL appended to the same call.
+pub fn create_table_t(primary: &Cluster, work: &TestDir, tablespace: bool, then: &str) -> TableT {
+    let ts_dir = work.mkdir("ts-primary");
+    let ts_copy = work.join("ts-copy");
+    let table_ts = if tablespace {
+        primary.create_tablespace("ts", &ts_dir);
+        " TABLESPACE ts"
+    } else {
+        ""
+    };
+    primary.psql(&format!(
+        "CREATE TABLE t(id int PRIMARY KEY, v text){table_ts}; \
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g{then}"
+    ));
+    TableT {
+        mapping: tablespace.then(|| format!("{}={}", ts_dir.display(), ts_copy.display())),
+        ts_copy,
     }
 }
 
@@ -621,11 +720,9 @@ impl Load {
         let handle = std::thread::spawn(move || {
             let mut batches = 0;
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let ok = Command::new(tools_bin(18).join("psql"))
-                    .args(["-X", "-q", "-U", "postgres", "-d", "postgres", "-h"])
-                    .arg(&socket)
-                    .args(["-p", &port.to_string(), "-c"])
-                    .arg("INSERT INTO load(v) SELECT md5(random()::text) FROM generate_series(1, 200)")
+                let insert =
+                    "INSERT INTO load(v) SELECT md5(random()::text) FROM generate_series(1, 200)";
+                let ok = psql_cmd(&socket, port, "postgres", insert)
                     .output()
                     .map(|o| o.status.success())
                     .unwrap_or(false);
@@ -670,16 +767,21 @@ pub fn verify_backup(major: u32, dir: &Path) -> Result<String, String> {
         .arg(dir)
         .output()
         .expect("pg_verifybackup");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     if out.status.success() {
         Ok(text)
     } else {
         Err(text)
     }
+}
+
+/// A command's stdout followed by its stderr, as text.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 pub mod fake;

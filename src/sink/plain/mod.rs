@@ -491,23 +491,10 @@ fn create_file(path: &Path, mode: u32) -> Result<File, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgclone_proto::tar::build_header;
+    use pgclone_proto::testutil::{self, TarMember};
 
-    type Spec<'a> = (&'a str, MemberKind, &'a [u8], Option<&'a str>);
-
-    fn tar(members: &[Spec<'_>]) -> Bytes {
-        let mut out = Vec::new();
-        for (name, kind, data, link) in members {
-            let mut h = build_header(name, *kind, 0o700, data.len() as u64, 0);
-            if let Some(link) = link {
-                h.set_link_name(link).expect("link");
-                h.set_cksum();
-            }
-            out.extend_from_slice(h.as_bytes());
-            out.extend_from_slice(data);
-            out.extend(std::iter::repeat_n(0u8, (512 - data.len() % 512) % 512));
-        }
-        Bytes::from(out)
+    fn tar(members: &[TarMember<'_>]) -> Bytes {
+        Bytes::from(testutil::tar(members, 0o700))
     }
 
     fn layout(dest: &Path, ts: &[(u32, &Path)]) -> Layout {
@@ -579,7 +566,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let outside = tmp.path().join("outside");
         fs::create_dir(&outside).expect("mkdir");
-        let cases: Vec<Vec<Spec<'_>>> = vec![
+        let cases: Vec<Vec<TarMember<'_>>> = vec![
             vec![(
                 "evil/",
                 MemberKind::Symlink,
