@@ -51,9 +51,12 @@ impl Interrupt {
                     tracing::info!("received {}, cleaning up", signal_name(signo));
                     listener.token.cancel();
                 } else if signo != libc::SIGHUP {
-                    eprintln!(
-                        "pgclone: error: interrupted again by {}, exiting at once",
-                        signal_name(signo)
+                    crate::output::error(
+                        &format!(
+                            "interrupted again by {}, exiting at once",
+                            signal_name(signo)
+                        ),
+                        false,
                     );
                     std::process::exit(128 + signo);
                 }
