@@ -37,6 +37,19 @@ fn text(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")
 }
 
+/// Writes a file the unprivileged account can read.
+fn write_file(path: &Path, text: &str) {
+    fs::write(path, text).expect("write");
+    support::chown_to_pg_user(path);
+}
+
+/// `-i manifest` fails with one error line holding `needle`, and leaves no directory.
+fn refused(p: &Cluster, work: &TestDir, manifest: &Path, needle: &str) {
+    let dest = work.join("refused");
+    clone(p, &dest, &["-i", text(manifest)]).assert_error(needle);
+    assert!(!dest.exists(), "{} left behind", dest.display());
+}
+
 /// Every `INCREMENTAL.*` file under `dir`, relative to it.
 fn incremental_files(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -164,10 +177,12 @@ fn incremental_18_combines_then_refusals_leave_nothing() {
         "off",
         std::time::Duration::from_secs(30),
     );
-    let dest = work.join("no-summaries");
-    clone(&p, &dest, &["-i", text(&manifest)])
-        .assert_error("incremental backups cannot be taken unless WAL summarization is enabled");
-    assert!(!dest.exists());
+    refused(
+        &p,
+        &work,
+        &manifest,
+        "could not initiate base backup: ERROR:  incremental backups cannot be taken unless WAL summarization is enabled",
+    );
 }
 
 #[test]
@@ -175,12 +190,13 @@ fn incremental_refused_below_17_before_anything_is_created() {
     let p = Cluster::start(&ClusterOptions::new(16));
     let work = TestDir::new("incr16");
     let manifest = work.join("backup_manifest");
-    fs::write(&manifest, "{}").expect("write");
-    support::chown_to_pg_user(&manifest);
-    let dest = work.join("dest");
-    clone(&p, &dest, &["-i", text(&manifest)])
-        .assert_error("server does not support incremental backup");
-    assert!(!dest.exists());
+    write_file(&manifest, "{}");
+    refused(
+        &p,
+        &work,
+        &manifest,
+        "server does not support incremental backup",
+    );
 }
 
 #[test]
