@@ -2,8 +2,10 @@
 //! checksums): a full plain clone, changes on the primary, an incremental clone relative to the
 //! full one's manifest, then the real `pg_combinebackup` of the same major merges the two into
 //! a directory that starts and holds the rows written after the full clone. Also the refusals:
-//! a 16 server (pg_basebackup's message, nothing created), `summarize_wal` off and a manifest
-//! the server rejects (the server's message, nothing left), a missing manifest (usage error).
+//! a 16 server (pg_basebackup's message, nothing created), `summarize_wal` off and manifests
+//! the server rejects, at the end or while the chunks still arrive (the server's message,
+//! nothing left), a missing manifest (usage error). The incremental clone itself passes
+//! pg_verifybackup and `pgclone verify`.
 
 mod support;
 
@@ -118,6 +120,7 @@ fn full_then_incremental(major: u32) -> (Cluster, TestDir) {
     if let Err(e) = support::verify_backup(major, &inc) {
         panic!("pg_verifybackup {major} on the incremental clone: {e}");
     }
+    pgclone_cmd().arg("verify").arg(&inc).run().assert_ok();
 
     let out = work.join("out");
     checked_output(
@@ -163,11 +166,11 @@ fn incremental_18_combines_then_refusals_leave_nothing() {
 
     // A manifest the server rejects: its message, nothing left behind.
     let garbage = work.join("garbage_manifest");
-    fs::write(&garbage, "{ \"PostgreSQL-Backup-Manifest-Version\": 2 }\n").expect("write");
-    support::chown_to_pg_user(&garbage);
-    let dest = work.join("bad-manifest");
-    clone(&p, &dest, &["-i", text(&garbage)]).assert_error("could not upload manifest: ERROR:");
-    assert!(!dest.exists());
+    write_file(&garbage, "{ \"PostgreSQL-Backup-Manifest-Version\": 2 }\n");
+    refused(&p, &work, &garbage, "could not upload manifest: ERROR:");
+    // Refused while the chunks are still arriving: the server ignores the rest of them.
+    write_file(&garbage, &"[1, ".repeat(100_000));
+    refused(&p, &work, &garbage, "could not upload manifest: ERROR:");
 
     // summarize_wal off: the server's message, nothing left behind.
     p.psql("ALTER SYSTEM SET summarize_wal = off");
