@@ -7,7 +7,7 @@
 //! - `options/`: the command line as pg_basebackup spells it (`cli`), validated into a `Config`
 //!   (`config`), `-T` mappings (`tablespace`), the `pgclone verify` subcommand's flags (`verify`)
 //! - `clone/`: one clone from start to finish (`run`), the BASE_BACKUP task (`backup`), `-P`
-//!   (`progress`), SIGINT/SIGTERM/SIGHUP (`signals`)
+//!   (`progress`), SIGINT/SIGTERM/SIGHUP (`signals`), `-i`'s UPLOAD_MANIFEST (`upload`)
 //! - `wal/`: the WAL task of `-X stream`, segment files (`segment`), `pg_wal.tar` (`tarwal`)
 //! - `recovery.rs`: everything `-R` writes
 //! - `sink/`: where archive bytes land: the plain writer (`plain`, with its path policy), the tar

@@ -31,6 +31,9 @@ use crate::startup::ServerVersion;
 /// Most tablespaces accepted in one backup.
 pub const MAX_TABLESPACES: usize = 4096;
 
+/// The first major with incremental backups (`UPLOAD_MANIFEST`, `BASE_BACKUP (INCREMENTAL)`).
+pub const MIN_MAJOR_INCREMENTAL: u32 = 17;
+
 /// Bounds of MAX_RATE in kB/s, as the server enforces them.
 pub const MAX_RATE_RANGE: std::ops::RangeInclusive<u32> = 32..=1_048_576;
 
@@ -119,6 +122,9 @@ pub struct BaseBackupOptions {
     pub target: Option<Target>,
     /// Server-side compression (15+).
     pub compression: Option<ServerCompression>,
+    /// `INCREMENTAL` (17+): relation files come as `INCREMENTAL.<name>` members holding the
+    /// blocks changed since the manifest uploaded just before (`UPLOAD_MANIFEST`).
+    pub incremental: bool,
 }
 
 impl Default for BaseBackupOptions {
@@ -136,6 +142,7 @@ impl Default for BaseBackupOptions {
             manifest_checksums: None,
             target: None,
             compression: None,
+            incremental: false,
         }
     }
 }
@@ -173,6 +180,12 @@ impl BaseBackupOptions {
             if !MAX_RATE_RANGE.contains(&rate) {
                 return Err(OptionError::MaxRate(rate));
             }
+        }
+        if self.incremental && !version.is_at_least(MIN_MAJOR_INCREMENTAL) {
+            return Err(OptionError::Unsupported {
+                feature: "incremental backups are",
+                version: version.to_string(),
+            });
         }
         match Dialect::for_version(version) {
             Dialect::Legacy => self.legacy_command(version),
@@ -227,7 +240,13 @@ impl BaseBackupOptions {
     }
 
     fn options_command(&self, version: ServerVersion) -> String {
-        let mut opts = vec![format!("LABEL {}", quote_literal(&self.label))];
+        // INCREMENTAL first, where pg_basebackup puts it.
+        let mut opts: Vec<String> = self
+            .incremental
+            .then(|| "INCREMENTAL".into())
+            .into_iter()
+            .collect();
+        opts.push(format!("LABEL {}", quote_literal(&self.label)));
         if self.progress {
             opts.push("PROGRESS".into());
         }
@@ -845,6 +864,37 @@ mod tests {
             o.command(v("18.4")).ok().as_deref(),
             Some("BASE_BACKUP (LABEL 'pgclone base backup', WAL, MAX_RATE 32, TABLESPACE_MAP, VERIFY_CHECKSUMS 0, TARGET 'client', COMPRESSION 'lz4', COMPRESSION_DETAIL 'level=3')")
         );
+    }
+
+    #[test]
+    fn incremental_is_the_first_option_and_17_plus_only() {
+        let o = BaseBackupOptions {
+            incremental: true,
+            checkpoint: Checkpoint::Fast,
+            ..BaseBackupOptions::default()
+        };
+        for version in ["17.0", "17.7", "18.1"] {
+            assert_eq!(
+                o.command(v(version)).ok().as_deref(),
+                Some("BASE_BACKUP (INCREMENTAL, LABEL 'pgclone base backup', PROGRESS, CHECKPOINT 'fast', MANIFEST 'yes', TARGET 'client')"),
+                "{version}"
+            );
+        }
+        for version in ["10.23", "14.1", "15.18", "16.9"] {
+            assert_eq!(
+                o.command(v(version)),
+                Err(OptionError::Unsupported {
+                    feature: "incremental backups are",
+                    version: v(version).to_string(),
+                }),
+                "{version}"
+            );
+        }
+        let full = BaseBackupOptions::default();
+        assert!(!full
+            .command(v("17.2"))
+            .expect("valid")
+            .contains("INCREMENTAL"));
     }
 
     fn text_col(name: &str) -> FieldDescription {

@@ -6,6 +6,9 @@
 //!   (`PHYSICAL (RESERVE_WAL)`) and as bare keywords on 10–14 (`PHYSICAL RESERVE_WAL`).
 //! - IDENTIFY_SYSTEM, START_REPLICATION ... PHYSICAL, TIMELINE_HISTORY and
 //!   DROP_REPLICATION_SLOT (without WAIT) read the same on every supported server (10+).
+//! - UPLOAD_MANIFEST exists on 17+ only; its text has no options. The caller checks the
+//!   version first (older servers answer with a syntax error); the COPY exchange that follows
+//!   it is [`crate::copy_in::CopyIn`].
 //!
 //! Slot names are sent as quoted identifiers ([`quote_ident`]). Only physical replication is
 //! built: no logical slots, no output plugins, no `SNAPSHOT` options.
@@ -44,6 +47,9 @@ pub enum Command<'a> {
     },
     /// `TIMELINE_HISTORY timeline`: the history file of a timeline (2 and up).
     TimelineHistory(TimelineId),
+    /// `UPLOAD_MANIFEST` (17+): the server then takes an earlier backup's manifest as COPY
+    /// data, the reference of the next `BASE_BACKUP (INCREMENTAL)`.
+    UploadManifest,
 }
 
 impl Command<'_> {
@@ -55,13 +61,14 @@ impl Command<'_> {
             Self::DropSlot { .. } => "DROP_REPLICATION_SLOT",
             Self::StartPhysical { .. } => "START_REPLICATION",
             Self::TimelineHistory(_) => "TIMELINE_HISTORY",
+            Self::UploadManifest => "UPLOAD_MANIFEST",
         }
     }
 
     /// The command text for a server of `version`.
     pub fn text(&self, version: ServerVersion) -> String {
         match *self {
-            Self::IdentifySystem => self.name().to_owned(),
+            Self::IdentifySystem | Self::UploadManifest => self.name().to_owned(),
             Self::CreatePhysicalSlot {
                 name,
                 temporary,
@@ -195,6 +202,7 @@ mod tests {
                 Command::TimelineHistory(TimelineId(12)).text(version),
                 "TIMELINE_HISTORY 12"
             );
+            assert_eq!(Command::UploadManifest.text(version), "UPLOAD_MANIFEST");
             let with_slot = Command::StartPhysical {
                 slot: Some("standby_1"),
                 start: Lsn(0x1_2300_0000),
@@ -228,6 +236,7 @@ mod tests {
                 timeline: TimelineId(1),
             },
             Command::TimelineHistory(TimelineId(2)),
+            Command::UploadManifest,
         ];
         for cmd in commands {
             let text = cmd.text(v(17));

@@ -11,7 +11,7 @@
 //! - collect simple-query results ([`query`]);
 //! - build BASE_BACKUP for servers 10–14 and 15+ and decode either response into one event
 //!   stream ([`basebackup`]); build every other replication command pgclone sends, per server
-//!   version ([`command`]);
+//!   version ([`command`]); follow the COPY-in exchange of UPLOAD_MANIFEST ([`copy_in`]);
 //! - name the SQLSTATEs pgclone acts on ([`sqlstate`]);
 //! - split the tar archives inside it into members ([`tar`]);
 //! - WAL positions, timelines and segment names ([`lsn`]).
@@ -27,7 +27,9 @@
 //! - `startup.rs`: `Startup` state machine, `ServerVersion`
 //! - `query.rs`: `SimpleQuery`, `ResultSet`
 //! - `basebackup.rs`: `BaseBackupOptions`, `BaseBackupDecoder`, `BackupEvent`
-//! - `command.rs`: `Command` (IDENTIFY_SYSTEM, slots, START_REPLICATION, TIMELINE_HISTORY)
+//! - `command.rs`: `Command` (IDENTIFY_SYSTEM, slots, START_REPLICATION, TIMELINE_HISTORY,
+//!   UPLOAD_MANIFEST)
+//! - `copy_in.rs`: `CopyIn` (the client-to-server COPY after UPLOAD_MANIFEST)
 //! - `sqlstate.rs`: SQLSTATE constants
 //! - `tar.rs`: `TarSplitter`
 //! - `replication.rs`: `parse_copy_both`, `WalReceiver` (physical WAL streaming)
@@ -38,6 +40,7 @@
 pub mod backend;
 pub mod basebackup;
 pub mod command;
+pub mod copy_in;
 pub mod error;
 pub mod frontend;
 pub mod lsn;

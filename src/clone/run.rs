@@ -8,13 +8,16 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::time::Duration;
 
-use pgclone_proto::basebackup::{BaseBackupOptions, Checkpoint, ManifestOption, ServerCompression};
+use pgclone_proto::basebackup::{
+    BaseBackupOptions, Checkpoint, ManifestOption, ServerCompression, MIN_MAJOR_INCREMENTAL,
+};
 use pgclone_proto::command::Command;
 use pgclone_proto::sqlstate;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clone::backup::{self, Job, Outcome, Sink, WalLink};
+use crate::clone::upload::ReferenceManifest;
 use crate::conn::server::{self, ServerFacts};
 use crate::conn::{self, ConnParams, Connection, Prompt};
 use crate::error::Error;
@@ -45,6 +48,10 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
         r = connect_and_inspect(&mut params) => r?,
         () = interrupt.cancelled() => return Err(Error::Cancelled),
     };
+    let reference = match &cfg.incremental {
+        Some(path) => Some(reference_manifest(path, &facts)?),
+        None => None,
+    };
 
     // A slot made with -C exists before the backup starts, so its restart_lsn protects the
     // WAL from before the checkpoint; it is dropped again if the clone fails.
@@ -58,7 +65,16 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
 
     let mut cleanup = Cleanup::new();
     let abort = interrupt.child_token();
-    let result = clone_into(&cfg, &mut conn, &params, &facts, &mut cleanup, &abort).await;
+    let result = clone_into(
+        &cfg,
+        &mut conn,
+        &params,
+        &facts,
+        reference,
+        &mut cleanup,
+        &abort,
+    )
+    .await;
     match &result {
         Ok(outcome) => {
             cleanup.disarm();
@@ -102,13 +118,26 @@ async fn connect_and_inspect(params: &mut ConnParams) -> Result<(Connection, Ser
     Ok((conn, facts))
 }
 
+/// `-i`: refuses a server without incremental backups (pg_basebackup's message), then opens
+/// the manifest, before anything is created.
+fn reference_manifest(path: &Path, facts: &ServerFacts) -> Result<ReferenceManifest, Error> {
+    if !facts.version.is_at_least(MIN_MAJOR_INCREMENTAL) {
+        return Err(Error::IncompatibleServer(
+            "server does not support incremental backup".into(),
+        ));
+    }
+    ReferenceManifest::open(path)
+}
+
 /// Everything after the first connection: on error, the caller undoes what `cleanup` records.
-/// `abort` is cancelled by a signal, or by whichever task fails first.
+/// `abort` is cancelled by a signal, or by whichever task fails first. `reference` (`-i`) is
+/// uploaded just before BASE_BACKUP.
 async fn clone_into(
     cfg: &Config,
     conn: &mut Connection,
     params: &ConnParams,
     facts: &ServerFacts,
+    reference: Option<ReferenceManifest>,
     cleanup: &mut Cleanup,
     abort: &CancellationToken,
 ) -> Result<Outcome, Error> {
@@ -134,6 +163,12 @@ async fn clone_into(
         wal: None,
     };
     wait_for_first_data(cfg, conn).await?;
+    if let Some(reference) = reference {
+        tokio::select! {
+            r = reference.upload(conn) => r?,
+            () = abort.cancelled() => return Err(Error::Cancelled),
+        };
+    }
     let outcome = backup_and_stream(conn, cfg, facts, job, prepared, cleanup, abort).await?;
 
     if cfg.write_recovery_conf && cfg.format == Format::Plain {
@@ -244,6 +279,7 @@ fn backup_options(cfg: &Config) -> BaseBackupOptions {
             }),
             Compression::Client(_) => None,
         },
+        incremental: cfg.incremental.is_some(),
     }
 }
 

@@ -62,6 +62,9 @@ pub struct OutputArgs {
     /// output format (plain (default), tar)
     #[arg(short = 'F', long, value_name = "p|t")]
     pub format: Option<String>,
+    /// take incremental backup relative to OLDMANIFEST, an earlier backup's backup_manifest (17+ servers)
+    #[arg(short = 'i', long, value_name = "OLDMANIFEST")]
+    pub incremental: Option<PathBuf>,
     /// maximum transfer rate to transfer data directory (in kB/s, or use suffix "k" or "M")
     #[arg(short = 'r', long, value_name = "RATE")]
     pub max_rate: Option<String>,
@@ -270,6 +273,8 @@ mod tests {
             "-r",
             "1M",
             "-w",
+            "-i",
+            "/full/backup_manifest",
         ]) else {
             panic!("should parse")
         };
@@ -277,10 +282,16 @@ mod tests {
         assert_eq!(a.output.pgdata, Some(PathBuf::from("/data")));
         assert_eq!(a.general.verbose, 2);
         assert_eq!(a.output.tablespace_mapping, ["/a=/b", "/c=/d"]);
-        let Parsed::Run(a) = parse(["pgclone", "--host", "m", "--dest", "/x"]) else {
+        assert_eq!(
+            a.output.incremental,
+            Some(PathBuf::from("/full/backup_manifest"))
+        );
+        let Parsed::Run(a) = parse(["pgclone", "--host", "m", "--dest", "/x", "--incremental=/m"])
+        else {
             panic!("should parse")
         };
         assert_eq!(a.output.pgdata, Some(PathBuf::from("/x")));
+        assert_eq!(a.output.incremental, Some(PathBuf::from("/m")));
     }
 
     #[test]

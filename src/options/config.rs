@@ -1,13 +1,14 @@
 //! The validated configuration of one run, derived from the flags and the environment, with
 //! pg_basebackup's messages for bad values and bad combinations.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pgclone_proto::basebackup::{Checkpoint, ManifestOption, Target, MAX_RATE_RANGE};
 
 use crate::conn::{ConnFlags, ConnParams};
-use crate::error::Error;
+use crate::error::{os_text, Error};
 use crate::manifest::ChecksumAlgorithm;
 use crate::options::cli::Args;
 use crate::options::tablespace::TablespaceMapping;
@@ -95,6 +96,9 @@ pub struct Config {
     pub status_interval: Option<Duration>,
     /// `--timeout`: longest silence accepted from the server (`None` for 0: never).
     pub timeout: Option<Duration>,
+    /// `-i`: the earlier backup's manifest to upload for an incremental backup (17+). It
+    /// existed and was a file when the flags were checked.
+    pub incremental: Option<PathBuf>,
 }
 
 /// Default `--timeout`: five minutes of silence.
@@ -149,6 +153,9 @@ impl Config {
             ));
         }
         let (manifest, manifest_checksums) = manifest_options(args)?;
+        if let Some(path) = &args.output.incremental {
+            check_reference_manifest(path)?;
+        }
         if args.connection.password && args.connection.no_password {
             return Err(usage(
                 "-W/--password and -w/--no-password cannot be used together",
@@ -185,6 +192,7 @@ impl Config {
             no_slot: args.output.no_slot,
             status_interval,
             timeout,
+            incremental: args.output.incremental.clone(),
         })
     }
 }
@@ -408,6 +416,26 @@ fn manifest_options(args: &Args) -> Result<(ManifestOption, Option<ChecksumAlgor
         ManifestOption::Yes
     };
     Ok((manifest, checksums))
+}
+
+/// `-i`: the manifest must be a file that can be opened, with the message pg_basebackup gives
+/// when it cannot open it (pg_basebackup only finds out after connecting). Its contents are the
+/// server's to check.
+fn check_reference_manifest(path: &Path) -> Result<(), Error> {
+    let refused = |op: &str, e: &std::io::Error| {
+        Error::Usage(format!(
+            "could not {op} file \"{}\": {}",
+            path.display(),
+            os_text(e)
+        ))
+    };
+    let file = File::open(path).map_err(|e| refused("open", &e))?;
+    let meta = file.metadata().map_err(|e| refused("open", &e))?;
+    if meta.is_dir() {
+        let e = std::io::Error::from_raw_os_error(libc::EISDIR);
+        return Err(refused("read", &e));
+    }
+    Ok(())
 }
 
 /// A flag given in whole seconds: its largest value, its value when absent, whether 0 means
@@ -698,6 +726,29 @@ mod tests {
         assert_eq!(
             (c.slot.as_deref(), c.create_slot, c.status_interval),
             (Some("slot_1"), true, None)
+        );
+    }
+
+    #[test]
+    fn incremental_needs_a_manifest_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("backup_manifest");
+        let arg = missing.to_str().expect("utf8");
+        assert_eq!(
+            usage_message(&["-D", "/x", "-U", "u", "-i", arg]),
+            format!("could not open file \"{arg}\": No such file or directory")
+        );
+        let d = dir.path().to_str().expect("utf8");
+        assert_eq!(
+            usage_message(&["-D", "/x", "-U", "u", "--incremental", d]),
+            format!("could not read file \"{d}\": Is a directory")
+        );
+        std::fs::write(&missing, b"{}").expect("write");
+        let c = config(&["-D", "/x", "-U", "u", "-i", arg]).expect("valid");
+        assert_eq!(c.incremental.as_deref(), Some(missing.as_path()));
+        assert_eq!(
+            config(&["-D", "/x", "-U", "u"]).expect("valid").incremental,
+            None
         );
     }
 
