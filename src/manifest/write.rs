@@ -92,9 +92,7 @@ fn json_string(text: &str) -> String {
 /// `time` as the manifest's `Last-Modified` shows it: `YYYY-MM-DD HH:MM:SS GMT` (times before
 /// 1970 are shown as the epoch).
 pub fn gmt(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rest) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_from_days(days);
     format!(

@@ -227,11 +227,10 @@ impl ControlFile {
 
     /// Parses the bytes of a control file; `path` is only for messages.
     pub fn parse(bytes: &[u8], path: &Path) -> Result<Self, ControlError> {
-        let file: &[u8; CONTROL_FILE_SIZE] =
-            bytes.try_into().map_err(|_| ControlError::Size {
-                path: path.to_owned(),
-                size: bytes.len() as u64,
-            })?;
+        let file: &[u8; CONTROL_FILE_SIZE] = bytes.try_into().map_err(|_| ControlError::Size {
+            path: path.to_owned(),
+            size: bytes.len() as u64,
+        })?;
         let version = u32_at(file, offset::CONTROL_VERSION);
         let crc_at = match version {
             1700 => offset::CRC_17,
@@ -401,7 +400,10 @@ mod tests {
         let mut f = synthetic(1800);
         f[offset::REDO] ^= 1;
         let err = ControlFile::parse(&f, p).unwrap_err();
-        assert!(err.to_string().starts_with("incorrect checksum in"), "{err}");
+        assert!(
+            err.to_string().starts_with("incorrect checksum in"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -56,7 +56,10 @@ pub enum HistoryError {
 }
 
 /// Parses the history file of `timeline` (blank lines and `#` comments skipped).
-pub fn parse_history(timeline: TimelineId, content: &[u8]) -> Result<Vec<HistoryEntry>, HistoryError> {
+pub fn parse_history(
+    timeline: TimelineId,
+    content: &[u8],
+) -> Result<Vec<HistoryEntry>, HistoryError> {
     let text = String::from_utf8_lossy(content);
     let mut entries = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -69,8 +72,14 @@ pub fn parse_history(timeline: TimelineId, content: &[u8]) -> Result<Vec<History
             line: i + 1,
         };
         let mut fields = line.split_whitespace();
-        let tli = fields.next().and_then(|f| f.parse::<u32>().ok()).ok_or_else(bad)?;
-        let lsn = fields.next().and_then(|f| f.parse::<Lsn>().ok()).ok_or_else(bad)?;
+        let tli = fields
+            .next()
+            .and_then(|f| f.parse::<u32>().ok())
+            .ok_or_else(bad)?;
+        let lsn = fields
+            .next()
+            .and_then(|f| f.parse::<Lsn>().ok())
+            .ok_or_else(bad)?;
         entries.push(HistoryEntry {
             timeline: TimelineId(tli),
             switch_point: lsn,
@@ -91,13 +100,12 @@ impl ReferencePoint {
         if self.timeline == primary {
             return Ok(());
         }
-        let entry = entries
-            .iter()
-            .find(|e| e.timeline == self.timeline)
-            .ok_or(HistoryError::NotInHistory {
+        let entry = entries.iter().find(|e| e.timeline == self.timeline).ok_or(
+            HistoryError::NotInHistory {
                 ours: self.timeline,
                 primary,
-            })?;
+            },
+        )?;
         if self.end > entry.switch_point {
             return Err(HistoryError::Diverged {
                 ours: self.timeline,
@@ -135,7 +143,9 @@ mod tests {
         point(3, 0x900_0000).check_history(tli3, &entries).unwrap();
         point(1, 0x500_0000).check_history(tli3, &entries).unwrap();
         point(2, 0x600_0000).check_history(tli3, &entries).unwrap();
-        let err = point(1, 0x500_0001).check_history(tli3, &entries).unwrap_err();
+        let err = point(1, 0x500_0001)
+            .check_history(tli3, &entries)
+            .unwrap_err();
         assert!(matches!(err, HistoryError::Diverged { .. }), "{err}");
         let err = point(4, 0x100).check_history(tli3, &entries).unwrap_err();
         assert!(matches!(err, HistoryError::NotInHistory { .. }), "{err}");

@@ -151,7 +151,9 @@ fn walk(dir: &Path, rel: &[u8], files: &mut Vec<DataFile>) -> Result<(), WalkErr
 fn is_excluded_name(name: &[u8]) -> bool {
     name == b".DS_Store"
         || EXCLUDED_FILES.iter().any(|f| f.as_bytes() == name)
-        || EXCLUDED_PREFIXES.iter().any(|p| name.starts_with(p.as_bytes()))
+        || EXCLUDED_PREFIXES
+            .iter()
+            .any(|p| name.starts_with(p.as_bytes()))
 }
 
 /// Whether `name` in the relation directory `dir` is a fork of an unlogged relation other than
@@ -225,7 +227,10 @@ mod tests {
     fn relation_names_parse_like_the_server() {
         assert_eq!(parse_relation_file(b"16384"), Some((16384, None)));
         assert_eq!(parse_relation_file(b"16384_vm"), Some((16384, Some("vm"))));
-        assert_eq!(parse_relation_file(b"16384_init.2"), Some((16384, Some("init"))));
+        assert_eq!(
+            parse_relation_file(b"16384_init.2"),
+            Some((16384, Some("init")))
+        );
         assert_eq!(parse_relation_file(b"16384.1"), Some((16384, None)));
         for bad in [
             &b"016384"[..],
@@ -238,7 +243,12 @@ mod tests {
             b"PG_VERSION",
             b"t3_16384",
         ] {
-            assert_eq!(parse_relation_file(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_relation_file(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert!(looks_like_temp_relation(b"t3_16384"));
         assert!(looks_like_temp_relation(b"t3_16384_fsm.12"));
