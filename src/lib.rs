@@ -9,8 +9,9 @@
 //! - `clone/`: one clone from start to finish (`run`), the BASE_BACKUP task (`backup`), `-P`
 //!   (`progress`), SIGINT/SIGTERM/SIGHUP (`signals`)
 //! - `refresh/`: `--refresh`'s reference side: a stopped standby's `pg_control` (`control`),
-//!   its files as a base backup lists them (`walk`), the synthesized reference manifest
-//!   (`reference`), the check against the primary's timeline history (`history`)
+//!   `backup_label` (`label`), its files as a base backup lists them (`walk`), the synthesized
+//!   reference manifest (`reference`), the check against the primary's timeline history
+//!   (`history`)
 //! - `wal/`: the WAL task of `-X stream`, segment files (`segment`), `pg_wal.tar` (`tarwal`)
 //! - `recovery.rs`: everything `-R` writes
 //! - `sink/`: where archive bytes land: the plain writer (`plain`, with its path policy), the tar

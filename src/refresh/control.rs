@@ -303,6 +303,107 @@ impl ControlFile {
     }
 }
 
+/// A control file of `version` as a cleanly stopped standby has it (for tests).
+#[cfg(test)]
+pub(crate) fn sample(version: u32) -> ControlFile {
+    ControlFile {
+        system_identifier: 7_450_000_000_000_000_123,
+        pg_control_version: version,
+        catalog_version: 202_406_281,
+        state: DbState::ShutdownedInRecovery,
+        checkpoint: Lsn(0x3_0000_0100),
+        redo: Lsn(0x3_0000_0028),
+        timeline: TimelineId(2),
+        prev_timeline: TimelineId(2),
+        min_recovery_point: Lsn(0x3_0000_0200),
+        min_recovery_point_timeline: 2,
+        backup_start_point: Lsn::INVALID,
+        backup_end_point: Lsn::INVALID,
+        backup_end_required: false,
+        block_size: 8192,
+        relation_segment_blocks: 131_072,
+        wal_segment_size: WalSegSize::DEFAULT,
+        data_checksum_version: 1,
+    }
+}
+
+#[cfg(test)]
+impl ControlFile {
+    /// The 8192 bytes of this control file, CRC included (the fields this module reads; the
+    /// rest zero).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut f = vec![0u8; CONTROL_FILE_SIZE];
+        let mut put = |at: usize, bytes: &[u8]| f[at..at + bytes.len()].copy_from_slice(bytes);
+        put(
+            offset::SYSTEM_IDENTIFIER,
+            &self.system_identifier.to_le_bytes(),
+        );
+        put(
+            offset::CONTROL_VERSION,
+            &self.pg_control_version.to_le_bytes(),
+        );
+        put(offset::CATALOG_VERSION, &self.catalog_version.to_le_bytes());
+        let state = [
+            DbState::Startup,
+            DbState::Shutdowned,
+            DbState::ShutdownedInRecovery,
+            DbState::Shutdowning,
+            DbState::InCrashRecovery,
+            DbState::InArchiveRecovery,
+            DbState::InProduction,
+        ]
+        .iter()
+        .position(|s| *s == self.state)
+        .unwrap_or(0) as u32;
+        put(offset::STATE, &state.to_le_bytes());
+        put(offset::CHECKPOINT, &self.checkpoint.0.to_le_bytes());
+        put(offset::REDO, &self.redo.0.to_le_bytes());
+        put(offset::THIS_TIMELINE, &self.timeline.0.to_le_bytes());
+        put(offset::PREV_TIMELINE, &self.prev_timeline.0.to_le_bytes());
+        put(
+            offset::MIN_RECOVERY_POINT,
+            &self.min_recovery_point.0.to_le_bytes(),
+        );
+        put(
+            offset::MIN_RECOVERY_POINT_TLI,
+            &self.min_recovery_point_timeline.to_le_bytes(),
+        );
+        put(
+            offset::BACKUP_START_POINT,
+            &self.backup_start_point.0.to_le_bytes(),
+        );
+        put(
+            offset::BACKUP_END_POINT,
+            &self.backup_end_point.0.to_le_bytes(),
+        );
+        put(
+            offset::BACKUP_END_REQUIRED,
+            &[u8::from(self.backup_end_required)],
+        );
+        put(offset::BLCKSZ, &self.block_size.to_le_bytes());
+        put(
+            offset::RELSEG_SIZE,
+            &self.relation_segment_blocks.to_le_bytes(),
+        );
+        put(
+            offset::XLOG_SEG_SIZE,
+            &self.wal_segment_size.bytes().to_le_bytes(),
+        );
+        put(
+            offset::DATA_CHECKSUM_VERSION,
+            &self.data_checksum_version.to_le_bytes(),
+        );
+        let crc_at = if self.pg_control_version == 1700 {
+            offset::CRC_17
+        } else {
+            offset::CRC_18
+        };
+        let crc = crc32c::crc32c(&f[..crc_at]);
+        f[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+        f
+    }
+}
+
 fn u32_at(file: &[u8; CONTROL_FILE_SIZE], at: usize) -> u32 {
     let mut word = [0; 4];
     word.copy_from_slice(&file[at..at + 4]);
@@ -324,41 +425,13 @@ mod tests {
     /// A synthetic control file of `version` with a few fields set and a correct CRC.
     /// (Real files from initdb 17 and 18 are read in tests/refresh_reference.rs.)
     fn synthetic(version: u32) -> Vec<u8> {
-        let mut f = vec![0u8; CONTROL_FILE_SIZE];
-        let put32 = |f: &mut Vec<u8>, at: usize, v: u32| {
-            f[at..at + 4].copy_from_slice(&v.to_le_bytes());
-        };
-        let put64 = |f: &mut Vec<u8>, at: usize, v: u64| {
-            f[at..at + 8].copy_from_slice(&v.to_le_bytes());
-        };
-        put64(&mut f, offset::SYSTEM_IDENTIFIER, 7_450_000_000_000_000_123);
-        put32(&mut f, offset::CONTROL_VERSION, version);
-        put32(&mut f, offset::CATALOG_VERSION, 202_406_281);
-        put32(&mut f, offset::STATE, 2);
-        put64(&mut f, offset::CHECKPOINT, 0x3_0000_0100);
-        put64(&mut f, offset::REDO, 0x3_0000_0028);
-        put32(&mut f, offset::THIS_TIMELINE, 2);
-        put32(&mut f, offset::PREV_TIMELINE, 2);
-        put64(&mut f, offset::MIN_RECOVERY_POINT, 0x3_0000_0200);
-        put32(&mut f, offset::MIN_RECOVERY_POINT_TLI, 2);
-        put32(&mut f, offset::BLCKSZ, 8192);
-        put32(&mut f, offset::RELSEG_SIZE, 131_072);
-        put32(&mut f, offset::XLOG_SEG_SIZE, 16 << 20);
-        put32(&mut f, offset::DATA_CHECKSUM_VERSION, 1);
-        let crc_at = if version == 1700 {
-            offset::CRC_17
-        } else {
-            offset::CRC_18
-        };
-        let crc = crc32c::crc32c(&f[..crc_at]);
-        put32(&mut f, crc_at, crc);
-        f
+        sample(version).encode()
     }
-
     #[test]
     fn reads_both_layouts() {
         for version in SUPPORTED_VERSIONS {
             let c = ControlFile::parse(&synthetic(version), Path::new("x")).unwrap();
+            assert_eq!(c, sample(version));
             assert_eq!(c.pg_control_version, version);
             assert_eq!(c.system_identifier, 7_450_000_000_000_000_123);
             assert_eq!(c.state, DbState::ShutdownedInRecovery);

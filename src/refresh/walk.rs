@@ -56,6 +56,9 @@ pub struct DataFile {
     pub size: u64,
     /// Modification time.
     pub modified: SystemTime,
+    /// Whether the server treats it as a relation file (a relation file name in `global`, a
+    /// database directory of `base`, or of a tablespace), which it may send incrementally.
+    pub relation: bool,
 }
 
 /// A directory or file of the data directory that could not be read.
@@ -142,6 +145,7 @@ fn walk(dir: &Path, rel: &[u8], files: &mut Vec<DataFile>) -> Result<(), WalkErr
                 path: child_rel,
                 size: meta.len(),
                 modified: meta.modified().map_err(read_err(&path))?,
+                relation: relation_dir && parse_relation_file(name).is_some(),
             });
         }
     }
@@ -294,22 +298,22 @@ mod tests {
         ] {
             fs::write(d.join(file), vec![0u8; len]).unwrap();
         }
-        let listed: Vec<(String, u64)> = list_data_files(d)
+        let listed: Vec<(String, u64, bool)> = list_data_files(d)
             .unwrap()
             .into_iter()
-            .map(|f| (String::from_utf8(f.path).unwrap(), f.size))
+            .map(|f| (String::from_utf8(f.path).unwrap(), f.size, f.relation))
             .collect();
-        let want: Vec<(String, u64)> = [
-            ("PG_VERSION", 3),
-            ("base/5/16384", 8192),
-            ("base/5/16384_vm", 8192),
-            ("base/5/16390_init", 0),
-            ("global/pg_control", 8192),
-            ("pg_logical/replorigin_checkpoint", 8),
-            ("pg_tblspc/16400/PG_17_202406281/5/16401", 16384),
+        let want: Vec<(String, u64, bool)> = [
+            ("PG_VERSION", 3, false),
+            ("base/5/16384", 8192, true),
+            ("base/5/16384_vm", 8192, true),
+            ("base/5/16390_init", 0, true),
+            ("global/pg_control", 8192, false),
+            ("pg_logical/replorigin_checkpoint", 8, false),
+            ("pg_tblspc/16400/PG_17_202406281/5/16401", 16384, true),
         ]
         .into_iter()
-        .map(|(p, s)| (p.to_owned(), s))
+        .map(|(p, s, r)| (p.to_owned(), s, r))
         .collect();
         assert_eq!(listed, want);
     }
