@@ -4,8 +4,9 @@
 //! `pg_basebackup -i` of the same major takes an incremental backup from it whose relation files
 //! are `INCREMENTAL.*` files far smaller than the full ones; pg_combinebackup of the standby's
 //! directory and that incremental backup starts with the primary's data and clean page
-//! checksums (which proves the reference point: nothing changed before it is missing). The
-//! server refuses a manifest with a wrong checksum or another system identifier.
+//! checksums (nothing changed before the reference point is missing). The server refuses a
+//! manifest with a wrong checksum, another system identifier, a timeline not in its history, or
+//! a start before its WAL summaries begin (the messages a refresh has to translate).
 
 mod support;
 
@@ -15,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use pgclone::manifest::{Manifest, ManifestWriter};
+use pgclone::manifest::{Manifest, ManifestWriter, WalRange};
 use pgclone::refresh::{synthesize, ControlFile, DbState, ReferencePoint};
-use pgclone_proto::Lsn;
+use pgclone_proto::{Lsn, TimelineId};
 use support::{
     as_pg_user, chown_to_pg_user, create_table_t, initdb_cmd, output_text, pgclone_cmd, server_bin,
     tools_bin, Cluster, ClusterOptions, TestDir,
@@ -339,7 +340,7 @@ fn standby_reference_is_accepted(major: u32, stop: Stop) {
     let manifest_path = s.work.join("reference_manifest");
     write_file(&manifest_path, &reference.manifest);
 
-    refused_manifests(&s, &reference.manifest);
+    refused_manifests(&s, &reference.manifest, reference.point);
 
     // The real pg_basebackup of this major uploads it and takes an incremental backup.
     let inc = s.work.join("inc");
@@ -367,6 +368,17 @@ fn standby_reference_is_accepted(major: u32, stop: Stop) {
         incremental * 10 < full,
         "INCREMENTAL.{name} has {incremental} bytes, the full file {full}"
     );
+    // The tablespace's table too, under the tablespace's directory.
+    let t_path = p.psql("SELECT pg_relation_filepath('t')");
+    let (t_dir, t_name) = t_path.rsplit_once('/').expect("path");
+    let in_ts = t_dir.splitn(3, '/').nth(2).expect("pg_tblspc/<oid>/...");
+    assert!(
+        ts_inc
+            .join(in_ts)
+            .join(format!("INCREMENTAL.{t_name}"))
+            .is_file(),
+        "{t_path} not sent incrementally"
+    );
     let (inc_size, standby_size) = (
         tree_size(&inc) + tree_size(&ts_inc),
         tree_size(&s.standby_dir),
@@ -379,24 +391,38 @@ fn standby_reference_is_accepted(major: u32, stop: Stop) {
     combine_and_compare(&s, &inc, &ts_inc);
 }
 
-/// The server refuses the reference with one byte of its body changed, and a manifest of
-/// another cluster.
-fn refused_manifests(s: &Setup, manifest: &[u8]) {
+/// The server refuses the reference with one byte of its body changed, a manifest of another
+/// cluster, one on a timeline it never had, and one from before its WAL summaries begin.
+fn refused_manifests(s: &Setup, manifest: &[u8], point: ReferencePoint) {
     let scratch = TestDir::new("refref-bad");
     let mut bad = manifest.to_vec();
     let at = bad.iter().position(|&b| b == b'[').expect("Files list");
     bad.insert(at + 1, b' ');
-    let other = ManifestWriter::new(42).finish(&[ReferencePoint::from_control(
-        &ControlFile::read_data_dir(&s.standby_dir).expect("control"),
-    )
-    .expect("point")
-    .wal_range()]);
+    let with_range = |sysid: u64, range: WalRange| ManifestWriter::new(sysid).finish(&[range]);
+    let sysid = point.system_identifier;
+    let other = with_range(42, point.wal_range());
+    let mut range = point.wal_range();
+    range.timeline = TimelineId(7);
+    let other_timeline = with_range(sysid, range);
+    let mut range = point.wal_range();
+    range.start = Lsn(0x10);
+    let unsummarized = with_range(sysid, range);
     for (name, bytes, want) in [
         ("bad-checksum", bad, "manifest checksum mismatch"),
         (
             "other-system",
             other,
             "system identifier in backup manifest is 42",
+        ),
+        (
+            "other-timeline",
+            other_timeline,
+            "timeline 7 found in manifest, but not in this server's history",
+        ),
+        (
+            "unsummarized",
+            unsummarized,
+            "WAL summaries are required on timeline 1 from 0/10",
         ),
     ] {
         let path = scratch.join(name);
