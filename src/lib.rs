@@ -8,14 +8,18 @@
 //!   (`config`), `-T` mappings (`tablespace`), the `pgclone verify` subcommand's flags (`verify`)
 //! - `clone/`: one clone from start to finish (`run`), the BASE_BACKUP task (`backup`), `-P`
 //!   (`progress`), SIGINT/SIGTERM/SIGHUP (`signals`), `-i`'s UPLOAD_MANIFEST (`upload`)
+//! - `refresh/`: `--refresh`'s reference side: a stopped standby's `pg_control` (`control`),
+//!   `backup_label` (`label`), its files as a base backup lists them (`walk`), the synthesized
+//!   reference manifest (`reference`), the check against the primary's timeline history
+//!   (`history`)
 //! - `wal/`: the WAL task of `-X stream`, segment files (`segment`), `pg_wal.tar` (`tarwal`)
 //! - `recovery.rs`: everything `-R` writes
 //! - `sink/`: where archive bytes land: the plain writer (`plain`, with its path policy), the tar
 //!   writer (`tar`), compression (`codec`), writeback and fsync (`writeback`, `durable`), the
 //!   destination's checks and cleanup (`dest`)
 //! - `manifest/`: the `backup_manifest` model, its parsing (`parse`), per-file checksums
-//!   (`checksum`), differences from it (`compare`), the check while writing (`check`),
-//!   `pgclone verify` (`verify`: the run, `files`, `wal`)
+//!   (`checksum`), differences from it (`compare`), the check while writing (`check`), writing
+//!   one (`write`), `pgclone verify` (`verify`: the run, `files`, `wal`)
 //! - `conn/`: connection strings (`conninfo`), `.pgpass` (`pgpass`), TLS (`tls`), connecting and
 //!   messaging, the server's facts (`server`)
 //! - `error.rs`: the error type and exit codes; `output.rs`: stderr
@@ -27,6 +31,7 @@ pub mod manifest;
 pub mod options;
 pub mod output;
 pub mod recovery;
+pub mod refresh;
 pub mod sink;
 pub mod wal;
 

@@ -10,8 +10,8 @@
 //! Here: the model ([`Manifest`], [`ManifestFile`], [`WalRange`]), the errors and the ignore
 //! list; `parse` reads the JSON and the manifest's own checksum; `checksum` computes per-file
 //! checksums; `compare` says how files differ from the manifest ([`Problem`],
-//! [`WrittenFiles`]); `check` checks the sinks' output while they write it; `verify` is
-//! `pgclone verify`.
+//! [`WrittenFiles`]); `check` checks the sinks' output while they write it; `write` writes a
+//! version 2 manifest ([`ManifestWriter`]); `verify` is `pgclone verify`.
 //!
 //! # Verifying while writing
 //! ```
@@ -39,6 +39,7 @@ mod checksum;
 mod compare;
 mod parse;
 pub mod verify;
+mod write;
 
 use std::collections::HashMap;
 
@@ -46,6 +47,7 @@ use pgclone_proto::{Lsn, TimelineId};
 
 pub use checksum::{hex, Checksum, ChecksumAlgorithm};
 pub use compare::{compare_checksum, Problem, WrittenFiles};
+pub use write::{gmt, ManifestWriter};
 
 /// Paths pg_verifybackup leaves out of every check (and everything beneath them): files the
 /// manifest cannot list or that the client may create or change (`-R`).
