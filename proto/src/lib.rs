@@ -14,6 +14,8 @@
 //!   version ([`command`]);
 //! - name the SQLSTATEs pgclone acts on ([`sqlstate`]);
 //! - split the tar archives inside it into members ([`tar`]);
+//! - decode the `INCREMENTAL.` members of an incremental backup (17+) and state how they
+//!   rebuild a file ([`incremental`]);
 //! - WAL positions, timelines and segment names ([`lsn`]).
 //!
 //! What it does not do: TLS, connection strings, files, paths, policy about what a member may
@@ -30,6 +32,7 @@
 //! - `command.rs`: `Command` (IDENTIFY_SYSTEM, slots, START_REPLICATION, TIMELINE_HISTORY)
 //! - `sqlstate.rs`: SQLSTATE constants
 //! - `tar.rs`: `TarSplitter`
+//! - `incremental.rs`: `IncrementalDecoder`, `Header`, `Plan` (incremental members, 17+)
 //! - `replication.rs`: `parse_copy_both`, `WalReceiver` (physical WAL streaming)
 
 #![warn(missing_docs)]
@@ -40,6 +43,7 @@ pub mod basebackup;
 pub mod command;
 pub mod error;
 pub mod frontend;
+pub mod incremental;
 pub mod lsn;
 pub mod query;
 mod reader;
