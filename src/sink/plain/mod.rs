@@ -438,7 +438,7 @@ impl Unpacker {
     fn tablespace_link(&self, archive: &Archive, rel: &Path) -> Option<&PathBuf> {
         archive
             .base
-            .then(|| tablespace_oid(rel))
+            .then(|| path::tablespace_oid(rel))
             .flatten()
             .and_then(|oid| self.layout.tablespace_links.get(&oid))
     }
@@ -460,17 +460,10 @@ impl Unpacker {
     }
 }
 
-/// `pg_tblspc/<oid>` → the oid.
-fn tablespace_oid(rel: &Path) -> Option<Oid> {
-    let inner = rel.strip_prefix("pg_tblspc").ok()?;
-    let s = inner.to_str()?;
-    if s.contains('/') || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
-fn make_dir(path: &Path, mode: u32, precreated: bool) -> Result<(), Error> {
+/// Creates the directory of a member with `mode`; one that exists is accepted (and given
+/// `mode`) only when `precreated`. Shared with the in-place writer, for which every directory
+/// may exist.
+pub(crate) fn make_dir(path: &Path, mode: u32, precreated: bool) -> Result<(), Error> {
     match fs::DirBuilder::new().mode(mode).create(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && precreated => {}
