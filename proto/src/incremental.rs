@@ -7,7 +7,11 @@
 //! server or by `pg_combinebackup`); the decoder learns the order from the magic number.
 //! 1. magic `0xd3ae1f0d`;
 //! 2. block count `N` (at most [`RELSEG_SIZE`]);
-//! 3. truncation block length (at most [`RELSEG_SIZE`]);
+//! 3. truncation block length: the file's length in blocks at the backup's start, raised to
+//!    the lowest block a truncation in the range removed. Servers before the January 2026
+//!    minor releases (17.8, 18.2) could send more than [`RELSEG_SIZE`] for a segment of a
+//!    relation truncated in the range; the fixed servers send [`RELSEG_SIZE`] there, and the
+//!    decoder caps it the same way (where `pg_combinebackup` refuses the file);
 //! 4. `N` block numbers relative to the segment; the server sorts them, so they are strictly
 //!    increasing here, each below [`RELSEG_SIZE`];
 //! 5. when `N > 0`, zeros up to the next multiple of [`BLCKSZ`] (nothing when `N == 0`: an
@@ -184,12 +188,6 @@ pub enum IncrementalError {
     TooManyBlocks {
         /// What the header says.
         count: u32,
-    },
-    /// A truncation block length beyond a segment.
-    #[error("truncation block length {length} exceeds the segment size {RELSEG_SIZE}")]
-    TruncationTooLong {
-        /// What the header says.
-        length: u32,
     },
     /// A block number at or beyond the segment size.
     #[error("block number {number} is not below the segment size {RELSEG_SIZE}")]
@@ -430,12 +428,10 @@ impl IncrementalDecoder {
         if count > RELSEG_SIZE {
             return Err(IncrementalError::TooManyBlocks { count });
         }
-        let truncation_block_length = order.read(word(2));
-        if truncation_block_length > RELSEG_SIZE {
-            return Err(IncrementalError::TruncationTooLong {
-                length: truncation_block_length,
-            });
-        }
+        // Servers before the January 2026 minor releases (upstream commit "Don't set the
+        // truncation block length greater than RELSEG_SIZE") may send more for a segment of a
+        // relation truncated in the range; the fix caps it at the segment size, as here.
+        let truncation_block_length = order.read(word(2)).min(RELSEG_SIZE);
         let count = count as usize;
         self.check_member_size(count)?;
         self.state = State::Numbers {
@@ -619,7 +615,6 @@ mod tests {
         let cases = [
             (header_words(&[1, 0, 0]), "BadMagic"),
             (header_words(&[m, RELSEG_SIZE + 1, 0]), "TooManyBlocks"),
-            (header_words(&[m, 0, RELSEG_SIZE + 1]), "TruncationTooLong"),
             (header_words(&[m, 1, 0, RELSEG_SIZE]), "BlockOutOfRange"),
             (header_words(&[m, 2, 0, 5, 5]), "BlockOrder"),
             (header_words(&[m, 2, 0, 5, 4]), "BlockOrder"),
@@ -629,6 +624,16 @@ mod tests {
             let err = d.handle_data(Bytes::from(bytes)).expect_err(want);
             assert!(format!("{err:?}").starts_with(want), "{want}: {err:?}");
         }
+    }
+
+    #[test]
+    fn caps_the_truncation_block_length_at_the_segment_size() {
+        let bytes = header_words(&[INCREMENTAL_MAGIC, 0, RELSEG_SIZE + 5]);
+        let events = decode_split(&bytes, 3).expect("decodes");
+        let IncrementalEvent::Header(h) = &events[0] else {
+            panic!("header")
+        };
+        assert_eq!(h.truncation_block_length, RELSEG_SIZE);
     }
 
     #[test]
