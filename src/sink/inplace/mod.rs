@@ -2,7 +2,9 @@
 //! directory and its tablespace directories, so that they hold what a fresh clone would.
 //!
 //! Fed the same [`Chunk`]s as the plain writer, member by member:
-//! - `INCREMENTAL.<relfile>`: the existing `<relfile>` is rebuilt in place the way
+//! - `INCREMENTAL.<relfile>` (in a tablespace, in `global` or beneath `base/`, where
+//!   `pg_combinebackup` looks for them; elsewhere such a name is an ordinary file): the existing
+//!   `<relfile>` is rebuilt in place the way
 //!   `pg_combinebackup` rebuilds it ([`pgclone_proto::incremental`]): cut to the prior blocks
 //!   that stay, each sent block written at `number * 8192`, the length set to the
 //!   reconstructed one. A missing `<relfile>` is created only when no block of the result
@@ -44,7 +46,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use pgclone_proto::incremental::relation_file_name;
+use pgclone_proto::incremental::{relation_file_name, INCREMENTAL_PREFIX};
 use pgclone_proto::tar::{Member, MemberKind, TarEvent, TarSplitter};
 use pgclone_proto::Oid;
 
@@ -377,7 +379,7 @@ impl Applier {
         refuse: &dyn Fn(&str) -> Error,
     ) -> Result<PathBuf, Error> {
         let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name.starts_with(pgclone_proto::incremental::INCREMENTAL_PREFIX) {
+        if name.starts_with(INCREMENTAL_PREFIX) && incremental_dir(&rel, base) {
             let bare = relation_file_name(name)
                 .ok_or_else(|| refuse("an INCREMENTAL. member that is not a relation file"))?;
             let target = rel.with_file_name(bare);
@@ -399,6 +401,16 @@ impl Applier {
         self.current = Some(Current::Whole(whole::WholeFile::create(path, mode, size)?));
         Ok(rel)
     }
+}
+
+/// Whether an `INCREMENTAL.` name in the directory of `rel` is an incremental member, as
+/// `pg_combinebackup` decides: anywhere in a tablespace's archive; in the base archive only in
+/// `global` and beneath `base/`. Elsewhere such a name is an ordinary file.
+fn incremental_dir(rel: &Path, base: bool) -> bool {
+    let Some(dir) = rel.parent() else {
+        return false;
+    };
+    !base || dir == Path::new("global") || (dir.starts_with("base") && dir != Path::new("base"))
 }
 
 /// `pg_tblspc/<x>/...`: beneath where a tablespace link is.

@@ -79,6 +79,7 @@ fn rebuilds_files_as_pg_combinebackup_does() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dest = tmp.path();
     fs::create_dir(dest.join("global")).expect("mkdir");
+    fs::create_dir_all(dest.join("base/1")).expect("mkdir");
     let partial = {
         let mut p = blocks(3, 30);
         p.truncate(2 * BLCKSZ + 100);
@@ -109,10 +110,10 @@ fn rebuilds_files_as_pg_combinebackup_does() {
     let mut members = Vec::new();
     for (name, prior, tbl, sent) in &cases {
         if let Some(p) = prior {
-            fs::write(dest.join(name), p).expect("prior");
+            fs::write(dest.join("base/1").join(name), p).expect("prior");
         }
         members.push((
-            format!("INCREMENTAL.{name}"),
+            format!("base/1/INCREMENTAL.{name}"),
             incremental_member(*tbl, sent),
         ));
     }
@@ -127,7 +128,7 @@ fn rebuilds_files_as_pg_combinebackup_does() {
         assert_eq!(applied.stats().incremental_files, 5);
         for (name, prior, tbl, sent) in &cases {
             let want = reconstruct(prior.as_deref(), *tbl, sent);
-            let got = fs::read(dest.join(name)).expect("read");
+            let got = fs::read(dest.join("base/1").join(name)).expect("read");
             assert!(
                 got == want,
                 "{name} (round {round}): {} vs {} bytes",
@@ -145,7 +146,7 @@ fn refuses_a_missing_file_it_would_need_blocks_from() {
     let member = incremental_member(3, &[(1, block(1))]);
     let err = apply(
         tmp.path(),
-        &[("INCREMENTAL.16384", MemberKind::File, &member, None)],
+        &[("global/INCREMENTAL.16384", MemberKind::File, &member, None)],
     )
     .expect_err("refused");
     assert!(
@@ -158,18 +159,19 @@ fn refuses_a_missing_file_it_would_need_blocks_from() {
         ),
         "{err:?}"
     );
-    assert!(!tmp.path().join("16384").exists(), "nothing created");
+    assert!(!tmp.path().join("global/16384").exists(), "nothing created");
 }
 
 #[test]
 fn refuses_malformed_members_and_non_relation_names() {
     let tmp = tempfile::tempdir().expect("tmp");
-    fs::write(tmp.path().join("1"), block(1)).expect("prior");
+    fs::create_dir(tmp.path().join("global")).expect("mkdir");
+    fs::write(tmp.path().join("global/1"), block(1)).expect("prior");
     let mut bad = incremental_member(1, &[(0, block(2))]);
     bad.truncate(bad.len() - 1);
     let err = apply(
         tmp.path(),
-        &[("INCREMENTAL.1", MemberKind::File, &bad, None)],
+        &[("global/INCREMENTAL.1", MemberKind::File, &bad, None)],
     )
     .expect_err("refused");
     assert!(
@@ -183,11 +185,41 @@ fn refuses_malformed_members_and_non_relation_names() {
         "{err:?}"
     );
     let member = incremental_member(0, &[]);
-    for name in ["global/INCREMENTAL.pg_control", "INCREMENTAL.x"] {
+    for name in ["global/INCREMENTAL.pg_control", "base/1/INCREMENTAL.x"] {
         let err =
             apply(tmp.path(), &[(name, MemberKind::File, &member, None)]).expect_err("refused");
         assert!(matches!(err, Error::UnsafeMember { .. }), "{name}: {err:?}");
     }
+}
+
+#[test]
+fn incremental_names_outside_relation_directories_are_ordinary_files() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    fs::create_dir_all(tmp.path().join("global")).expect("mkdir");
+    apply(
+        tmp.path(),
+        &[
+            ("INCREMENTAL.1", MemberKind::File, b"top", None),
+            ("log/", MemberKind::Directory, b"", None),
+            ("log/INCREMENTAL.2", MemberKind::File, b"log", None),
+            ("base/", MemberKind::Directory, b"", None),
+            ("base/INCREMENTAL.3", MemberKind::File, b"base", None),
+            CONTROL,
+        ],
+    )
+    .expect("applies");
+    assert_eq!(
+        fs::read(tmp.path().join("INCREMENTAL.1")).expect("read"),
+        b"top"
+    );
+    assert_eq!(
+        fs::read(tmp.path().join("log/INCREMENTAL.2")).expect("read"),
+        b"log"
+    );
+    assert_eq!(
+        fs::read(tmp.path().join("base/INCREMENTAL.3")).expect("read"),
+        b"base"
+    );
 }
 
 #[test]
