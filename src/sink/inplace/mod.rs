@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use pgclone_proto::incremental::{relation_file_name, INCREMENTAL_PREFIX};
-use pgclone_proto::tar::{Member, MemberKind, TarEvent, TarSplitter};
+use pgclone_proto::tar::{Member, MemberKind, TarEvent};
 use pgclone_proto::Oid;
 
 use crate::error::Error;
@@ -55,6 +55,7 @@ use crate::sink::codec::Method;
 use crate::sink::durable;
 use crate::sink::manifest_out::ManifestOut;
 use crate::sink::plain::{make_dir, path};
+use crate::sink::split::ArchiveSplitter;
 use crate::sink::{ArchiveRoot, Chunk};
 
 pub use stale::{KeepEntry, KeepList, Removed};
@@ -123,9 +124,8 @@ impl Touched {
 }
 
 struct Archive {
-    name: String,
+    split: ArchiveSplitter,
     record: usize,
-    splitter: TarSplitter,
 }
 
 /// The member being written.
@@ -195,7 +195,7 @@ impl Applier {
         if let Some(a) = &self.archive {
             return Err(Error::Internal(format!(
                 "archive {} was not finished",
-                a.name
+                a.split.name
             )));
         }
         if self.saw_base && self.control.is_none() {
@@ -230,37 +230,25 @@ impl Applier {
             paths: HashSet::new(),
         });
         self.archive = Some(Archive {
-            name,
+            split: ArchiveSplitter::new(name),
             record: self.records.len() - 1,
-            splitter: TarSplitter::new(),
         });
         Ok(())
     }
 
     fn end_archive(&mut self) -> Result<(), Error> {
-        if let Some(mut archive) = self.archive.take() {
-            archive.splitter.finish().map_err(|source| Error::Tar {
-                archive: archive.name.clone(),
-                source,
-            })?;
+        match self.archive.take() {
+            Some(archive) => archive.split.finish(),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn archive_data(&mut self, pieces: impl IntoIterator<Item = Bytes>) -> Result<(), Error> {
         let Some(archive) = self.archive.as_mut() else {
             return Err(Error::Internal("archive data outside an archive".into()));
         };
-        for data in pieces {
-            archive
-                .splitter
-                .handle_data(data)
-                .map_err(|source| Error::Tar {
-                    archive: archive.name.clone(),
-                    source,
-                })?;
-        }
-        while let Some(event) = self.archive.as_mut().and_then(|a| a.splitter.poll_event()) {
+        archive.split.feed(pieces)?;
+        while let Some(event) = self.archive.as_mut().and_then(|a| a.split.poll_event()) {
             match event {
                 TarEvent::Member(m) => self.begin_member(&m)?,
                 TarEvent::Data(data) => self.member_data(data)?,
@@ -318,7 +306,7 @@ impl Applier {
         let Some(archive) = self.archive.as_ref() else {
             return Ok(());
         };
-        let archive_name = archive.name.clone();
+        let archive_name = archive.split.name.clone();
         let record = archive.record;
         let refuse = |reason: &str| Error::UnsafeMember {
             archive: archive_name.clone(),

@@ -24,7 +24,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use pgclone_proto::tar::{Member, MemberKind, TarEvent, TarSplitter};
+use pgclone_proto::tar::{Member, MemberKind, TarEvent};
 use pgclone_proto::Oid;
 use tokio::sync::mpsc;
 
@@ -34,6 +34,7 @@ use crate::manifest::ChecksumAlgorithm;
 use crate::sink::codec::{self, Method};
 use crate::sink::fs::{create_new, preallocate};
 use crate::sink::manifest_out::ManifestOut;
+use crate::sink::split::ArchiveSplitter;
 use crate::sink::writeback::{FileProgress, Writeback};
 use crate::sink::{ArchiveRoot, Chunk, Stats};
 
@@ -204,10 +205,9 @@ impl io::Read for ArchiveReader<'_> {
 }
 
 struct Archive {
-    name: String,
+    split: ArchiveSplitter,
     root: PathBuf,
     base: bool,
-    splitter: TarSplitter,
 }
 
 struct OpenFile {
@@ -253,7 +253,7 @@ impl Unpacker {
         if let Some(a) = &self.archive {
             return Err(Error::Internal(format!(
                 "archive {} was not finished",
-                a.name
+                a.split.name
             )));
         }
         Ok(self.stats)
@@ -282,44 +282,32 @@ impl Unpacker {
             v.start_archive(oid);
         }
         self.archive = Some(Archive {
-            name,
+            split: ArchiveSplitter::new(name),
             root,
             base,
-            splitter: TarSplitter::new(),
         });
     }
 
     /// The archive ended: its tar stream must be complete.
     fn end_archive(&mut self) -> Result<(), Error> {
-        if let Some(mut archive) = self.archive.take() {
-            archive.splitter.finish().map_err(|source| Error::Tar {
-                archive: archive.name.clone(),
-                source,
-            })?;
+        match self.archive.take() {
+            Some(archive) => archive.split.finish(),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn archive_data(&mut self, pieces: impl IntoIterator<Item = Bytes>) -> Result<(), Error> {
         let Some(archive) = self.archive.as_mut() else {
             return Err(Error::Internal("archive data outside an archive".into()));
         };
-        for data in pieces {
-            archive
-                .splitter
-                .handle_data(data)
-                .map_err(|source| Error::Tar {
-                    archive: archive.name.clone(),
-                    source,
-                })?;
-        }
+        archive.split.feed(pieces)?;
         self.drain()
     }
 
     /// Applies the splitter's events; consecutive contents of a file go out in one `writev`.
     fn drain(&mut self) -> Result<(), Error> {
         let mut contents: Vec<Bytes> = Vec::new();
-        while let Some(event) = self.archive.as_mut().and_then(|a| a.splitter.poll_event()) {
+        while let Some(event) = self.archive.as_mut().and_then(|a| a.split.poll_event()) {
             if let TarEvent::Data(data) = event {
                 contents.push(data);
                 continue;
@@ -370,7 +358,7 @@ impl Unpacker {
             return Ok(());
         };
         let refuse = |reason: String| Error::UnsafeMember {
-            archive: archive.name.clone(),
+            archive: archive.split.name.clone(),
             member: String::from_utf8_lossy(&m.name).into_owned(),
             reason,
         };
