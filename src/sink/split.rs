@@ -47,3 +47,20 @@ impl ArchiveSplitter {
         self.splitter.finish().map_err(error)
     }
 }
+
+/// Feeds `pieces` to the current archive's splitter; data outside an archive is an internal
+/// error.
+pub fn feed(
+    current: Option<&mut ArchiveSplitter>,
+    pieces: impl IntoIterator<Item = Bytes>,
+) -> Result<(), Error> {
+    match current {
+        Some(split) => split.feed(pieces),
+        None => Err(Error::Internal("archive data outside an archive".into())),
+    }
+}
+
+/// Ends the current archive, if there is one: its tar stream must be complete.
+pub fn end(current: Option<ArchiveSplitter>) -> Result<(), Error> {
+    current.map_or(Ok(()), ArchiveSplitter::finish)
+}

@@ -55,7 +55,7 @@ use crate::sink::codec::Method;
 use crate::sink::durable;
 use crate::sink::manifest_out::ManifestOut;
 use crate::sink::plain::{make_dir, path};
-use crate::sink::split::ArchiveSplitter;
+use crate::sink::split::{self, ArchiveSplitter};
 use crate::sink::{ArchiveRoot, Chunk};
 
 pub use stale::{KeepEntry, KeepList, Removed};
@@ -237,17 +237,11 @@ impl Applier {
     }
 
     fn end_archive(&mut self) -> Result<(), Error> {
-        match self.archive.take() {
-            Some(archive) => archive.split.finish(),
-            None => Ok(()),
-        }
+        split::end(self.archive.take().map(|a| a.split))
     }
 
     fn archive_data(&mut self, pieces: impl IntoIterator<Item = Bytes>) -> Result<(), Error> {
-        let Some(archive) = self.archive.as_mut() else {
-            return Err(Error::Internal("archive data outside an archive".into()));
-        };
-        archive.split.feed(pieces)?;
+        split::feed(self.archive.as_mut().map(|a| &mut a.split), pieces)?;
         while let Some(event) = self.archive.as_mut().and_then(|a| a.split.poll_event()) {
             match event {
                 TarEvent::Member(m) => self.begin_member(&m)?,

@@ -34,7 +34,7 @@ use crate::manifest::ChecksumAlgorithm;
 use crate::sink::codec::{self, Method};
 use crate::sink::fs::{create_new, preallocate};
 use crate::sink::manifest_out::ManifestOut;
-use crate::sink::split::ArchiveSplitter;
+use crate::sink::split::{self, ArchiveSplitter};
 use crate::sink::writeback::{FileProgress, Writeback};
 use crate::sink::{ArchiveRoot, Chunk, Stats};
 
@@ -290,17 +290,11 @@ impl Unpacker {
 
     /// The archive ended: its tar stream must be complete.
     fn end_archive(&mut self) -> Result<(), Error> {
-        match self.archive.take() {
-            Some(archive) => archive.split.finish(),
-            None => Ok(()),
-        }
+        split::end(self.archive.take().map(|a| a.split))
     }
 
     fn archive_data(&mut self, pieces: impl IntoIterator<Item = Bytes>) -> Result<(), Error> {
-        let Some(archive) = self.archive.as_mut() else {
-            return Err(Error::Internal("archive data outside an archive".into()));
-        };
-        archive.split.feed(pieces)?;
+        split::feed(self.archive.as_mut().map(|a| &mut a.split), pieces)?;
         self.drain()
     }
 
