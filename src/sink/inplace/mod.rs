@@ -58,7 +58,7 @@ use crate::sink::plain::{make_dir, path};
 use crate::sink::split::{self, ArchiveSplitter};
 use crate::sink::{ArchiveRoot, Chunk};
 
-pub use stale::{KeepEntry, KeepList, Removed};
+pub use stale::{clear_wal, KeepEntry, KeepList, Removed};
 pub use whole::TEMP_SUFFIX;
 
 /// The control file's path in the base archive.
@@ -72,7 +72,8 @@ pub const CONTROL_FILE_MAX: u64 = 8192;
 pub struct Layout {
     /// The existing data directory.
     pub dest: PathBuf,
-    /// Target of the `pg_tblspc/<oid>` link for each tablespace (as for the plain writer).
+    /// Target of the `pg_tblspc/<oid>` link for each tablespace (as for the plain writer). The
+    /// tablespace directories themselves (the archives' roots) must exist.
     pub tablespace_links: HashMap<Oid, PathBuf>,
 }
 

@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
+use crate::sink::durable::sync_path;
 use crate::sink::MANIFEST_TMP;
 
 /// One path [`KeepList`] protects, relative to the data directory.
@@ -22,8 +23,8 @@ pub enum KeepEntry {
 /// archive did not contain it.
 ///
 /// [`KeepList::default`] holds what the server never sends and a refresh still needs there:
-/// - `pg_wal/` and all of it: the WAL stage writes it, while the base archive arrives (the
-///   caller clears stale WAL itself before its WAL task starts);
+/// - `pg_wal/` and all of it: the WAL stage writes it while the base archive arrives (the
+///   caller clears the old WAL with [`clear_wal`] before its WAL task starts);
 /// - `postmaster.pid`, `postmaster.opts`: PostgreSQL's own bookkeeping (the caller has made sure
 ///   no postmaster runs; a stale pid file is PostgreSQL's to judge);
 /// - `backup_manifest` and its temporary name: the caller writes the new one.
@@ -193,4 +194,33 @@ impl Walk<'_> {
             self.dirs.insert(parent.to_path_buf());
         }
     }
+}
+
+/// Removes every regular file beneath the data directory's `pg_wal` (through a `pg_wal` link to
+/// a WAL directory), keeping the directories (`archive_status`, `summaries`) and any link: the
+/// WAL of a fresh clone is only what its WAL stage writes. Call it before that stage starts;
+/// [`KeepList::default`] keeps `pg_wal` for it. With `sync`, the directories whose entries
+/// changed are fsynced.
+pub fn clear_wal(dest: &Path, sync: bool) -> Result<Removed, Error> {
+    let mut removed = Removed::default();
+    let mut changed = BTreeSet::new();
+    let mut stack = vec![dest.join("pg_wal")];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).map_err(Error::fs("read directory", &dir))? {
+            let entry = entry.map_err(Error::fs("read directory", &dir))?;
+            let kind = entry.file_type().map_err(Error::fs("stat", entry.path()))?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(Error::fs("remove file", &path))?;
+                removed.files += 1;
+                changed.insert(dir.clone());
+            }
+        }
+    }
+    if sync {
+        changed.iter().try_for_each(|d| sync_path(d))?;
+    }
+    Ok(removed)
 }

@@ -393,6 +393,8 @@ fn removes_what_the_primary_no_longer_has() {
         "another version's directory is left alone"
     );
     assert!(applied.received_in_base(Path::new("base/1/1259")));
+    assert_eq!(clear_wal(&dest, true).expect("clear WAL").files, 1);
+    assert!(dest.join("pg_wal/archive_status").is_dir());
     applied.sync().expect("sync");
 }
 
