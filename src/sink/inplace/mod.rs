@@ -25,11 +25,13 @@
 //!
 //! # Security
 //! The member names follow the plain writer's policy ([`path::member_path`]: relative, no
-//! `..`); a name after `INCREMENTAL.` must be a relation file name. The last component is never
-//! followed when it is a symbolic link (files are opened with `O_NOFOLLOW`; renames replace a
-//! link, not its target), except an existing `pg_wal` link (`--waldir`). In the base archive
-//! nothing is accepted beneath `pg_tblspc/<oid>`. Links the directory already has above a
-//! member (`pg_wal` to a WAL directory) are the directory owner's and are written through.
+//! `..`); a name after `INCREMENTAL.` must be a relation file name. A file's last component is
+//! never followed when it is a symbolic link (files are opened with `O_NOFOLLOW`; renames
+//! replace a link, not its target). In the base archive nothing is accepted beneath
+//! `pg_tblspc/<oid>` (so in-place tablespaces, a developer option, are refused). Links to
+//! directories that the directory already has (`pg_wal` to a `--waldir`) are its owner's and
+//! are written through; the server can only add or move `pg_tblspc/<oid>` links, to where the
+//! caller said.
 //!
 //! What it does not do: decompress (server-compressed archives are refused), check files
 //! against the server's manifest (that manifest describes the incremental backup, not the
@@ -320,7 +322,10 @@ impl Applier {
         let mode = m.mode & 0o777;
         let received = match m.kind {
             MemberKind::Directory => {
-                apply_dir(&path, mode, base && rel == Path::new("pg_wal"))?;
+                apply_dir(&path, mode)?;
+                self.touched
+                    .dirs
+                    .insert(path.parent().unwrap_or(&path).into());
                 rel
             }
             MemberKind::Symlink => {
@@ -402,19 +407,17 @@ fn beneath_tablespace_link(rel: &Path) -> bool {
         .is_ok_and(|inner| inner.components().count() > 1)
 }
 
-/// A directory member: created, or an existing one given `mode`; an existing link is accepted
-/// as it is only where `link_ok` (`pg_wal` pointing to a WAL directory).
-fn apply_dir(path: &Path, mode: u32, link_ok: bool) -> Result<(), Error> {
-    let meta = fs::symlink_metadata(path);
-    if link_ok && meta.as_ref().is_ok_and(|m| m.file_type().is_symlink()) && path.is_dir() {
-        return Ok(());
-    }
-    if meta.is_ok_and(|m| !m.is_dir()) {
-        return Err(Error::fs("create directory", path)(io::Error::from(
+/// A directory member: created, or an existing one given `mode`. An existing link to a
+/// directory (`pg_wal` to a `--waldir`, or any link the directory's owner made) is kept as it is
+/// and written through; anything else there is an error.
+fn apply_dir(path: &Path, mode: u32) -> Result<(), Error> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() && path.is_dir() => Ok(()),
+        Ok(m) if !m.is_dir() => Err(Error::fs("create directory", path)(io::Error::from(
             io::ErrorKind::AlreadyExists,
-        )));
+        ))),
+        _ => make_dir(path, mode, true),
     }
-    make_dir(path, mode, true)
 }
 
 /// Makes `path` a symbolic link to `target`: kept if it already is one, a link elsewhere is

@@ -424,3 +424,66 @@ fn refuses_members_beneath_tablespace_links_and_foreign_links() {
         );
     }
 }
+
+#[test]
+fn keeps_the_owners_links_and_moves_tablespace_links() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dest = tmp.path().join("d");
+    let (waldir, ts, old_ts) = (
+        tmp.path().join("wal"),
+        tmp.path().join("ts"),
+        tmp.path().join("old"),
+    );
+    fs::create_dir_all(waldir.join("archive_status")).expect("mkdir");
+    fs::create_dir_all(dest.join("pg_tblspc")).expect("mkdir");
+    fs::create_dir(dest.join("global")).expect("mkdir");
+    std::os::unix::fs::symlink(&waldir, dest.join("pg_wal")).expect("link");
+    std::os::unix::fs::symlink(&old_ts, dest.join("pg_tblspc/16388")).expect("link");
+    fs::create_dir(dest.join("pg_tblspc/16389")).expect("in-place tablespace");
+    let members: &[TarMember<'_>] = &[
+        ("pg_wal/", MemberKind::Directory, b"", None),
+        ("pg_wal/archive_status/", MemberKind::Directory, b"", None),
+        ("pg_wal/summaries/", MemberKind::Directory, b"", None),
+        ("pg_tblspc/", MemberKind::Directory, b"", None),
+        (
+            "pg_tblspc/16388",
+            MemberKind::Symlink,
+            b"",
+            Some("/ignored"),
+        ),
+        CONTROL,
+    ];
+    let mut a = Applier::open(layout(&dest, &[(16388, &ts), (16389, &ts)])).expect("open");
+    feed(
+        &mut a,
+        "base.tar",
+        ArchiveRoot::Base,
+        &testutil::tar(members, 0o700),
+    )
+    .expect("feeds");
+    a.finish().expect("finish");
+    assert!(
+        waldir.join("summaries").is_dir(),
+        "made through the pg_wal link"
+    );
+    assert!(fs::symlink_metadata(dest.join("pg_wal"))
+        .expect("stat")
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        fs::read_link(dest.join("pg_tblspc/16388")).expect("link"),
+        ts
+    );
+
+    let mut a = Applier::open(layout(&dest, &[(16389, &ts)])).expect("open");
+    let link = [("pg_tblspc/16389", MemberKind::Symlink, &b""[..], Some("/x"))];
+    let err = feed(
+        &mut a,
+        "base.tar",
+        ArchiveRoot::Base,
+        &testutil::tar(&link, 0o700),
+    )
+    .expect_err("a directory is where the link goes");
+    assert!(matches!(err, Error::UnsafeMember { .. }), "{err:?}");
+    assert!(dest.join("pg_tblspc/16389").is_dir(), "never removed");
+}
