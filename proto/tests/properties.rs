@@ -8,7 +8,8 @@
 //!   into exactly its members (adjacent data events merged).
 //! - An incremental member built with [`testutil::incremental_member`] (random truncation
 //!   length and block numbers), cut at arbitrary points, decodes with [`IncrementalDecoder`]
-//!   into its header and blocks; any strict prefix is reported as truncated.
+//!   into its header and blocks; any strict prefix is reported as truncated; arbitrary bytes
+//!   give events or a typed error, never a panic.
 //! - [`WalChunk::split_at_segments`] pieces concatenate back to the chunk, are never empty and
 //!   never cross a segment boundary.
 //!
@@ -18,7 +19,8 @@
 use bytes::{Bytes, BytesMut};
 use pgclone_proto::backend::{self, BackendMessage, DEFAULT_MAX_MESSAGE_LEN};
 use pgclone_proto::incremental::{
-    ByteOrder, Header, IncrementalDecoder, IncrementalError, IncrementalEvent, BLCKSZ, RELSEG_SIZE,
+    ByteOrder, Header, IncrementalDecoder, IncrementalError, IncrementalEvent, BLCKSZ,
+    INCREMENTAL_MAGIC, RELSEG_SIZE,
 };
 use pgclone_proto::replication::WalChunk;
 use pgclone_proto::tar::{Member, MemberKind, TarEvent, TarSplitter};
@@ -434,6 +436,34 @@ proptest! {
             data: Bytes::from(data),
         }));
         prop_assert_eq!(events, expected);
+    }
+
+    #[test]
+    fn incremental_decode_of_arbitrary_bytes_never_panics(
+        words in vec(prop_oneof![Just(INCREMENTAL_MAGIC), 0..4u32, any::<u32>()], 0..6),
+        tail in vec(any::<u8>(), 0..20_000),
+        points in vec(any::<Index>(), 0..8),
+        size in proptest::option::of(0..40_000u64),
+    ) {
+        // Hostile bytes (often with the magic first): typed errors or events, whatever the cut.
+        let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        bytes.extend_from_slice(&tail);
+        let mut d = size.map_or_else(IncrementalDecoder::new, IncrementalDecoder::with_member_size);
+        let mut result = Ok(());
+        for chunk in cut(&bytes, &points) {
+            result = d.handle_data(Bytes::copy_from_slice(chunk));
+            while let Some(e) = d.poll_event() {
+                if let IncrementalEvent::Block { data, .. } = e {
+                    prop_assert_eq!(data.len(), BLCKSZ);
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            let _ = d.finish();
+        }
     }
 
     #[test]

@@ -4,11 +4,11 @@
 //! Fed the same [`Chunk`]s as the plain writer, member by member:
 //! - `INCREMENTAL.<relfile>` (in a tablespace, in `global` or beneath `base/`, where
 //!   `pg_combinebackup` looks for them; elsewhere such a name is an ordinary file): the existing
-//!   `<relfile>` is rebuilt in place the way
-//!   `pg_combinebackup` rebuilds it ([`pgclone_proto::incremental`]): cut to the prior blocks
-//!   that stay, each sent block written at `number * 8192`, the length set to the
-//!   reconstructed one. A missing `<relfile>` is created only when no block of the result
-//!   would come from it; otherwise the member is refused (`pg_combinebackup` fails there too).
+//!   `<relfile>` is rebuilt in place as `pg_combinebackup` rebuilds it
+//!   ([`pgclone_proto::incremental`]): cut to the prior blocks that stay, each sent block
+//!   written at `number * 8192`, the length set to the reconstructed one. A missing `<relfile>`
+//!   is created only when no block of the result would come from it; otherwise the member is
+//!   refused (`pg_combinebackup` fails there too).
 //! - any other regular file replaces the old one: written to `<name>`[`TEMP_SUFFIX`] beside it,
 //!   renamed over it when complete. A file is thus always a complete old or a complete new
 //!   version, never half of each (what a later `--refresh` relies on when it takes the files
@@ -269,6 +269,7 @@ impl Applier {
                 Ok(())
             }
             Some(Current::Control { data: held, .. }) => {
+                self.stats.bytes += data.len() as u64;
                 held.extend_from_slice(&data);
                 Ok(())
             }
