@@ -7,11 +7,12 @@
 //! server or by `pg_combinebackup`); the decoder learns the order from the magic number.
 //! 1. magic `0xd3ae1f0d`;
 //! 2. block count `N` (at most [`RELSEG_SIZE`]);
-//! 3. truncation block length: the file's length in blocks at the backup's start, raised to
-//!    the lowest block a truncation in the range removed. Servers before the January 2026
-//!    minor releases (17.8, 18.2) could send more than [`RELSEG_SIZE`] for a segment of a
-//!    relation truncated in the range; the fixed servers send [`RELSEG_SIZE`] there, and the
-//!    decoder caps it the same way (where `pg_combinebackup` refuses the file);
+//! 3. truncation block length: the segment's length in blocks as the server read it, raised to
+//!    the segment-relative limit block when the WAL summaries record a truncation in the range
+//!    (the file may have shrunk after the backup started; replay redoes that). Servers before
+//!    the February 2026 minor releases (17.8, 18.2) could send more than [`RELSEG_SIZE`] for a
+//!    segment of a relation truncated in the range; the fixed servers send [`RELSEG_SIZE`]
+//!    there, and the decoder caps it the same way (where `pg_combinebackup` refuses the file);
 //! 4. `N` block numbers relative to the segment; the server sorts them, so they are strictly
 //!    increasing here, each below [`RELSEG_SIZE`];
 //! 5. when `N > 0`, zeros up to the next multiple of [`BLCKSZ`] (nothing when `N == 0`: an
@@ -83,8 +84,8 @@ impl ByteOrder {
 pub struct Header {
     /// The server's byte order, learned from the magic.
     pub byte_order: ByteOrder,
-    /// The file's length in blocks at the backup's start, lowered to where the WAL summaries
-    /// record a truncation: prior blocks at or beyond it are not used.
+    /// The segment's length in blocks for reconstruction (see the module docs): prior blocks
+    /// below it are kept unless sent, prior blocks at or beyond it are never used.
     pub truncation_block_length: u32,
     /// The numbers of the blocks the member carries, strictly increasing.
     pub blocks: Vec<u32>,
@@ -428,9 +429,9 @@ impl IncrementalDecoder {
         if count > RELSEG_SIZE {
             return Err(IncrementalError::TooManyBlocks { count });
         }
-        // Servers before the January 2026 minor releases (upstream commit "Don't set the
-        // truncation block length greater than RELSEG_SIZE") may send more for a segment of a
-        // relation truncated in the range; the fix caps it at the segment size, as here.
+        // Servers before 17.8 and 18.2 (upstream commit "Don't set the truncation block length
+        // greater than RELSEG_SIZE") may send more for a segment of a relation truncated in the
+        // range; the fix caps it at the segment size, as here.
         let truncation_block_length = order.read(word(2)).min(RELSEG_SIZE);
         let count = count as usize;
         self.check_member_size(count)?;
