@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use pgclone_proto::basebackup::OptionError;
 use pgclone_proto::frontend::EncodeError;
+use pgclone_proto::incremental::IncrementalError;
 use pgclone_proto::tar::TarError;
 use pgclone_proto::{ProtocolError, ServerError};
 
@@ -112,6 +113,15 @@ pub enum Error {
         /// What is wrong.
         #[source]
         source: TarError,
+    },
+    /// An `INCREMENTAL.` member that does not decode, or cannot rebuild its file in place.
+    #[error("cannot apply incremental file \"{}\"", path.display())]
+    Incremental {
+        /// The member's path in the directory.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: IncrementalError,
     },
     /// The server found page checksum failures; the data is kept.
     #[error("checksum error occurred")]

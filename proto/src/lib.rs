@@ -14,6 +14,8 @@
 //!   version ([`command`]); follow the COPY-in exchange of UPLOAD_MANIFEST ([`copy_in`]);
 //! - name the SQLSTATEs pgclone acts on ([`sqlstate`]);
 //! - split the tar archives inside it into members ([`tar`]);
+//! - decode the `INCREMENTAL.` members of an incremental backup (17+) and state how they
+//!   rebuild a file ([`incremental`]);
 //! - WAL positions, timelines and segment names ([`lsn`]).
 //!
 //! What it does not do: TLS, connection strings, files, paths, policy about what a member may
@@ -32,6 +34,7 @@
 //! - `copy_in.rs`: `CopyIn` (the client-to-server COPY after UPLOAD_MANIFEST)
 //! - `sqlstate.rs`: SQLSTATE constants
 //! - `tar.rs`: `TarSplitter`
+//! - `incremental.rs`: `IncrementalDecoder`, `Header`, `Plan` (incremental members, 17+)
 //! - `replication.rs`: `parse_copy_both`, `WalReceiver` (physical WAL streaming)
 
 #![warn(missing_docs)]
@@ -43,6 +46,7 @@ pub mod command;
 pub mod copy_in;
 pub mod error;
 pub mod frontend;
+pub mod incremental;
 pub mod lsn;
 pub mod query;
 mod reader;

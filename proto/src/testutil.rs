@@ -1,5 +1,6 @@
-//! Builders of server bytes for tests only: backend messages as the server frames them and tar
-//! archives as the server sends them. Shared by proto's tests, pgclone's tests and the
+//! Builders of server bytes for tests only: backend messages as the server frames them, tar
+//! archives as the server sends them, and incremental members (17+) as a little-endian server
+//! writes them. Shared by proto's tests, pgclone's tests and the
 //! integration tests' fake server, so that every test writes these bytes one way.
 //!
 //! Compiled for proto's own unit tests and with the `test-util` feature, which only
@@ -7,6 +8,7 @@
 //! builders panic on input a test would never give (a message over 4 GiB, a link name too long
 //! for a tar header): they are not for bytes from a server.
 
+use crate::incremental::{BLCKSZ, INCREMENTAL_MAGIC};
 use crate::replication::{KEEPALIVE_TAG, XLOG_DATA_TAG};
 use crate::tar::{build_header, MemberKind, BLOCK};
 
@@ -165,6 +167,27 @@ pub fn tar(members: &[TarMember<'_>], mode: u32) -> Vec<u8> {
 /// Appends the end-of-archive marker: two zero blocks.
 pub fn terminate(out: &mut Vec<u8>) {
     out.resize(out.len() + 2 * BLOCK, 0);
+}
+
+/// An `INCREMENTAL.` member as a little-endian server writes it: magic, block count,
+/// `truncation_block_length`, the block numbers, zeros up to a whole block (only when there are
+/// blocks), then each block's bytes (a test passes [`BLCKSZ`] bytes per block).
+pub fn incremental_member(truncation_block_length: u32, blocks: &[(u32, Vec<u8>)]) -> Vec<u8> {
+    let count = u32::try_from(blocks.len()).expect("a test member under 4G blocks");
+    let mut out = Vec::new();
+    for word in [INCREMENTAL_MAGIC, count, truncation_block_length] {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+    for (number, _) in blocks {
+        out.extend_from_slice(&number.to_le_bytes());
+    }
+    if !blocks.is_empty() {
+        out.resize(out.len().next_multiple_of(BLCKSZ), 0);
+    }
+    for (_, data) in blocks {
+        out.extend_from_slice(data);
+    }
+    out
 }
 
 #[cfg(test)]

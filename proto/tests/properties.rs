@@ -6,6 +6,10 @@
 //! - A tar archive built with [`testutil::append_member`] (random names, kinds, modes, contents; with or
 //!   without the end-of-archive marker), cut at arbitrary points, splits with [`TarSplitter`]
 //!   into exactly its members (adjacent data events merged).
+//! - An incremental member built with [`testutil::incremental_member`] (random truncation
+//!   length and block numbers), cut at arbitrary points, decodes with [`IncrementalDecoder`]
+//!   into its header and blocks; any strict prefix is reported as truncated; arbitrary bytes
+//!   give events or a typed error, never a panic.
 //! - [`WalChunk::split_at_segments`] pieces concatenate back to the chunk, are never empty and
 //!   never cross a segment boundary.
 //!
@@ -14,6 +18,10 @@
 
 use bytes::{Bytes, BytesMut};
 use pgclone_proto::backend::{self, BackendMessage, DEFAULT_MAX_MESSAGE_LEN};
+use pgclone_proto::incremental::{
+    ByteOrder, Header, IncrementalDecoder, IncrementalError, IncrementalEvent, BLCKSZ,
+    INCREMENTAL_MAGIC, RELSEG_SIZE,
+};
 use pgclone_proto::replication::WalChunk;
 use pgclone_proto::tar::{Member, MemberKind, TarEvent, TarSplitter};
 use pgclone_proto::testutil;
@@ -378,5 +386,96 @@ proptest! {
         let last_seg = (start + len as u64).saturating_sub(1) / size;
         let want = if len == 0 { 0 } else { last_seg - first_seg + 1 };
         prop_assert_eq!(pieces, want);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Incremental members
+
+/// A well-formed member: a truncation block length and strictly increasing block numbers, each
+/// block filled with a byte derived from its number.
+fn incremental_spec() -> impl Strategy<Value = (u32, Vec<(u32, Vec<u8>)>)> {
+    (
+        0..RELSEG_SIZE,
+        proptest::collection::btree_set(0..RELSEG_SIZE, 0..5),
+    )
+        .prop_map(|(tbl, numbers)| {
+            let blocks = numbers
+                .into_iter()
+                .map(|n| (n, vec![n.to_le_bytes()[0] ^ 0x5a; BLCKSZ]))
+                .collect();
+            (tbl, blocks)
+        })
+}
+
+proptest! {
+    #![proptest_config(config(100))]
+
+    #[test]
+    fn incremental_decode_does_not_depend_on_chunking(
+        (tbl, blocks) in incremental_spec(),
+        points in vec(any::<Index>(), 0..8),
+    ) {
+        let bytes = testutil::incremental_member(tbl, &blocks);
+        let mut d = IncrementalDecoder::with_member_size(bytes.len() as u64);
+        let mut events = Vec::new();
+        for chunk in cut(&bytes, &points) {
+            d.handle_data(Bytes::copy_from_slice(chunk)).expect("well-formed member");
+            while let Some(e) = d.poll_event() {
+                events.push(e);
+            }
+        }
+        d.finish().expect("complete member");
+        let mut expected = vec![IncrementalEvent::Header(Header {
+            byte_order: ByteOrder::Little,
+            truncation_block_length: tbl,
+            blocks: blocks.iter().map(|(n, _)| *n).collect(),
+        })];
+        expected.extend(blocks.into_iter().map(|(number, data)| IncrementalEvent::Block {
+            number,
+            data: Bytes::from(data),
+        }));
+        prop_assert_eq!(events, expected);
+    }
+
+    #[test]
+    fn incremental_decode_of_arbitrary_bytes_never_panics(
+        words in vec(prop_oneof![Just(INCREMENTAL_MAGIC), 0..4u32, any::<u32>()], 0..6),
+        tail in vec(any::<u8>(), 0..20_000),
+        points in vec(any::<Index>(), 0..8),
+        size in proptest::option::of(0..40_000u64),
+    ) {
+        // Hostile bytes (often with the magic first): typed errors or events, whatever the cut.
+        let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        bytes.extend_from_slice(&tail);
+        let mut d = size.map_or_else(IncrementalDecoder::new, IncrementalDecoder::with_member_size);
+        let mut result = Ok(());
+        for chunk in cut(&bytes, &points) {
+            result = d.handle_data(Bytes::copy_from_slice(chunk));
+            while let Some(e) = d.poll_event() {
+                if let IncrementalEvent::Block { data, .. } = e {
+                    prop_assert_eq!(data.len(), BLCKSZ);
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            let _ = d.finish();
+        }
+    }
+
+    #[test]
+    fn incremental_decode_of_a_prefix_reports_truncation(
+        (tbl, blocks) in incremental_spec(),
+        point in any::<Index>(),
+    ) {
+        let bytes = testutil::incremental_member(tbl, &blocks);
+        let end = point.index(bytes.len());
+        let mut d = IncrementalDecoder::new();
+        d.handle_data(Bytes::copy_from_slice(&bytes[..end])).expect("well-formed prefix");
+        let truncated = matches!(d.finish(), Err(IncrementalError::Truncated { .. }));
+        prop_assert!(truncated);
     }
 }

@@ -1,5 +1,7 @@
 //! Where the archive bytes land: the plain-format writer (`plain`), the tar-format writer
-//! (`tar`), both fed the same [`Chunk`]s; the manifest file they share (`manifest_out`); the
+//! (`tar`) and the in-place writer that applies an incremental backup onto an existing
+//! directory (`inplace`), all fed the same [`Chunk`]s; an archive's member splitter for the
+//! plain and in-place writers (`split`); the manifest file they share (`manifest_out`); the
 //! file steps every writer uses (`fs`: no-follow creation, preallocation, tar members);
 //! compression codecs (`codec`), writeback and fsync (`writeback`, `durable`), and the
 //! destination checks and cleanup (`dest`). Nothing here knows about connections, options or the
@@ -9,8 +11,10 @@ pub mod codec;
 pub mod dest;
 pub mod durable;
 pub mod fs;
+pub mod inplace;
 pub mod manifest_out;
 pub mod plain;
+pub mod split;
 pub mod tar;
 pub mod writeback;
 

@@ -24,7 +24,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use pgclone_proto::tar::{Member, MemberKind, TarEvent, TarSplitter};
+use pgclone_proto::tar::{Member, MemberKind, TarEvent};
 use pgclone_proto::Oid;
 use tokio::sync::mpsc;
 
@@ -34,6 +34,7 @@ use crate::manifest::ChecksumAlgorithm;
 use crate::sink::codec::{self, Method};
 use crate::sink::fs::{create_new, preallocate};
 use crate::sink::manifest_out::ManifestOut;
+use crate::sink::split::{self, ArchiveSplitter};
 use crate::sink::writeback::{FileProgress, Writeback};
 use crate::sink::{ArchiveRoot, Chunk, Stats};
 
@@ -204,10 +205,9 @@ impl io::Read for ArchiveReader<'_> {
 }
 
 struct Archive {
-    name: String,
+    split: ArchiveSplitter,
     root: PathBuf,
     base: bool,
-    splitter: TarSplitter,
 }
 
 struct OpenFile {
@@ -253,7 +253,7 @@ impl Unpacker {
         if let Some(a) = &self.archive {
             return Err(Error::Internal(format!(
                 "archive {} was not finished",
-                a.name
+                a.split.name
             )));
         }
         Ok(self.stats)
@@ -282,44 +282,26 @@ impl Unpacker {
             v.start_archive(oid);
         }
         self.archive = Some(Archive {
-            name,
+            split: ArchiveSplitter::new(name),
             root,
             base,
-            splitter: TarSplitter::new(),
         });
     }
 
     /// The archive ended: its tar stream must be complete.
     fn end_archive(&mut self) -> Result<(), Error> {
-        if let Some(mut archive) = self.archive.take() {
-            archive.splitter.finish().map_err(|source| Error::Tar {
-                archive: archive.name.clone(),
-                source,
-            })?;
-        }
-        Ok(())
+        split::end(self.archive.take().map(|a| a.split))
     }
 
     fn archive_data(&mut self, pieces: impl IntoIterator<Item = Bytes>) -> Result<(), Error> {
-        let Some(archive) = self.archive.as_mut() else {
-            return Err(Error::Internal("archive data outside an archive".into()));
-        };
-        for data in pieces {
-            archive
-                .splitter
-                .handle_data(data)
-                .map_err(|source| Error::Tar {
-                    archive: archive.name.clone(),
-                    source,
-                })?;
-        }
+        split::feed(self.archive.as_mut().map(|a| &mut a.split), pieces)?;
         self.drain()
     }
 
     /// Applies the splitter's events; consecutive contents of a file go out in one `writev`.
     fn drain(&mut self) -> Result<(), Error> {
         let mut contents: Vec<Bytes> = Vec::new();
-        while let Some(event) = self.archive.as_mut().and_then(|a| a.splitter.poll_event()) {
+        while let Some(event) = self.archive.as_mut().and_then(|a| a.split.poll_event()) {
             if let TarEvent::Data(data) = event {
                 contents.push(data);
                 continue;
@@ -370,7 +352,7 @@ impl Unpacker {
             return Ok(());
         };
         let refuse = |reason: String| Error::UnsafeMember {
-            archive: archive.name.clone(),
+            archive: archive.split.name.clone(),
             member: String::from_utf8_lossy(&m.name).into_owned(),
             reason,
         };
@@ -438,7 +420,7 @@ impl Unpacker {
     fn tablespace_link(&self, archive: &Archive, rel: &Path) -> Option<&PathBuf> {
         archive
             .base
-            .then(|| tablespace_oid(rel))
+            .then(|| path::tablespace_oid(rel))
             .flatten()
             .and_then(|oid| self.layout.tablespace_links.get(&oid))
     }
@@ -460,17 +442,10 @@ impl Unpacker {
     }
 }
 
-/// `pg_tblspc/<oid>` → the oid.
-fn tablespace_oid(rel: &Path) -> Option<Oid> {
-    let inner = rel.strip_prefix("pg_tblspc").ok()?;
-    let s = inner.to_str()?;
-    if s.contains('/') || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
-fn make_dir(path: &Path, mode: u32, precreated: bool) -> Result<(), Error> {
+/// Creates the directory of a member with `mode`; one that exists is accepted (and given
+/// `mode`) only when `precreated`. Shared with the in-place writer, for which every directory
+/// may exist.
+pub(crate) fn make_dir(path: &Path, mode: u32, precreated: bool) -> Result<(), Error> {
     match fs::DirBuilder::new().mode(mode).create(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && precreated => {}

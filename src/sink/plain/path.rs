@@ -3,11 +3,14 @@
 //! A name is accepted only if it is relative and stays inside the archive's root: no leading
 //! `/`, no `..` component, no NUL. PostgreSQL's two quirks are tolerated: a trailing `/` on
 //! directories and links, and a leading `./` on `./pg_wal/archive_status/` and
-//! `./pg_wal/summaries/`. `.` components are dropped.
+//! `./pg_wal/summaries/`. `.` components are dropped. [`tablespace_oid`] recognizes the one
+//! place a symbolic link is accepted.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use pgclone_proto::Oid;
 
 /// Why a member name is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +49,16 @@ pub fn member_path(name: &[u8]) -> Result<PathBuf, PathError> {
         return Err(PathError::Empty);
     }
     Ok(out)
+}
+
+/// `pg_tblspc/<oid>` → the oid: the only path where a symbolic link member is accepted.
+pub fn tablespace_oid(rel: &Path) -> Option<Oid> {
+    let inner = rel.strip_prefix("pg_tblspc").ok()?;
+    let s = inner.to_str()?;
+    if s.contains('/') || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 #[cfg(test)]
