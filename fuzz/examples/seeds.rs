@@ -14,7 +14,9 @@
 //! - replication_message: hand-built CopyBoth payloads and START_REPLICATION streams (no WAL
 //!   stream is recorded), for the receiver the target builds (start 0/100000, 1 MiB segments,
 //!   stop point 0/100100);
-//! - tar_path_policy: member names, and the first members of the 10 and 17 base archives.
+//! - tar_path_policy: member names, and the first members of the 10 and 17 base archives;
+//! - incremental_member: hand-built members (none, one and three blocks, a cut one), each
+//!   behind the two control bytes (chunk size, member size told).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -22,8 +24,8 @@ use std::path::{Path, PathBuf};
 
 use pgclone_fuzz::WAL_START;
 use pgclone_proto::testutil::{
-    command_complete, copy_both, copy_data, copy_done, data_row, error_fields, keepalive,
-    ready_for_query, row_description, xlog_data,
+    command_complete, copy_both, copy_data, copy_done, data_row, error_fields, incremental_member,
+    keepalive, ready_for_query, row_description, xlog_data,
 };
 
 const HEAD: usize = 64 * 1024;
@@ -337,6 +339,28 @@ fn fixture_seeds(root: &Path, major: u32, seeds: &mut Corpus) {
     }
 }
 
+/// INCREMENTAL members built like the server's, behind the harness's two control bytes.
+fn incremental_seeds() -> BTreeMap<String, Vec<u8>> {
+    let block = |fill: u8| vec![fill; 8192];
+    let members = [
+        ("empty", incremental_member(7, &[])),
+        ("one-block", incremental_member(3, &[(1, block(0xaa))])),
+        (
+            "three-blocks",
+            incremental_member(10, &[(0, block(1)), (4, block(2)), (12, block(3))]),
+        ),
+    ];
+    let mut out = BTreeMap::new();
+    for (name, member) in members {
+        let cut = member[..member.len() / 2].to_vec();
+        for (control, suffix) in [([0u8, 1u8], ""), ([200, 0], "-chunked")] {
+            out.insert(format!("{name}{suffix}"), [&control[..], &member].concat());
+        }
+        out.insert(format!("{name}-cut"), [&[63u8, 1][..], &cut].concat());
+    }
+    out
+}
+
 fn main() {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = fuzz.parent().expect("the repository holds fuzz/");
@@ -348,6 +372,7 @@ fn main() {
         fixture_seeds(root, major, &mut seeds);
     }
     seeds.insert("replication_message", replication_seeds());
+    seeds.insert("incremental_member", incremental_seeds());
     let names: [&[u8]; 8] = [
         b"backup_label",
         b"./pg_wal/archive_status/",

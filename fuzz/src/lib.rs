@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use pgclone_proto::backend::{decode, BackendMessage, DEFAULT_MAX_MESSAGE_LEN};
 use pgclone_proto::basebackup::{BackupEvent, BaseBackupDecoder, Dialect};
+use pgclone_proto::incremental::{IncrementalDecoder, IncrementalEvent, BLCKSZ};
 use pgclone_proto::replication::{parse_copy_both, ReceiverConfig, WalReceiver};
 use pgclone_proto::tar::{TarEvent, TarSplitter};
 use pgclone_proto::{Lsn, ProtocolError, TimelineId, WalSegSize};
@@ -161,6 +162,60 @@ pub fn replication(data: &[u8]) {
         if rx.is_done() {
             let _ = rx.poll_timeline_switch();
             return;
+        }
+    }
+}
+
+/// `incremental_member`: the bytes after the first two as one `INCREMENTAL.<relfile>` member,
+/// fed in chunks of 1 + the first byte, its size told to the decoder when the second byte is
+/// odd. Whatever the input, the decoder returns a typed error or events that agree with the
+/// header: one header first, then whole blocks in the header's strictly increasing order, as
+/// many bytes as the header implies; the reconstruction plan never keeps more of the prior file
+/// than the result holds.
+pub fn incremental_member(data: &[u8]) {
+    let [chunk, sized, body @ ..] = data else {
+        return;
+    };
+    let mut decoder = if sized & 1 == 1 {
+        IncrementalDecoder::with_member_size(body.len() as u64)
+    } else {
+        IncrementalDecoder::new()
+    };
+    let mut header = None;
+    let mut blocks = Vec::new();
+    let mut drain = |decoder: &mut IncrementalDecoder| {
+        while let Some(event) = decoder.poll_event() {
+            match event {
+                IncrementalEvent::Header(h) => {
+                    assert!(header.is_none(), "a second header");
+                    header = Some(h);
+                }
+                IncrementalEvent::Block { number, data } => {
+                    assert!(header.is_some(), "a block before the header");
+                    assert_eq!(data.len(), BLCKSZ, "a partial block");
+                    blocks.push(number);
+                }
+            }
+        }
+    };
+    for piece in body.chunks(usize::from(*chunk) + 1) {
+        if decoder.handle_data(Bytes::copy_from_slice(piece)).is_err() {
+            return;
+        }
+        drain(&mut decoder);
+    }
+    let finished = decoder.finish();
+    drain(&mut decoder);
+    if finished.is_err() {
+        return;
+    }
+    let header = header.expect("a complete member has a header");
+    assert_eq!(blocks, header.blocks, "blocks out of the header's order");
+    assert!(header.blocks.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(header.member_len(), body.len() as u64, "member length");
+    for prior in [None, Some(0), Some(body.len() as u64 * 2 + 5)] {
+        if let Ok(plan) = header.plan(prior) {
+            assert!(plan.keep_len() <= plan.final_len, "{plan:?}");
         }
     }
 }
