@@ -80,6 +80,9 @@ pub struct Config {
     pub manifest_checksums: Option<ChecksumAlgorithm>,
     /// `-n`.
     pub no_clean: bool,
+    /// `--keep-partial`: on failure keep the data and tablespace directories and the journal,
+    /// drop a `-C` slot and the WAL received.
+    pub keep_partial: bool,
     /// `-N`.
     pub no_sync: bool,
     /// `-P`.
@@ -152,6 +155,7 @@ impl Config {
                 "--progress and --no-estimate-size are incompatible options",
             ));
         }
+        check_keep_partial(args, &to)?;
         let (manifest, manifest_checksums) = manifest_options(args)?;
         if let Some(path) = &args.output.incremental {
             check_reference_manifest(path)?;
@@ -184,6 +188,7 @@ impl Config {
             manifest,
             manifest_checksums,
             no_clean: args.general.no_clean,
+            keep_partial: args.general.keep_partial,
             no_sync: args.general.no_sync,
             progress: args.general.progress,
             write_recovery_conf: args.output.write_recovery_conf,
@@ -195,6 +200,39 @@ impl Config {
             incremental: args.output.incremental.clone(),
         })
     }
+
+    /// Whether the clone keeps a resume journal: a plain, non-incremental clone into a
+    /// directory with `--keep-partial` or `--no-clean`.
+    pub fn journal(&self) -> bool {
+        (self.keep_partial || self.no_clean)
+            && self.format == Format::Plain
+            && self.output == Output::Dir
+            && self.incremental.is_none()
+    }
+}
+
+/// `--keep-partial`: only for a full plain-format clone into a directory, and not with `-n`
+/// (which keeps everything).
+fn check_keep_partial(args: &Args, to: &Destination) -> Result<(), Error> {
+    if !args.general.keep_partial {
+        return Ok(());
+    }
+    if args.general.no_clean {
+        return Err(usage(
+            "--keep-partial and --no-clean are incompatible options",
+        ));
+    }
+    if to.format != Format::Plain || to.output != Output::Dir {
+        return Err(usage(
+            "--keep-partial can only be used with plain format (-F p) into a directory",
+        ));
+    }
+    if args.output.incremental.is_some() {
+        return Err(usage(
+            "--keep-partial and --incremental are incompatible options",
+        ));
+    }
+    Ok(())
 }
 
 fn usage(message: &str) -> Error {

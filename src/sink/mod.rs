@@ -1,7 +1,7 @@
 //! Where the archive bytes land: the plain-format writer (`plain`), the tar-format writer
 //! (`tar`), both fed the same [`Chunk`]s; the manifest file they share (`manifest_out`); the
 //! file steps every writer uses (`fs`: no-follow creation, preallocation, tar members);
-//! compression codecs (`codec`), writeback and fsync (`writeback`, `durable`), and the
+//! the resume journal (`journal`); compression codecs (`codec`), writeback and fsync (`writeback`, `durable`), and the
 //! destination checks and cleanup (`dest`). Nothing here knows about connections, options or the
 //! clone run.
 
@@ -9,6 +9,7 @@ pub mod codec;
 pub mod dest;
 pub mod durable;
 pub mod fs;
+pub mod journal;
 pub mod manifest_out;
 pub mod plain;
 pub mod tar;
