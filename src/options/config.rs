@@ -791,6 +791,55 @@ mod tests {
     }
 
     #[test]
+    fn keep_partial_only_for_a_full_plain_clone_into_a_directory() {
+        let base = ["-D", "/x", "-U", "u", "--keep-partial"];
+        let with = |extra: &[&'static str]| [&base[..], extra].concat();
+        let c = config(&base).expect("valid");
+        assert!(c.keep_partial && c.journal());
+        assert!(config(&["-D", "/x", "-U", "u", "-n"])
+            .expect("valid")
+            .journal());
+        assert!(!config(&["-D", "/x", "-U", "u"]).expect("valid").journal());
+        assert!(!config(&["-D", "/x", "-U", "u", "-n", "-F", "t"])
+            .expect("valid")
+            .journal());
+        for (extra, message) in [
+            (
+                &["-n"][..],
+                "--keep-partial and --no-clean are incompatible options",
+            ),
+            (
+                &["-F", "t"][..],
+                "--keep-partial can only be used with plain format (-F p) into a directory",
+            ),
+            (
+                &["-i", "/nonexistent"][..],
+                "--keep-partial and --incremental are incompatible options",
+            ),
+        ] {
+            assert_eq!(usage_message(&with(extra)), message, "{extra:?}");
+        }
+        assert_eq!(
+            usage_message(&[
+                "-D",
+                "-",
+                "-F",
+                "t",
+                "-X",
+                "fetch",
+                "-U",
+                "u",
+                "--keep-partial"
+            ]),
+            "--keep-partial can only be used with plain format (-F p) into a directory"
+        );
+        assert_eq!(
+            usage_message(&["-t", "blackhole", "-X", "none", "-U", "u", "--keep-partial"]),
+            "--keep-partial can only be used with plain format (-F p) into a directory"
+        );
+    }
+
+    #[test]
     fn defaults() {
         let c = config(&[
             "-D",

@@ -26,8 +26,9 @@
 //! - `kill -9` of pgclone: the page cache survives, and every line was written after the
 //!   bytes of the file it names, so every listed file is complete on disk.
 //! - Crash of the operating system or power loss: with syncing on (not `-N`), lines are held
-//!   back and committed in groups (every [`COMMIT_BYTES`] of file data, at each archive's end and
-//!   when the writer is dropped): first each pending file and its directories are fsynced, then
+//!   back and committed in groups (every [`COMMIT_BYTES`] of file data or [`COMMIT_INTERVAL`],
+//!   whichever comes first, also while a large file is still arriving; at each archive's end;
+//!   and when the writer is dropped): first each pending file and its directories are fsynced, then
 //!   the lines are appended and the journal fdatasynced. A listed file is therefore durable;
 //!   files completed since the last commit are simply not listed (they come again whole). With
 //!   `-N` the lines are written at once and nothing is guaranteed after an OS crash: the journal
@@ -37,6 +38,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -51,8 +53,11 @@ pub const JOURNAL_FILE: &str = "pgclone_journal";
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// With syncing on, pending lines are committed once this much file data completed.
+/// With syncing on, pending lines are committed once this much file data completed...
 pub const COMMIT_BYTES: u64 = 64 << 20;
+
+/// ... or once the oldest pending line waited this long.
+pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A journal holds at most this many bytes when read (far above any real cluster's list).
 const MAX_JOURNAL_BYTES: u64 = 1 << 30;
@@ -257,6 +262,8 @@ pub struct JournalWriter {
     sync: bool,
     pending: Vec<Pending>,
     pending_bytes: u64,
+    /// When the oldest pending line was queued.
+    pending_since: Option<Instant>,
     /// Directories whose entry in their parent was synced.
     durable_dirs: HashSet<PathBuf>,
 }
@@ -289,6 +296,7 @@ impl JournalWriter {
             sync,
             pending: Vec::new(),
             pending_bytes: 0,
+            pending_since: None,
             durable_dirs: HashSet::new(),
         })
     }
@@ -324,7 +332,19 @@ impl JournalWriter {
             line,
         });
         self.pending_bytes += size;
-        if self.pending_bytes >= COMMIT_BYTES {
+        self.pending_since.get_or_insert_with(Instant::now);
+        self.commit_if_due()
+    }
+
+    /// Commits the pending lines if [`COMMIT_BYTES`] or [`COMMIT_INTERVAL`] is reached (the
+    /// writer also calls this while a large file is arriving, so that the files before it do
+    /// not wait for its end).
+    pub fn commit_if_due(&mut self) -> Result<(), Error> {
+        let due = self.pending_bytes >= COMMIT_BYTES
+            || self
+                .pending_since
+                .is_some_and(|t| t.elapsed() >= COMMIT_INTERVAL);
+        if due {
             self.commit()?;
         }
         Ok(())
@@ -338,6 +358,7 @@ impl JournalWriter {
         }
         let pending = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
+        self.pending_since = None;
         let mut dirs = BTreeSet::new();
         for p in &pending {
             durable::sync_path(&p.on_disk)?;

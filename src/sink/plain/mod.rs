@@ -399,7 +399,10 @@ impl Unpacker {
             f.written.wrote(self.writeback.as_ref(), &f.file, n);
         }
         contents.clear();
-        Ok(())
+        match self.journal.as_mut() {
+            Some(j) => j.commit_if_due(),
+            None => Ok(()),
+        }
     }
 
     /// A member starts: its name is checked (no escape, nothing beneath a link written), then
