@@ -116,9 +116,9 @@ fn a_cut_connection_keeps_data_tablespaces_and_journal() {
     let ts_copy = work.join("ts-copy");
     let out = work.mkdir("out");
     let dest = out.join("copy");
-    let clone = |extra: &[&str]| {
-        // Connection 0 is the main one: cut 15 MB in, past the tablespace's archive.
-        let proxy = Proxy::start(p.port, vec![Fault::CutAt(15_000_000)]);
+    // Connection 0 is the main one: cut 15 MB in, past the tablespace's archive (or at `cut`).
+    let clone_cut_at = |cut: u64, extra: &[&str]| {
+        let proxy = Proxy::start(p.port, vec![Fault::CutAt(cut)]);
         let run = pgclone_cmd()
             .server(proxy.port, "postgres")
             .dest(&dest)
@@ -130,9 +130,14 @@ fn a_cut_connection_keeps_data_tablespaces_and_journal() {
         run.assert_error("");
         run
     };
+    let clone = |extra: &[&str]| clone_cut_at(15_000_000, extra);
 
     // Without either flag, nothing is left (as tests/faults.rs checks more widely).
     clone(&[]);
+    assert!(entries(&out).is_empty());
+    assert!(!ts_copy.exists());
+    // With --keep-partial, a cut before the first archive (no journal yet) leaves nothing too.
+    clone_cut_at(700, &["--keep-partial"]);
     assert!(entries(&out).is_empty());
     assert!(!ts_copy.exists());
 

@@ -92,8 +92,12 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
                     cfg.dest.display()
                 );
             }
-            cleanup.run(cfg.no_clean || cfg.keep_partial || e.keeps_data());
-            if cfg.keep_partial && !e.keeps_data() {
+            // Before the journal exists (the first archive) nothing is worth keeping.
+            let partial = cfg.keep_partial
+                && !e.keeps_data()
+                && cfg.dest.join(journal::JOURNAL_FILE).exists();
+            cleanup.run(cfg.no_clean || partial || e.keeps_data());
+            if partial {
                 keep_partial(&cfg);
             }
             if let (Some(name), false) = (&created_slot, cfg.no_clean) {

@@ -3,9 +3,9 @@
 //!
 //! The rule (pg_basebackup's, extended to tablespaces and `--waldir`): a directory pgclone
 //! created is removed; a directory that existed (empty) is emptied again; `--no-clean` keeps
-//! everything. `--keep-partial` keeps the data and tablespace directories (with the journal a
-//! resume reads) but not the WAL received nor the unfinished manifest ([`trim_partial`]); a
-//! `-C` slot is dropped as without it.
+//! everything. `--keep-partial`, once the journal exists, keeps the data and tablespace
+//! directories (with the journal a resume reads) but not the WAL received nor the unfinished
+//! manifest ([`trim_partial`]); a `-C` slot is dropped as without it.
 
 use std::fs;
 use std::io;

@@ -621,6 +621,58 @@ mod tests {
     }
 
     #[test]
+    fn lists_complete_files_in_the_journal_with_their_crc32c() {
+        let header = journal::Header {
+            format: journal::FORMAT_VERSION,
+            system_identifier: "1".into(),
+            timeline: 1,
+            major: 18,
+            start_lsn: "0/2000028".into(),
+            tablespaces: Vec::new(),
+        };
+        for verify in [
+            None,
+            Some(ChecksumAlgorithm::Crc32c),
+            Some(ChecksumAlgorithm::Sha256),
+        ] {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let dest = tmp.path().join("d");
+            fs::create_dir(&dest).expect("mkdir");
+            let mut l = layout(&dest, &[]);
+            l.verify = verify;
+            l.journal = Some(journal::Plan {
+                header: header.clone(),
+                sync: true,
+            });
+            unpack(
+                l,
+                tar(&[
+                    ("PG_VERSION", MemberKind::File, b"15\n", None),
+                    ("pg_wal/", MemberKind::Directory, b"", None),
+                    (
+                        "pg_wal/000000010000000000000002",
+                        MemberKind::File,
+                        b"w",
+                        None,
+                    ),
+                ]),
+            )
+            .expect("unpacks");
+            let j = journal::read(&dest).expect("journal");
+            assert_eq!(j.header, header);
+            assert_eq!(
+                j.files,
+                [journal::FileRecord {
+                    path: b"PG_VERSION".to_vec(),
+                    size: 3,
+                    crc32c: "8a744722".into(),
+                }],
+                "{verify:?}"
+            );
+        }
+    }
+
+    #[test]
     fn refuses_hostile_members_before_writing_through_them() {
         let tmp = tempfile::tempdir().expect("tmp");
         let outside = tmp.path().join("outside");
