@@ -12,7 +12,7 @@
 //! - `recovery.rs`: everything `-R` writes
 //! - `sink/`: where archive bytes land: the plain writer (`plain`, with its path policy), the tar
 //!   writer (`tar`), compression (`codec`), writeback and fsync (`writeback`, `durable`), the
-//!   destination's checks and cleanup (`dest`)
+//!   destination's checks and cleanup (`dest`), the resume journal (`journal`)
 //! - `manifest/`: the `backup_manifest` model, its parsing (`parse`), per-file checksums
 //!   (`checksum`), differences from it (`compare`), the check while writing (`check`),
 //!   `pgclone verify` (`verify`: the run, `files`, `wal`)

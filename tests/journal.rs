@@ -7,6 +7,7 @@ mod support;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -83,29 +84,59 @@ fn wait_for_base(dest: &Path) {
 }
 
 #[test]
-fn sigkill_part_way_leaves_a_journal_of_complete_files() {
+fn signals_and_a_full_disk_leave_a_journal_of_complete_files() {
     let work = TestDir::new("journal-kill");
     let (p, _) = primary(16, &work, false);
     let dest = work.join("copy");
-    let child = pgclone_cmd()
+    for (signo, code) in [(libc::SIGKILL, None), (libc::SIGTERM, Some(143))] {
+        let child = pgclone_cmd()
+            .server(p.port, "postgres")
+            .dest(&dest)
+            .args(["-c", "fast", "-r", "8M", "--keep-partial"])
+            .direct()
+            .spawn();
+        wait_for_base(&dest);
+        std::thread::sleep(Duration::from_millis(2500));
+        // SAFETY: kill has no memory-safety preconditions; the pid is our live child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signo) }, 0);
+        let run = pgclone_wait(child);
+        assert_eq!(run.status.code(), code, "signal {signo}:\n{}", run.stderr);
+        let j = check_journal(&p, &dest);
+        assert!(
+            !dest.join("global/pg_control").exists(),
+            "signal {signo} should land before the end ({} files listed)",
+            j.files.len()
+        );
+        if code.is_some() {
+            assert!(entries(&dest.join("pg_wal")).is_empty(), "WAL is dropped");
+        }
+        p.wait_for("SELECT count(*) FROM pg_replication_slots", "0", WAIT);
+        fs::remove_dir_all(&dest).expect("rm copy");
+    }
+
+    // A file-size limit (as a full disk): WAL at the end of the base archive, so that the
+    // first file over 4 MB fails the clone after the journal was started.
+    let mut cmd = pgclone_cmd()
         .server(p.port, "postgres")
         .dest(&dest)
-        .args(["-c", "fast", "-r", "8M", "--keep-partial"])
+        .args(["-c", "fast", "-X", "fetch", "--keep-partial"])
         .direct()
-        .spawn();
-    wait_for_base(&dest);
-    std::thread::sleep(Duration::from_millis(2500));
-    // SAFETY: kill has no memory-safety preconditions; the pid is our live child.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
-    let run = pgclone_wait(child);
-    assert_eq!(run.status.code(), None, "killed:\n{}", run.stderr);
-    let j = check_journal(&p, &dest);
-    assert!(
-        !dest.join("global/pg_control").exists(),
-        "the kill should land before the end ({} files listed)",
-        j.files.len()
-    );
-    p.wait_for("SELECT count(*) FROM pg_replication_slots", "0", WAIT);
+        .command();
+    // SAFETY: only async-signal-safe setrlimit runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 4 << 20,
+                rlim_max: 4 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    support::run_cmd(cmd).assert_error("File too large");
+    check_journal(&p, &dest);
 }
 
 #[test]
