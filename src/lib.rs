@@ -15,8 +15,10 @@
 //! - `wal/`: the WAL task of `-X stream`, segment files (`segment`), `pg_wal.tar` (`tarwal`)
 //! - `recovery.rs`: everything `-R` writes
 //! - `sink/`: where archive bytes land: the plain writer (`plain`, with its path policy), the tar
-//!   writer (`tar`), the in-place writer of an incremental backup (`inplace`), compression (`codec`), writeback and fsync (`writeback`, `durable`), the
-//!   destination's checks and cleanup (`dest`)
+//!   writer (`tar`), the in-place writer of an incremental backup (`inplace`), the archive
+//!   splitter both plain writers share (`split`), compression (`codec`), the one fs helper
+//!   (`fs`), writeback and fsync (`writeback`, `durable`), the destination's checks and cleanup
+//!   (`dest`), the resume journal (`journal`)
 //! - `manifest/`: the `backup_manifest` model, its parsing (`parse`), per-file checksums
 //!   (`checksum`), differences from it (`compare`), the check while writing (`check`), writing
 //!   one (`write`), `pgclone verify` (`verify`: the run, `files`, `wal`)

@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::options::config::Config;
 use crate::options::tablespace::canonicalize;
 use crate::sink::dest::Cleanup;
+use crate::sink::journal;
 use crate::sink::plain::{self, Layout};
 use crate::sink::tar;
 use crate::sink::{ArchiveRoot, Chunk, Stats};
@@ -100,6 +101,7 @@ pub async fn run(
         ended: None,
         manifest: false,
         wal,
+        journal: cfg.journal().then(|| journal_plan(cfg, facts)),
         batch: Vec::new(),
         batch_bytes: 0,
     };
@@ -211,6 +213,9 @@ struct State {
     ended: Option<(Lsn, TimelineId)>,
     manifest: bool,
     wal: Option<WalLink>,
+    /// The resume journal to keep, its header completed as the start and the tablespaces
+    /// arrive.
+    journal: Option<journal::Plan>,
     batch: Vec<Bytes>,
     batch_bytes: usize,
 }
@@ -307,6 +312,10 @@ impl State {
         tracing::info!("checkpoint completed");
         tracing::info!("write-ahead log start point: {start} on timeline {timeline}");
         self.started = Some(start);
+        if let Some(plan) = self.journal.as_mut() {
+            plan.header.start_lsn = start.to_string();
+            plan.header.timeline = timeline.0;
+        }
         if let Some(tx) = self.wal.as_mut().and_then(|w| w.start.take()) {
             tracing::info!("starting background WAL receiver");
             if tx.send((start, timeline)).is_err() {
@@ -330,6 +339,10 @@ impl State {
             .ok_or_else(|| Error::Internal("tablespace list twice".into()))?;
         if let Sink::Plain(layout) = &mut sink {
             self.tablespace_dirs = prepare_tablespaces(&list, cfg, layout, cleanup)?;
+            layout.journal = self.journal.take().map(|mut plan| {
+                plan.header.tablespaces = journal_tablespaces(&list, cfg);
+                plan
+            });
         }
         let total = list.iter().map(|t| t.size_kb).sum::<Option<u64>>();
         self.progress.set_total(total, list.len());
@@ -408,6 +421,35 @@ fn target_dir(location: &str, cfg: &Config) -> PathBuf {
     } else {
         cfg.dest.join(path)
     }
+}
+
+/// The journal's plan as far as it is known before BASE_BACKUP answers.
+fn journal_plan(cfg: &Config, facts: &ServerFacts) -> journal::Plan {
+    journal::Plan {
+        header: journal::Header {
+            format: journal::FORMAT_VERSION,
+            system_identifier: facts.system_id.clone(),
+            timeline: 0,
+            major: facts.version.major(),
+            start_lsn: String::new(),
+            tablespaces: Vec::new(),
+        },
+        sync: !cfg.no_sync,
+    }
+}
+
+/// The journal's list of tablespaces: oid, location on the server, directory here.
+fn journal_tablespaces(list: &[TablespaceInfo], cfg: &Config) -> Vec<journal::Tablespace> {
+    list.iter()
+        .filter_map(|ts| {
+            let (oid, location) = ts.oid.zip(ts.location.as_ref())?;
+            Some(journal::Tablespace {
+                oid: oid.0,
+                location: location.clone(),
+                dir: target_dir(location, cfg),
+            })
+        })
+        .collect()
 }
 
 /// Checks and creates each tablespace's directory; fills in the symlink targets.

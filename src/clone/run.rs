@@ -27,6 +27,7 @@ use crate::recovery::{self, PrimaryConnInfo};
 use crate::sink::codec::{ClientSpec, Compression, Method};
 use crate::sink::dest::{self, Cleanup};
 use crate::sink::durable;
+use crate::sink::journal;
 use crate::sink::plain::Layout;
 use crate::sink::tar::{self, RecoveryFiles};
 use crate::sink::MANIFEST_TMP;
@@ -91,7 +92,14 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
                     cfg.dest.display()
                 );
             }
-            cleanup.run(cfg.no_clean || e.keeps_data());
+            // Before the journal exists (the first archive) nothing is worth keeping.
+            let partial = cfg.keep_partial
+                && !e.keeps_data()
+                && cfg.dest.join(journal::JOURNAL_FILE).exists();
+            cleanup.run(cfg.no_clean || partial || e.keeps_data());
+            if partial {
+                keep_partial(&cfg);
+            }
             if let (Some(name), false) = (&created_slot, cfg.no_clean) {
                 if let Err(e) = drop_slot(&params, name).await {
                     tracing::warn!(
@@ -104,6 +112,20 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
     }
     conn.close().await;
     result.map(|_| ())
+}
+
+/// `--keep-partial` after a failure: what a resume needs stays (the data and tablespace
+/// directories, the journal); the WAL received and the unfinished manifest go.
+fn keep_partial(cfg: &Config) {
+    let wal_dir = cfg
+        .waldir
+        .clone()
+        .unwrap_or_else(|| cfg.dest.join("pg_wal"));
+    dest::trim_partial(&cfg.dest, &wal_dir);
+    tracing::info!(
+        "data directory \"{}\" kept with its journal: run pgclone --refresh on it to resume",
+        cfg.dest.display()
+    );
 }
 
 async fn connect_and_inspect(params: &mut ConnParams) -> Result<(Connection, ServerFacts), Error> {
@@ -398,6 +420,8 @@ fn plain_layout(
         precreated,
         verify: verify_algorithm(cfg, facts),
         start_writeback: !cfg.no_sync,
+        // Filled in by the backup task once the start position and tablespaces are known.
+        journal: None,
     })
 }
 
@@ -407,6 +431,7 @@ async fn finish(cfg: &Config, outcome: &Outcome) -> Result<(), Error> {
     let outcome = outcome.clone();
     tokio::task::spawn_blocking(move || {
         let sync = !cfg.no_sync;
+        journal::remove(&cfg.dest)?;
         if sync {
             tracing::info!("syncing data to disk ...");
             durable::sync_tree(&cfg.dest)?;

@@ -11,6 +11,16 @@ use pgclone_proto::Oid;
 use crate::error::Error;
 use crate::manifest::{Checksum, ChecksumAlgorithm, Manifest, WrittenFiles};
 
+/// The name the manifest gives the archive member `name` (a trailing `/` dropped): the path
+/// inside the base archive, or `pg_tblspc/<oid>/<path>` inside a tablespace's.
+pub fn manifest_name(tablespace: Option<Oid>, name: &[u8]) -> Vec<u8> {
+    let mut path = tablespace
+        .map(|oid| format!("pg_tblspc/{oid}/").into_bytes())
+        .unwrap_or_default();
+    path.extend_from_slice(name.strip_suffix(b"/").unwrap_or(name));
+    path
+}
+
 /// The check while writing: records each file's size and checksum as the sink writes it, and
 /// compares them with the manifest once it has arrived.
 #[derive(Debug)]
@@ -36,11 +46,14 @@ impl WriteCheck {
         }
     }
 
+    /// The algorithm it computes.
+    pub fn algorithm(&self) -> ChecksumAlgorithm {
+        self.algorithm
+    }
+
     /// Files that follow belong to the base archive (`None`) or a tablespace's.
     pub fn start_archive(&mut self, tablespace: Option<Oid>) {
-        self.prefix = tablespace
-            .map(|oid| format!("pg_tblspc/{oid}/").into_bytes())
-            .unwrap_or_default();
+        self.prefix = manifest_name(tablespace, b"");
     }
 
     /// Gives up verifying (an archive whose contents pgclone does not see, such as a
@@ -63,11 +76,13 @@ impl WriteCheck {
         }
     }
 
-    /// The current file is complete.
-    pub fn end_file(&mut self) {
-        if let Some((path, sum)) = self.current.take() {
-            self.written.record_checksum(path, sum);
-        }
+    /// The current file is complete; returns its checksum in hex (`None` for NONE).
+    pub fn end_file(&mut self) -> Option<String> {
+        let (path, sum) = self.current.take()?;
+        let size = sum.bytes();
+        let hex = sum.finish();
+        self.written.record(path, size, hex.clone());
+        hex
     }
 
     /// Manifest bytes as they arrive.

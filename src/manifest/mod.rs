@@ -45,6 +45,7 @@ use std::collections::HashMap;
 
 use pgclone_proto::{Lsn, TimelineId};
 
+pub(crate) use checksum::unhex;
 pub use checksum::{hex, Checksum, ChecksumAlgorithm};
 pub use compare::{compare_checksum, Problem, WrittenFiles};
 pub use write::{gmt, ManifestWriter};

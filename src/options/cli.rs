@@ -117,6 +117,9 @@ pub struct GeneralArgs {
     /// do not clean up after errors
     #[arg(short = 'n', long)]
     pub no_clean: bool,
+    /// on failure, keep the files received whole and a journal of them, for a resume with --refresh (plain format)
+    #[arg(long)]
+    pub keep_partial: bool,
     /// do not wait for changes to be written safely to disk
     #[arg(short = 'N', long)]
     pub no_sync: bool,

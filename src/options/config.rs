@@ -80,6 +80,9 @@ pub struct Config {
     pub manifest_checksums: Option<ChecksumAlgorithm>,
     /// `-n`.
     pub no_clean: bool,
+    /// `--keep-partial`: on failure keep the data and tablespace directories and the journal,
+    /// drop a `-C` slot and the WAL received.
+    pub keep_partial: bool,
     /// `-N`.
     pub no_sync: bool,
     /// `-P`.
@@ -152,6 +155,7 @@ impl Config {
                 "--progress and --no-estimate-size are incompatible options",
             ));
         }
+        check_keep_partial(args, &to)?;
         let (manifest, manifest_checksums) = manifest_options(args)?;
         if let Some(path) = &args.output.incremental {
             check_reference_manifest(path)?;
@@ -184,6 +188,7 @@ impl Config {
             manifest,
             manifest_checksums,
             no_clean: args.general.no_clean,
+            keep_partial: args.general.keep_partial,
             no_sync: args.general.no_sync,
             progress: args.general.progress,
             write_recovery_conf: args.output.write_recovery_conf,
@@ -195,6 +200,39 @@ impl Config {
             incremental: args.output.incremental.clone(),
         })
     }
+
+    /// Whether the clone keeps a resume journal: a plain, non-incremental clone into a
+    /// directory with `--keep-partial` or `--no-clean`.
+    pub fn journal(&self) -> bool {
+        (self.keep_partial || self.no_clean)
+            && self.format == Format::Plain
+            && self.output == Output::Dir
+            && self.incremental.is_none()
+    }
+}
+
+/// `--keep-partial`: only for a full plain-format clone into a directory, and not with `-n`
+/// (which keeps everything).
+fn check_keep_partial(args: &Args, to: &Destination) -> Result<(), Error> {
+    if !args.general.keep_partial {
+        return Ok(());
+    }
+    if args.general.no_clean {
+        return Err(usage(
+            "--keep-partial and --no-clean are incompatible options",
+        ));
+    }
+    if to.format != Format::Plain || to.output != Output::Dir {
+        return Err(usage(
+            "--keep-partial can only be used with plain format (-F p) into a directory",
+        ));
+    }
+    if args.output.incremental.is_some() {
+        return Err(usage(
+            "--keep-partial and --incremental are incompatible options",
+        ));
+    }
+    Ok(())
 }
 
 fn usage(message: &str) -> Error {
@@ -749,6 +787,55 @@ mod tests {
         assert_eq!(
             config(&["-D", "/x", "-U", "u"]).expect("valid").incremental,
             None
+        );
+    }
+
+    #[test]
+    fn keep_partial_only_for_a_full_plain_clone_into_a_directory() {
+        let base = ["-D", "/x", "-U", "u", "--keep-partial"];
+        let with = |extra: &[&'static str]| [&base[..], extra].concat();
+        let c = config(&base).expect("valid");
+        assert!(c.keep_partial && c.journal());
+        assert!(config(&["-D", "/x", "-U", "u", "-n"])
+            .expect("valid")
+            .journal());
+        assert!(!config(&["-D", "/x", "-U", "u"]).expect("valid").journal());
+        assert!(!config(&["-D", "/x", "-U", "u", "-n", "-F", "t"])
+            .expect("valid")
+            .journal());
+        for (extra, message) in [
+            (
+                &["-n"][..],
+                "--keep-partial and --no-clean are incompatible options",
+            ),
+            (
+                &["-F", "t"][..],
+                "--keep-partial can only be used with plain format (-F p) into a directory",
+            ),
+            (
+                &["-i", "/nonexistent"][..],
+                "--keep-partial and --incremental are incompatible options",
+            ),
+        ] {
+            assert_eq!(usage_message(&with(extra)), message, "{extra:?}");
+        }
+        assert_eq!(
+            usage_message(&[
+                "-D",
+                "-",
+                "-F",
+                "t",
+                "-X",
+                "fetch",
+                "-U",
+                "u",
+                "--keep-partial"
+            ]),
+            "--keep-partial can only be used with plain format (-F p) into a directory"
+        );
+        assert_eq!(
+            usage_message(&["-t", "blackhole", "-X", "none", "-U", "u", "--keep-partial"]),
+            "--keep-partial can only be used with plain format (-F p) into a directory"
         );
     }
 

@@ -3,7 +3,9 @@
 //!
 //! The rule (pg_basebackup's, extended to tablespaces and `--waldir`): a directory pgclone
 //! created is removed; a directory that existed (empty) is emptied again; `--no-clean` keeps
-//! everything.
+//! everything. `--keep-partial`, once the journal exists, keeps the data and tablespace
+//! directories (with the journal a resume reads) but not the WAL received nor the unfinished
+//! manifest ([`trim_partial`]); a `-C` slot is dropped as without it.
 
 use std::fs;
 use std::io;
@@ -11,6 +13,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
+use crate::sink::MANIFEST_TMP;
 
 /// Fails unless `path` is missing or an empty directory.
 pub fn check_usable(path: &Path) -> Result<(), Error> {
@@ -120,6 +123,23 @@ impl Cleanup {
                     }
                 }
             }
+        }
+    }
+}
+
+/// `--keep-partial` after a failure: empties the WAL directory (a resume streams its own) and
+/// removes [`MANIFEST_TMP`] from `dest`. Failures are warnings.
+pub fn trim_partial(dest: &Path, wal_dir: &Path) {
+    if wal_dir.is_dir() {
+        tracing::info!("removing the WAL received into \"{}\"", wal_dir.display());
+        if let Err(e) = remove_contents(wal_dir) {
+            tracing::warn!("could not empty \"{}\": {e}", wal_dir.display());
+        }
+    }
+    let manifest = dest.join(MANIFEST_TMP);
+    if let Err(e) = fs::remove_file(&manifest) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!("could not remove \"{}\": {e}", manifest.display());
         }
     }
 }

@@ -3,7 +3,7 @@
 //! directory (`inplace`), all fed the same [`Chunk`]s; an archive's member splitter for the
 //! plain and in-place writers (`split`); the manifest file they share (`manifest_out`); the
 //! file steps every writer uses (`fs`: no-follow creation, preallocation, tar members);
-//! compression codecs (`codec`), writeback and fsync (`writeback`, `durable`), and the
+//! the resume journal (`journal`); compression codecs (`codec`), writeback and fsync (`writeback`, `durable`), and the
 //! destination checks and cleanup (`dest`). Nothing here knows about connections, options or the
 //! clone run.
 
@@ -12,6 +12,7 @@ pub mod dest;
 pub mod durable;
 pub mod fs;
 pub mod inplace;
+pub mod journal;
 pub mod manifest_out;
 pub mod plain;
 pub mod split;

@@ -29,10 +29,11 @@ use pgclone_proto::Oid;
 use tokio::sync::mpsc;
 
 use crate::error::Error;
-use crate::manifest::check::WriteCheck;
-use crate::manifest::ChecksumAlgorithm;
+use crate::manifest::check::{manifest_name, WriteCheck};
+use crate::manifest::{Checksum, ChecksumAlgorithm};
 use crate::sink::codec::{self, Method};
 use crate::sink::fs::{create_new, preallocate};
+use crate::sink::journal::{self, JournalWriter};
 use crate::sink::manifest_out::ManifestOut;
 use crate::sink::split::{self, ArchiveSplitter};
 use crate::sink::writeback::{FileProgress, Writeback};
@@ -58,6 +59,8 @@ pub struct Layout {
     /// Start writeback of what is written as it is written (when the result will be
     /// fsynced), so the final fsync finds little left to write.
     pub start_writeback: bool,
+    /// Keep a resume journal ([`journal`]) in `dest`, created when the first archive starts.
+    pub journal: Option<journal::Plan>,
 }
 
 /// Unpacks chunks from `rx` until the sender is dropped. Blocking: run it on its own thread.
@@ -208,12 +211,19 @@ struct Archive {
     split: ArchiveSplitter,
     root: PathBuf,
     base: bool,
+    oid: Option<Oid>,
 }
 
 struct OpenFile {
     file: File,
     path: PathBuf,
     written: FileProgress,
+    /// The name the manifest (and the journal) gives it.
+    name: Vec<u8>,
+    /// Its size in the archive.
+    size: u64,
+    /// Its CRC-32C for the journal, when the check does not compute that already.
+    crc: Option<Checksum>,
 }
 
 /// Unpacks uncompressed archives member by member; what [`Writer`] and [`run`] drive.
@@ -228,6 +238,8 @@ struct Unpacker {
     stats: Stats,
     /// Early writeback of finished stretches (when the result will be fsynced).
     writeback: Option<Writeback>,
+    /// The resume journal, once the first archive started.
+    journal: Option<JournalWriter>,
 }
 
 impl Unpacker {
@@ -246,6 +258,7 @@ impl Unpacker {
             links: HashSet::new(),
             stats: Stats::default(),
             writeback: layout_writeback,
+            journal: None,
         }
     }
 
@@ -261,7 +274,7 @@ impl Unpacker {
 
     fn handle(&mut self, chunk: Chunk) -> Result<(), Error> {
         match chunk {
-            Chunk::ArchiveStart { name, root, .. } => self.start_archive(name, root),
+            Chunk::ArchiveStart { name, root, .. } => self.start_archive(name, root)?,
             Chunk::Data(data) => self.archive_data(std::iter::once(data))?,
             Chunk::Batch(pieces) => self.archive_data(pieces)?,
             Chunk::ArchiveEnd => self.end_archive()?,
@@ -272,8 +285,16 @@ impl Unpacker {
         Ok(())
     }
 
-    /// An archive starts: its members go under the data directory or the tablespace's.
-    fn start_archive(&mut self, name: String, root: ArchiveRoot) {
+    /// An archive starts: its members go under the data directory or the tablespace's. The
+    /// journal, if one is asked for, is created before the first.
+    fn start_archive(&mut self, name: String, root: ArchiveRoot) -> Result<(), Error> {
+        if let Some(plan) = self.layout.journal.take() {
+            self.journal = Some(JournalWriter::create(
+                &self.layout.dest,
+                &plan.header,
+                plan.sync,
+            )?);
+        }
         let (root, base, oid) = match root {
             ArchiveRoot::Base => (self.layout.dest.clone(), true, None),
             ArchiveRoot::Tablespace { dir, oid } => (dir, false, Some(oid)),
@@ -285,12 +306,18 @@ impl Unpacker {
             split: ArchiveSplitter::new(name),
             root,
             base,
+            oid,
         });
+        Ok(())
     }
 
-    /// The archive ended: its tar stream must be complete.
+    /// The archive ended: its tar stream must be complete; the journal lists its files.
     fn end_archive(&mut self) -> Result<(), Error> {
-        split::end(self.archive.take().map(|a| a.split))
+        split::end(self.archive.take().map(|a| a.split))?;
+        match self.journal.as_mut() {
+            Some(j) => j.commit(),
+            None => Ok(()),
+        }
     }
 
     fn archive_data(&mut self, pieces: impl IntoIterator<Item = Bytes>) -> Result<(), Error> {
@@ -310,18 +337,28 @@ impl Unpacker {
             match event {
                 TarEvent::Member(m) => self.begin_member(&m)?,
                 TarEvent::Data(_) => {}
-                TarEvent::MemberEnd => {
-                    if let Some(mut done) = self.file.take() {
-                        done.written.flush(self.writeback.as_ref(), &done.file);
-                        self.stats.files += 1;
-                        if let Some(v) = self.check.as_mut() {
-                            v.end_file();
-                        }
-                    }
-                }
+                TarEvent::MemberEnd => self.end_file()?,
             }
         }
         self.write_contents(&mut contents)
+    }
+
+    /// The current file's last byte was written: it is handed to writeback, the check and the
+    /// journal.
+    fn end_file(&mut self) -> Result<(), Error> {
+        let Some(mut done) = self.file.take() else {
+            return Ok(());
+        };
+        done.written.flush(self.writeback.as_ref(), &done.file);
+        self.stats.files += 1;
+        let checked = self.check.as_mut().and_then(WriteCheck::end_file);
+        let Some(journal) = self.journal.as_mut() else {
+            return Ok(());
+        };
+        match done.crc.map_or(checked, Checksum::finish) {
+            Some(crc) => journal.file_done(&done.path, &done.name, done.size, &crc),
+            None => Ok(()),
+        }
     }
 
     fn write_contents(&mut self, contents: &mut Vec<Bytes>) -> Result<(), Error> {
@@ -337,12 +374,18 @@ impl Unpacker {
                 if let Some(v) = self.check.as_mut() {
                     v.data(data);
                 }
+                if let Some(sum) = f.crc.as_mut() {
+                    sum.update(data);
+                }
             }
             self.stats.bytes += n;
             f.written.wrote(self.writeback.as_ref(), &f.file, n);
         }
         contents.clear();
-        Ok(())
+        match self.journal.as_mut() {
+            Some(j) => j.commit_if_due(),
+            None => Ok(()),
+        }
     }
 
     /// A member starts: its name is checked (no escape, nothing beneath a link written), then
@@ -377,7 +420,8 @@ impl Unpacker {
                 let path = self
                     .resolve(archive, &rel)
                     .ok_or_else(|| refuse("a file where the WAL directory link is".into()))?;
-                self.begin_file(path, mode, m)
+                let name = manifest_name(archive.oid, &m.name);
+                self.begin_file(path, name, mode, m)
             }
             MemberKind::Symlink => {
                 let target = self.tablespace_link(archive, &rel).ok_or_else(|| {
@@ -400,14 +444,29 @@ impl Unpacker {
     }
 
     /// A regular file starts: created (it must not exist) with its mode, its blocks reserved,
-    /// and announced to the check.
-    fn begin_file(&mut self, path: PathBuf, mode: u32, m: &Member) -> Result<(), Error> {
+    /// and announced to the check. `name` is its name in the manifest.
+    fn begin_file(
+        &mut self,
+        path: PathBuf,
+        name: Vec<u8>,
+        mode: u32,
+        m: &Member,
+    ) -> Result<(), Error> {
         let file = create_file(&path, mode)?;
         preallocate(&file, m.size).map_err(Error::fs("preallocate", &path))?;
+        let check_has_crc = self
+            .check
+            .as_ref()
+            .is_some_and(|c| c.algorithm() == ChecksumAlgorithm::Crc32c);
+        let crc = (self.journal.is_some() && !check_has_crc)
+            .then(|| Checksum::with_algorithm(ChecksumAlgorithm::Crc32c));
         self.file = Some(OpenFile {
             file,
             path,
             written: FileProgress::default(),
+            name,
+            size: m.size,
+            crc,
         });
         if let Some(v) = self.check.as_mut() {
             v.begin_file(&m.name);
@@ -481,6 +540,7 @@ mod tests {
             precreated: HashSet::new(),
             verify: None,
             start_writeback: false,
+            journal: None,
         }
     }
 
@@ -534,6 +594,58 @@ mod tests {
             fs::read_link(dest.join("pg_tblspc/16388")).expect("link"),
             ts
         );
+    }
+
+    #[test]
+    fn lists_complete_files_in_the_journal_with_their_crc32c() {
+        let header = journal::Header {
+            format: journal::FORMAT_VERSION,
+            system_identifier: "1".into(),
+            timeline: 1,
+            major: 18,
+            start_lsn: "0/2000028".into(),
+            tablespaces: Vec::new(),
+        };
+        for verify in [
+            None,
+            Some(ChecksumAlgorithm::Crc32c),
+            Some(ChecksumAlgorithm::Sha256),
+        ] {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let dest = tmp.path().join("d");
+            fs::create_dir(&dest).expect("mkdir");
+            let mut l = layout(&dest, &[]);
+            l.verify = verify;
+            l.journal = Some(journal::Plan {
+                header: header.clone(),
+                sync: true,
+            });
+            unpack(
+                l,
+                tar(&[
+                    ("PG_VERSION", MemberKind::File, b"15\n", None),
+                    ("pg_wal/", MemberKind::Directory, b"", None),
+                    (
+                        "pg_wal/000000010000000000000002",
+                        MemberKind::File,
+                        b"w",
+                        None,
+                    ),
+                ]),
+            )
+            .expect("unpacks");
+            let j = journal::read(&dest).expect("journal");
+            assert_eq!(j.header, header);
+            assert_eq!(
+                j.files,
+                [journal::FileRecord {
+                    path: b"PG_VERSION".to_vec(),
+                    size: 3,
+                    crc32c: "8a744722".into(),
+                }],
+                "{verify:?}"
+            );
+        }
     }
 
     #[test]
