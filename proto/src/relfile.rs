@@ -140,9 +140,8 @@ impl SegmentFile {
 
 /// A decimal number as the server prints one: digits, no sign, no leading zero.
 fn number(s: &str) -> Option<u32> {
-    let canonical = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && (s == "0" || !s.starts_with('0'));
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
     canonical.then(|| s.parse().ok()).flatten()
 }
 
@@ -317,7 +316,10 @@ mod tests {
     fn a_database_mark_voids_every_file_of_that_database() {
         let mut limits = Limits::new();
         limits.record(fork(16390, 7, 0, Fork::Main), 0);
-        assert_eq!(limits.path_limit("pg_tblspc/16390/PG_18_1/7/16400"), Some(0));
+        assert_eq!(
+            limits.path_limit("pg_tblspc/16390/PG_18_1/7/16400"),
+            Some(0)
+        );
         assert_eq!(
             limits.path_limit("pg_tblspc/16390/PG_18_1/7/16400_vm.3"),
             Some(0)
