@@ -24,7 +24,7 @@ use pgclone_proto::{frontend, ServerVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use open::connect;
-pub use params::{ConnFlags, ConnParams, Host, Keepalives, Prompt, Secret, Target};
+pub use params::{ConnFlags, ConnMode, ConnParams, Host, Keepalives, Prompt, Secret, Target};
 pub use tls::{ChannelBinding, RootCert, SslMode, TlsSettings};
 use transport::Transport;
 
