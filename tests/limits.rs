@@ -26,7 +26,9 @@ use pgclone::sink::{ArchiveRoot, Chunk};
 use pgclone_proto::incremental::BLCKSZ;
 use pgclone_proto::tar::MemberKind;
 use pgclone_proto::{testutil, Lsn, TimelineId};
-use support::{as_pg_user, checked_output, tools_bin, Cluster, ClusterOptions, TestDir};
+use support::{
+    as_pg_user, checked_output, pg_basebackup, tools_bin, Cluster, ClusterOptions, TestDir,
+};
 
 fn primary(major: u32) -> Cluster {
     let mut opts = ClusterOptions::new(major);
@@ -161,25 +163,6 @@ fn limits_on(major: u32) {
         "{err}"
     );
     assert!(err.contains("--refresh reads the limit blocks"), "{err}");
-}
-
-/// The real pg_basebackup of `major` into `dest`, with `extra` arguments.
-fn pg_basebackup(c: &Cluster, dest: &Path, extra: &[&str]) {
-    let mut cmd = as_pg_user(tools_bin(c.major).join("pg_basebackup"));
-    cmd.arg("-h")
-        .arg(&c.socket_dir)
-        .args([
-            "-p",
-            &c.port.to_string(),
-            "-U",
-            "postgres",
-            "-c",
-            "fast",
-            "-D",
-        ])
-        .arg(dest)
-        .args(extra);
-    checked_output(&mut cmd, "pg_basebackup");
 }
 
 /// `START WAL LOCATION` of a backup's `backup_label`.
