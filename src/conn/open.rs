@@ -25,7 +25,8 @@ use super::{
 use crate::error::{os_text, Error};
 use crate::output;
 
-/// Opens a replication connection, trying each host in turn. Prompts for a password when the
+/// Opens a replication connection (an SQL session when `params.mode` says so), trying each
+/// host in turn. Prompts for a password when the
 /// server wants one and `params.prompt` allows it; the password is then kept in `params` for
 /// later connections.
 pub async fn connect(params: &mut ConnParams) -> Result<Connection, Error> {
