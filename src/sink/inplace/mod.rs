@@ -194,8 +194,15 @@ impl Applier {
     ///
     /// [`Header::plan_limited`]: pgclone_proto::incremental::Header::plan_limited
     pub fn with_limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
+        self.set_limits(limits);
         self
+    }
+
+    /// [`Self::with_limits`] on an open applier: for a caller that learns the backup's start
+    /// LSN (the end of the limits' range) only after opening it. Members that began before the
+    /// call keep the limits they began with.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// Applies one chunk.
