@@ -9,17 +9,21 @@
 //!   the newest WAL any page may reflect) and the synthesized manifest ([`synthesize`]); its
 //!   module doc gives the reasoning checked against the server and what is refused
 //! - `history`: whether that point lies on the primary's timeline history
+//! - `limits`: the WAL summaries' limit blocks of the range, over an ordinary SQL connection
+//!   ([`limits::fetch`]), for the in-place applier's safeguard against stale blocks
 //!
-//! Nothing here connects to a server or changes the directory.
+//! Only `limits` connects to a server; nothing here changes the directory.
 
 pub mod control;
 pub mod history;
 pub mod label;
+pub mod limits;
 pub mod reference;
 pub mod walk;
 
 pub use control::{ControlError, ControlFile, DbState};
 pub use history::{parse_history, HistoryEntry, HistoryError};
 pub use label::{BackupLabel, LabelError};
+pub use limits::{required_ranges, Limits, TimelineRange};
 pub use reference::{synthesize, Reference, ReferenceError, ReferencePoint};
 pub use walk::{list_data_files, DataFile, WalkError};
