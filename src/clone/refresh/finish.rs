@@ -34,7 +34,14 @@ pub struct Ending {
 /// Completes the refresh of `ending.dest` (blocking file I/O).
 pub fn complete(mut applied: Applied, ending: &Ending) -> Result<(), Error> {
     let dest = &ending.dest;
-    let keep = KeepList::default().with(KeepEntry::File(MARKER.into()));
+    // Unlike `KeepList::default`, postmaster.pid and postmaster.opts go too (no postmaster
+    // runs, the preflight checked): a fresh clone has neither.
+    let keep = KeepList::new(vec![
+        KeepEntry::Tree("pg_wal".into()),
+        KeepEntry::File("backup_manifest".into()),
+        KeepEntry::File(MANIFEST_TMP.into()),
+        KeepEntry::File(MARKER.into()),
+    ]);
     let removed = applied.remove_stale(&keep)?;
     tracing::info!(
         "removed what the primary no longer has: {} files, {} directories, {} tablespace links",
