@@ -268,10 +268,12 @@ fn pg18_refusals_leave_the_directory_as_it_was() {
     refused(&p, &dir, "a server is running on");
     fs::remove_file(&pid).expect("remove");
 
-    p.psql("ALTER SYSTEM SET summarize_wal = off; SELECT pg_reload_conf()");
+    p.psql("ALTER SYSTEM SET summarize_wal = off");
+    p.psql("SELECT pg_reload_conf()");
     p.wait_for("SHOW summarize_wal", "off", WAIT);
     refused(&p, &dir, "ALTER SYSTEM SET summarize_wal = on");
-    p.psql("ALTER SYSTEM RESET summarize_wal; SELECT pg_reload_conf()");
+    p.psql("ALTER SYSTEM RESET summarize_wal");
+    p.psql("SELECT pg_reload_conf()");
 
     let empty = work.mkdir("empty");
     refused(&p, &empty, "is not a data directory");
