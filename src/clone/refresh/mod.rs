@@ -58,8 +58,7 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
         r = connect_and_inspect(&mut params) => r?,
         () = interrupt.cancelled() => return Err(Error::Cancelled),
     };
-    let (point, reference, major) =
-        preflight::check_server(&mut conn, &facts, &cfg.dest, &local).await?;
+    let (marker, reference) = preflight::check_server(&mut conn, &facts, &cfg.dest, &local).await?;
     // TODO(limits): helper K's `refresh::limits::fetch(&params, ...)` goes here, its `Limits`
     // into the in-place layout built in `refresh_into`.
     let created_slot = match (&cfg.slot, cfg.create_slot) {
@@ -68,14 +67,6 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
             Some(name.clone())
         }
         _ => None,
-    };
-    let marker = Marker {
-        point,
-        major,
-        block_size: match &local {
-            preflight::Local::Control(c, _) => c.block_size,
-            preflight::Local::Unfinished(m) => m.block_size,
-        },
     };
     let abort = interrupt.child_token();
     let result = refresh_into(&cfg, &mut conn, &params, &facts, marker, reference, &abort).await;
