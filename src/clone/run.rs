@@ -56,15 +56,7 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
         None => None,
     };
 
-    // A slot made with -C exists before the backup starts, so its restart_lsn protects the
-    // WAL from before the checkpoint; it is dropped again if the clone fails.
-    let created_slot = match (&cfg.slot, cfg.create_slot) {
-        (Some(name), true) => {
-            create_permanent_slot(&mut conn, name).await?;
-            Some(name.clone())
-        }
-        _ => None,
-    };
+    let created_slot = create_slot_if_asked(&cfg, &mut conn).await?;
 
     let mut cleanup = Cleanup::new();
     let abort = interrupt.child_token();
@@ -95,14 +87,7 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
                 );
             }
             cleanup.run(cfg.no_clean || e.keeps_data());
-            if let (Some(name), false) = (&created_slot, cfg.no_clean) {
-                if let Err(e) = drop_slot(&params, name).await {
-                    tracing::warn!(
-                        "could not drop replication slot \"{name}\": {}",
-                        crate::error::chain(&e)
-                    );
-                }
-            }
+            drop_created_slot(&cfg, &params, created_slot.as_deref()).await;
         }
     }
     conn.close().await;
@@ -443,8 +428,36 @@ async fn finish(cfg: &Config, outcome: &Outcome) -> Result<(), Error> {
     .map_err(|e| Error::Internal(format!("sync task failed: {e}")))?
 }
 
+/// `-C`: creates the slot `-S` names before the backup starts, so that its restart_lsn
+/// protects the WAL from before the checkpoint; returns its name (to drop it again if the run
+/// fails, [`drop_created_slot`]).
+pub(crate) async fn create_slot_if_asked(
+    cfg: &Config,
+    conn: &mut Connection,
+) -> Result<Option<String>, Error> {
+    match (&cfg.slot, cfg.create_slot) {
+        (Some(name), true) => {
+            create_permanent_slot(conn, name).await?;
+            Ok(Some(name.clone()))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A failed run drops the slot it created, unless `--no-clean`; a failure to drop is a warning.
+pub(crate) async fn drop_created_slot(cfg: &Config, params: &ConnParams, created: Option<&str>) {
+    if let (Some(name), false) = (created, cfg.no_clean) {
+        if let Err(e) = drop_slot(params, name).await {
+            tracing::warn!(
+                "could not drop replication slot \"{name}\": {}",
+                crate::error::chain(&e)
+            );
+        }
+    }
+}
+
 /// Creates the permanent slot `name` (`-C`), reserving WAL from now on.
-pub(crate) async fn create_permanent_slot(conn: &mut Connection, name: &str) -> Result<(), Error> {
+async fn create_permanent_slot(conn: &mut Connection, name: &str) -> Result<(), Error> {
     let cmd = Command::CreatePhysicalSlot {
         name,
         temporary: false,
@@ -459,7 +472,7 @@ pub(crate) async fn create_permanent_slot(conn: &mut Connection, name: &str) -> 
 /// Drops a slot pgclone created, on a fresh connection, waiting briefly for the WAL
 /// connection's walsender to let go of it (while it holds the slot the server answers
 /// SQLSTATE 55006, "replication slot ... is active for PID ...").
-pub(crate) async fn drop_slot(params: &ConnParams, name: &str) -> Result<(), Error> {
+async fn drop_slot(params: &ConnParams, name: &str) -> Result<(), Error> {
     tracing::info!("dropping replication slot \"{name}\"");
     let mut params = params.clone();
     params.prompt = Prompt::Never;

@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clone::backup::{Job, OnStarted, Sink};
 use crate::clone::run::{
-    backup_and_stream, backup_options, connect_and_inspect, create_permanent_slot, drop_slot,
-    wait_for_first_data, wal_config,
+    backup_and_stream, backup_options, connect_and_inspect, create_slot_if_asked,
+    drop_created_slot, wait_for_first_data, wal_config,
 };
 use crate::clone::upload;
 use crate::conn::server::ServerFacts;
@@ -61,13 +61,7 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
     let (marker, reference) = preflight::check_server(&mut conn, &facts, &cfg.dest, &local).await?;
     // TODO(limits): helper K's `refresh::limits::fetch(&params, ...)` goes here, its `Limits`
     // into the in-place layout built in `refresh_into`.
-    let created_slot = match (&cfg.slot, cfg.create_slot) {
-        (Some(name), true) => {
-            create_permanent_slot(&mut conn, name).await?;
-            Some(name.clone())
-        }
-        _ => None,
-    };
+    let created_slot = create_slot_if_asked(&cfg, &mut conn).await?;
     let abort = interrupt.child_token();
     let result = refresh_into(&cfg, &mut conn, &params, &facts, marker, reference, &abort).await;
     if let Err(e) = &result {
@@ -78,14 +72,7 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
                 cfg.dest.display()
             );
         }
-        if let (Some(name), false) = (&created_slot, cfg.no_clean) {
-            if let Err(e) = drop_slot(&params, name).await {
-                tracing::warn!(
-                    "could not drop replication slot \"{name}\": {}",
-                    crate::error::chain(&e)
-                );
-            }
-        }
+        drop_created_slot(&cfg, &params, created_slot.as_deref()).await;
     }
     conn.close().await;
     result
