@@ -135,15 +135,7 @@ async fn clone_into(
         .waldir
         .clone()
         .unwrap_or_else(|| cfg.dest.join("pg_wal"));
-    let prepared = if cfg.wal_method == WalMethod::Stream {
-        let wal_cfg = wal_config(cfg, params, facts, &wal_dir);
-        tokio::select! {
-            r = wal::prepare(wal_cfg) => Some(r?),
-            () = abort.cancelled() => return Err(Error::Cancelled),
-        }
-    } else {
-        None
-    };
+    let prepared = prepare_wal(cfg, params, facts, &wal_dir, abort).await?;
 
     let primary = recovery::primary_conninfo(conn.info(), params);
     let sink = choose_sink(cfg, facts, cleanup, &primary, prepared.is_some(), &wal_dir)?;
@@ -173,13 +165,27 @@ async fn clone_into(
     Ok(outcome)
 }
 
-/// What the WAL task needs for `-X stream`.
-pub(crate) fn wal_config(
+/// `-X stream`: the WAL connection opened (and its temporary slot made) before the backup
+/// starts; `None` for the other methods.
+pub(crate) async fn prepare_wal(
     cfg: &Config,
     params: &ConnParams,
     facts: &ServerFacts,
     wal_dir: &Path,
-) -> WalConfig {
+    abort: &CancellationToken,
+) -> Result<Option<wal::Prepared>, Error> {
+    if cfg.wal_method != WalMethod::Stream {
+        return Ok(None);
+    }
+    let wal_cfg = wal_config(cfg, params, facts, wal_dir);
+    tokio::select! {
+        r = wal::prepare(wal_cfg) => Ok(Some(r?)),
+        () = abort.cancelled() => Err(Error::Cancelled),
+    }
+}
+
+/// What the WAL task needs for `-X stream`.
+fn wal_config(cfg: &Config, params: &ConnParams, facts: &ServerFacts, wal_dir: &Path) -> WalConfig {
     let slot = match (&cfg.slot, cfg.no_slot) {
         (Some(name), _) => Slot::Named(name.clone()),
         (None, true) => Slot::None,

@@ -34,17 +34,16 @@ use tokio_util::sync::CancellationToken;
 use crate::clone::backup::{Job, OnStarted, Sink};
 use crate::clone::run::{
     backup_and_stream, backup_options, connect_and_inspect, create_slot_if_asked,
-    drop_created_slot, wait_for_first_data, wal_config,
+    drop_created_slot, prepare_wal, wait_for_first_data,
 };
 use crate::clone::upload;
 use crate::conn::server::ServerFacts;
 use crate::conn::{ConnParams, Connection};
 use crate::error::Error;
-use crate::options::config::{Config, WalMethod};
+use crate::options::config::Config;
 use crate::recovery;
 use crate::sink::dest::Cleanup;
 use crate::sink::inplace::{self, clear_wal};
-use crate::wal;
 
 use finish::Ending;
 use marker::{Marker, MARKER};
@@ -89,15 +88,7 @@ async fn refresh_into(
     reference: Vec<u8>,
     abort: &CancellationToken,
 ) -> Result<(), Error> {
-    let prepared = if cfg.wal_method == WalMethod::Stream {
-        let wal_cfg = wal_config(cfg, params, facts, &cfg.dest.join("pg_wal"));
-        tokio::select! {
-            r = wal::prepare(wal_cfg) => Some(r?),
-            () = abort.cancelled() => return Err(Error::Cancelled),
-        }
-    } else {
-        None
-    };
+    let prepared = prepare_wal(cfg, params, facts, &cfg.dest.join("pg_wal"), abort).await?;
     let primary = recovery::primary_conninfo(conn.info(), params);
     let job = Job {
         options: backup_options(cfg),
