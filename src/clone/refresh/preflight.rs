@@ -10,11 +10,10 @@ use std::io;
 use std::path::Path;
 
 use pgclone_proto::basebackup::MIN_MAJOR_INCREMENTAL;
-use pgclone_proto::command::Command;
-use pgclone_proto::{ProtocolError, TimelineId};
+use pgclone_proto::TimelineId;
 
 use crate::clone::refresh::marker::{Marker, MARKER};
-use crate::conn::server::ServerFacts;
+use crate::conn::server::{timeline_history, ServerFacts};
 use crate::conn::Connection;
 use crate::error::Error;
 use crate::refresh::{
@@ -204,7 +203,7 @@ async fn check_timeline(
     point: &ReferencePoint,
 ) -> Result<(), Error> {
     let entries = if server.0 > 1 {
-        let content = timeline_history(conn, server).await?;
+        let (_, content) = timeline_history(conn, server).await?;
         parse_history(server, &content).map_err(refused)?
     } else {
         Vec::new()
@@ -214,26 +213,4 @@ async fn check_timeline(
             "{e}; a promoted or diverged copy is pg_rewind's job, not --refresh's"
         ))
     })
-}
-
-/// The content of the server's history file of `timeline`.
-async fn timeline_history(conn: &mut Connection, timeline: TimelineId) -> Result<Vec<u8>, Error> {
-    let cmd = Command::TimelineHistory(timeline);
-    let what = cmd.name();
-    let sets = conn
-        .simple_query(what, &cmd.text(conn.info().version))
-        .await?;
-    let set = sets
-        .first()
-        .ok_or(ProtocolError::Truncated("TIMELINE_HISTORY result"))
-        .map_err(Error::protocol(what))?;
-    set.expect_shape(what, Some(1), 2)
-        .map_err(Error::protocol(what))?;
-    let content = set
-        .bytes(what, 0, 1)
-        .map_err(Error::protocol(what))?
-        .cloned()
-        .ok_or(ProtocolError::Truncated("history file content"))
-        .map_err(Error::protocol(what))?;
-    Ok(content.to_vec())
 }
