@@ -214,3 +214,54 @@ async fn check_timeline(
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::refresh::control::sample;
+
+    fn refusal(r: Result<Local, Error>) -> String {
+        match r {
+            Err(Error::Refused(m)) => m,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_directory_is_checked_without_a_server() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        assert!(refusal(check_directory(d)).contains("is not a data directory"));
+
+        fs::create_dir(d.join("global")).expect("mkdir");
+        fs::write(d.join("global/pg_control"), sample(1800).encode()).expect("write");
+        assert!(matches!(check_directory(d), Ok(Local::Control(_, None))));
+
+        // Our own pid is alive; a pid far above pid_max is not.
+        fs::write(
+            d.join("postmaster.pid"),
+            format!("{}\n", std::process::id()),
+        )
+        .expect("pid");
+        assert!(refusal(check_directory(d)).contains("a server is running on"));
+        fs::write(d.join("postmaster.pid"), "2147483000\n").expect("pid");
+        assert!(check_directory(d).is_ok());
+
+        fs::remove_file(d.join("global/pg_control")).expect("rm");
+        let marker = Marker {
+            point: ReferencePoint {
+                system_identifier: 1,
+                timeline: TimelineId(1),
+                start: pgclone_proto::Lsn(0x100),
+                end: pgclone_proto::Lsn(0x200),
+            },
+            major: 18,
+            block_size: 8192,
+        };
+        marker.write(d, false).expect("marker");
+        match check_directory(d) {
+            Ok(Local::Unfinished(m)) => assert_eq!(m, marker),
+            other => panic!("{other:?}"),
+        }
+    }
+}
