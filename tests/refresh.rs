@@ -379,7 +379,7 @@ fn pg18_interrupted_refresh_does_not_start_and_completes_when_run_again() {
 }
 
 #[test]
-fn pg17_refresh_with_a_mapped_tablespace() {
+fn pg17_refresh_with_a_mapped_tablespace_and_a_wal_directory_link() {
     let p = summarizing_primary(17);
     let work = TestDir::new("refresh-ts");
     let t = support::create_table_t(&p, &work, true, "");
@@ -387,7 +387,9 @@ fn pg17_refresh_with_a_mapped_tablespace() {
     p.psql("CREATE TABLE gone (x int) TABLESPACE ts; INSERT INTO gone VALUES (1)");
     let mapping = t.mapping.expect("mapping");
     let dir = work.join("standby");
-    pgclone(&p, &dir, &["-R", "-T", &mapping]).assert_ok();
+    let waldir = work.join("waldir");
+    let waldir_arg = waldir.to_str().expect("UTF-8").to_owned();
+    pgclone(&p, &dir, &["-R", "-T", &mapping, "--waldir", &waldir_arg]).assert_ok();
     let mut standby = Cluster::start_existing(17, &dir, &[]);
     standby.wait_for_replay(&p.current_lsn());
     standby.stop();
@@ -412,6 +414,16 @@ fn pg17_refresh_with_a_mapped_tablespace() {
     )
     .expect("a link");
     assert_eq!(link, t.ts_copy);
+    assert_eq!(
+        fs::read_link(dir.join("pg_wal")).expect("pg_wal link"),
+        waldir
+    );
+    assert!(
+        fs::read_dir(&waldir)
+            .expect("waldir")
+            .any(|e| e.expect("entry").file_name().len() == 24),
+        "no streamed segment in the WAL directory"
+    );
     let standby = Cluster::start_existing(17, &dir, &[]);
     standby.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
     standby.wait_for_replay(&p.current_lsn());
