@@ -5,7 +5,9 @@
 //! rows, passes pg_verifybackup, and the refresh received far less than the full clone. Also
 //! refusals (another cluster, `summarize_wal` off, a live postmaster.pid, not a data directory),
 //! each leaving the directory byte for byte as it was, and a refresh killed mid-way: the
-//! directory refuses to start, and `--refresh` again completes it.
+//! directory refuses to start, and `--refresh` again completes it. Also: a mapped tablespace
+//! with `pg_wal` linked to a WAL directory, and a failover: a standby of the old primary is
+//! refreshed from the promoted one (timeline 2), the old primary that wrote on is refused.
 
 mod support;
 
@@ -430,4 +432,49 @@ fn pg17_refresh_with_a_mapped_tablespace_and_a_wal_directory_link() {
     let sql = "SELECT count(*) || ' ' || md5(string_agg(id || v, ',' ORDER BY id)) FROM t \
                UNION ALL SELECT count(*)::text FROM t3";
     assert_eq!(standby.psql(sql), p.psql(sql));
+}
+
+#[test]
+fn pg18_after_a_failover_a_standby_is_refreshed_and_the_old_primary_refused() {
+    let mut p = summarizing_primary(18);
+    let work = TestDir::new("refresh-failover");
+    p.psql("CREATE TABLE a (id int PRIMARY KEY, v text)");
+    p.psql("INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 5000) g");
+    let (s1_dir, s2_dir) = (work.join("s1"), work.join("s2"));
+    pgclone(&p, &s1_dir, &["-R"]).assert_ok();
+    pgclone(&p, &s2_dir, &["-R"]).assert_ok();
+    let s1 = Cluster::start_existing(18, &s1_dir, &[]);
+    let mut s2 = Cluster::start_existing(18, &s2_dir, &[]);
+    // Not at a segment boundary (where the clone's backup left it): a timeline that begins
+    // exactly there is summarized from its first record on, and the server then finds the
+    // summaries of the new timeline incomplete (seen on 18.4).
+    p.psql("INSERT INTO a VALUES (0, 'before the failover')");
+    let lsn = p.current_lsn();
+    s1.wait_for_replay(&lsn);
+    s2.wait_for_replay(&lsn);
+    s2.stop();
+
+    // s1 becomes the primary on timeline 2; the old primary writes on, then stops: diverged.
+    assert_eq!(s1.psql("SELECT pg_promote()"), "t");
+    s1.wait_for("SELECT pg_is_in_recovery()", "f", WAIT);
+    p.psql("INSERT INTO a VALUES (-5, 'only on the old primary')");
+    p.psql("CHECKPOINT");
+    p.stop();
+    s1.psql("UPDATE a SET v = 'after failover' WHERE id <= 100");
+    s1.psql("CHECKPOINT");
+
+    refused(&s1, &p.data, "pg_rewind");
+
+    let run = pgclone(&s1, &s2_dir, &["--refresh", "-R", "-v"]);
+    run.assert_ok();
+    received_bytes(&run.stderr);
+    let s2 = Cluster::start_existing(18, &s2_dir, &[]);
+    s2.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
+    s2.wait_for_replay(&s1.current_lsn());
+    let sql = "SELECT count(*) || ' ' || md5(string_agg(id || v, ',' ORDER BY id)) FROM a";
+    assert_eq!(s2.psql(sql), s1.psql(sql));
+    assert_eq!(
+        s2.psql("SELECT received_tli FROM pg_stat_wal_receiver"),
+        "2"
+    );
 }
