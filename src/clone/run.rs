@@ -36,6 +36,9 @@ use crate::wal::{self, Slot, WalConfig, WalOutput};
 /// Runs the clone described by `cfg`. Cancelling `interrupt` (a signal) stops every task and
 /// undoes what was created; the result is then `Err(Cancelled)`.
 pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error> {
+    if cfg.refresh {
+        return crate::clone::refresh::run(cfg, interrupt).await;
+    }
     // Refuse a non-empty destination before anything else, and connect before creating
     // anything, so that these failures leave nothing behind.
     if cfg.output == Output::Dir {
@@ -54,15 +57,7 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
         None => None,
     };
 
-    // A slot made with -C exists before the backup starts, so its restart_lsn protects the
-    // WAL from before the checkpoint; it is dropped again if the clone fails.
-    let created_slot = match (&cfg.slot, cfg.create_slot) {
-        (Some(name), true) => {
-            create_permanent_slot(&mut conn, name).await?;
-            Some(name.clone())
-        }
-        _ => None,
-    };
+    let created_slot = create_slot_if_asked(&cfg, &mut conn).await?;
 
     let mut cleanup = Cleanup::new();
     let abort = interrupt.child_token();
@@ -100,14 +95,7 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
             if partial {
                 keep_partial(&cfg);
             }
-            if let (Some(name), false) = (&created_slot, cfg.no_clean) {
-                if let Err(e) = drop_slot(&params, name).await {
-                    tracing::warn!(
-                        "could not drop replication slot \"{name}\": {}",
-                        crate::error::chain(&e)
-                    );
-                }
-            }
+            drop_created_slot(&cfg, &params, created_slot.as_deref()).await;
         }
     }
     conn.close().await;
@@ -128,7 +116,9 @@ fn keep_partial(cfg: &Config) {
     );
 }
 
-async fn connect_and_inspect(params: &mut ConnParams) -> Result<(Connection, ServerFacts), Error> {
+pub(crate) async fn connect_and_inspect(
+    params: &mut ConnParams,
+) -> Result<(Connection, ServerFacts), Error> {
     let mut conn = conn::connect(params).await?;
     tracing::debug!(
         "connected to PostgreSQL {} as {} ({:?} authentication)",
@@ -167,15 +157,7 @@ async fn clone_into(
         .waldir
         .clone()
         .unwrap_or_else(|| cfg.dest.join("pg_wal"));
-    let prepared = if cfg.wal_method == WalMethod::Stream {
-        let wal_cfg = wal_config(cfg, params, facts, &wal_dir);
-        tokio::select! {
-            r = wal::prepare(wal_cfg) => Some(r?),
-            () = abort.cancelled() => return Err(Error::Cancelled),
-        }
-    } else {
-        None
-    };
+    let prepared = prepare_wal(cfg, params, facts, &wal_dir, abort).await?;
 
     let primary = recovery::primary_conninfo(conn.info(), params);
     let sink = choose_sink(cfg, facts, cleanup, &primary, prepared.is_some(), &wal_dir)?;
@@ -183,6 +165,7 @@ async fn clone_into(
         options: backup_options(cfg),
         sink,
         wal: None,
+        on_started: None,
     };
     wait_for_first_data(cfg, conn).await?;
     if let Some(reference) = reference {
@@ -202,6 +185,25 @@ async fn clone_into(
     }
     finish(cfg, &outcome).await?;
     Ok(outcome)
+}
+
+/// `-X stream`: the WAL connection opened (and its temporary slot made) before the backup
+/// starts; `None` for the other methods.
+pub(crate) async fn prepare_wal(
+    cfg: &Config,
+    params: &ConnParams,
+    facts: &ServerFacts,
+    wal_dir: &Path,
+    abort: &CancellationToken,
+) -> Result<Option<wal::Prepared>, Error> {
+    if cfg.wal_method != WalMethod::Stream {
+        return Ok(None);
+    }
+    let wal_cfg = wal_config(cfg, params, facts, wal_dir);
+    tokio::select! {
+        r = wal::prepare(wal_cfg) => Ok(Some(r?)),
+        () = abort.cancelled() => Err(Error::Cancelled),
+    }
 }
 
 /// What the WAL task needs for `-X stream`.
@@ -278,7 +280,7 @@ fn choose_sink(
 }
 
 /// The BASE_BACKUP options the flags ask for.
-fn backup_options(cfg: &Config) -> BaseBackupOptions {
+pub(crate) fn backup_options(cfg: &Config) -> BaseBackupOptions {
     BaseBackupOptions {
         label: cfg.label.clone(),
         progress: cfg.estimate_size,
@@ -301,12 +303,12 @@ fn backup_options(cfg: &Config) -> BaseBackupOptions {
             }),
             Compression::Client(_) => None,
         },
-        incremental: cfg.incremental.is_some(),
+        incremental: cfg.incremental.is_some() || cfg.refresh,
     }
 }
 
 /// Sets the main connection's read timeout for the wait before the first data.
-async fn wait_for_first_data(cfg: &Config, conn: &mut Connection) -> Result<(), Error> {
+pub(crate) async fn wait_for_first_data(cfg: &Config, conn: &mut Connection) -> Result<(), Error> {
     // The checkpoint before the first data is legitimately silent: with a spread checkpoint,
     // allow checkpoint_timeout on top of --timeout.
     let first_data = match (cfg.timeout, cfg.checkpoint) {
@@ -325,7 +327,7 @@ async fn wait_for_first_data(cfg: &Config, conn: &mut Connection) -> Result<(), 
 
 /// Runs the backup task here and, when streaming, the WAL task beside it (linked to `job`);
 /// returns the backup's outcome once both are done, or the error that stopped them.
-async fn backup_and_stream(
+pub(crate) async fn backup_and_stream(
     conn: &mut Connection,
     cfg: &Config,
     facts: &ServerFacts,
@@ -428,21 +430,22 @@ fn plain_layout(
 /// Makes the clone durable and puts the manifest in place.
 async fn finish(cfg: &Config, outcome: &Outcome) -> Result<(), Error> {
     let cfg = cfg.clone();
-    let outcome = outcome.clone();
+    let tablespace_dirs = outcome.tablespace_dirs.clone();
+    let manifest = outcome.manifest;
     tokio::task::spawn_blocking(move || {
         let sync = !cfg.no_sync;
         journal::remove(&cfg.dest)?;
         if sync {
             tracing::info!("syncing data to disk ...");
             durable::sync_tree(&cfg.dest)?;
-            for dir in outcome.tablespace_dirs.iter().chain(&cfg.waldir) {
+            for dir in tablespace_dirs.iter().chain(&cfg.waldir) {
                 durable::sync_tree(dir)?;
             }
             if let Some(parent) = cfg.dest.parent().filter(|p| !p.as_os_str().is_empty()) {
                 durable::sync_path(parent)?;
             }
         }
-        if outcome.manifest {
+        if manifest {
             tracing::info!("renaming {MANIFEST_TMP} to backup_manifest");
             durable::durable_rename(
                 &cfg.dest.join(MANIFEST_TMP),
@@ -454,6 +457,34 @@ async fn finish(cfg: &Config, outcome: &Outcome) -> Result<(), Error> {
     })
     .await
     .map_err(|e| Error::Internal(format!("sync task failed: {e}")))?
+}
+
+/// `-C`: creates the slot `-S` names before the backup starts, so that its restart_lsn
+/// protects the WAL from before the checkpoint; returns its name (to drop it again if the run
+/// fails, [`drop_created_slot`]).
+pub(crate) async fn create_slot_if_asked(
+    cfg: &Config,
+    conn: &mut Connection,
+) -> Result<Option<String>, Error> {
+    match (&cfg.slot, cfg.create_slot) {
+        (Some(name), true) => {
+            create_permanent_slot(conn, name).await?;
+            Ok(Some(name.clone()))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A failed run drops the slot it created, unless `--no-clean`; a failure to drop is a warning.
+pub(crate) async fn drop_created_slot(cfg: &Config, params: &ConnParams, created: Option<&str>) {
+    if let (Some(name), false) = (created, cfg.no_clean) {
+        if let Err(e) = drop_slot(params, name).await {
+            tracing::warn!(
+                "could not drop replication slot \"{name}\": {}",
+                crate::error::chain(&e)
+            );
+        }
+    }
 }
 
 /// Creates the permanent slot `name` (`-C`), reserving WAL from now on.
