@@ -35,11 +35,11 @@ const WAIT: Duration = Duration::from_secs(60);
 fn primary(major: u32, summarize: bool, extra: &[&str]) -> Cluster {
     let mut opts = ClusterOptions::new(major);
     opts.checksums = true;
-    opts.conf = vec![
-        format!("summarize_wal = {}", if summarize { "on" } else { "off" }),
-        "wal_keep_size = 0".into(),
-        "autovacuum = off".into(),
-    ];
+    opts.conf = vec!["wal_keep_size = 0".into(), "autovacuum = off".into()];
+    if major >= 17 {
+        let on = if summarize { "on" } else { "off" };
+        opts.conf.push(format!("summarize_wal = {on}"));
+    }
     opts.conf.extend(extra.iter().map(|s| (*s).to_owned()));
     Cluster::start(&opts)
 }
@@ -305,18 +305,19 @@ const BEFORE: &str = "CREATE TABLE to_drop(id int PRIMARY KEY, v text); \
      CREATE EXTENSION amcheck; CHECKPOINT";
 
 /// What the primary does while the standby is down: new relfilenodes for most tables, a new
-/// tablespace with a table, dropped objects.
-const WHILE_DOWN: &str = "DROP TABLE to_drop; \
-     CREATE TABLE created(id int PRIMARY KEY, v text); \
-     INSERT INTO created SELECT g, md5(g::text) FROM generate_series(1, 2000) g; \
-     TRUNCATE to_truncate; \
-     INSERT INTO to_truncate SELECT g, 'again ' || g FROM generate_series(1, 500) g; \
-     DELETE FROM to_vacuum WHERE id % 3 = 0; VACUUM FULL to_vacuum; \
-     CLUSTER to_cluster USING to_cluster_id; \
-     UPDATE in_ts1 SET v = 'changed' WHERE id % 10 = 0; \
-     DROP TABLE dropped_in_ts1; \
-     CREATE TABLE in_ts2(id int PRIMARY KEY, v text) TABLESPACE ts2; \
-     INSERT INTO in_ts2 SELECT g, md5(g::text) FROM generate_series(1, 2000) g";
+/// tablespace with a table, dropped objects (one psql call each: VACUUM needs its own).
+const WHILE_DOWN: [&str; 7] = [
+    "DROP TABLE to_drop; CREATE TABLE created(id int PRIMARY KEY, v text); \
+     INSERT INTO created SELECT g, md5(g::text) FROM generate_series(1, 2000) g",
+    "TRUNCATE to_truncate; \
+     INSERT INTO to_truncate SELECT g, 'again ' || g FROM generate_series(1, 500) g",
+    "DELETE FROM to_vacuum WHERE id % 3 = 0",
+    "VACUUM FULL to_vacuum",
+    "CLUSTER to_cluster USING to_cluster_id",
+    "UPDATE in_ts1 SET v = 'changed' WHERE id % 10 = 0; DROP TABLE dropped_in_ts1",
+    "CREATE TABLE in_ts2(id int PRIMARY KEY, v text) TABLESPACE ts2; \
+     INSERT INTO in_ts2 SELECT g, md5(g::text) FROM generate_series(1, 2000) g",
+];
 
 /// Runs `bt_index_check` on every btree index of database `postgres` on `c`; returns how many.
 fn amcheck_all(c: &Cluster) -> usize {
@@ -355,7 +356,9 @@ fn stale_basebackup_standby(major: u32) {
 
     pgbench(&p, &["-c", "2", "-t", "150", "-n"]);
     p.create_tablespace("ts2", &ts2);
-    p.psql(WHILE_DOWN);
+    for sql in WHILE_DOWN {
+        p.psql(sql);
+    }
     recycle_wal(&p);
     // The standby cannot catch up: the segment its crash recovery starts in is gone.
     let segment = segment_of(&redo);
@@ -442,9 +445,10 @@ fn same_as_pg_combinebackup(major: u32) {
     p.psql(
         "CREATE TABLE gone(x int); INSERT INTO gone SELECT generate_series(1, 1000); \
          CREATE TABLE big(g int PRIMARY KEY, v text); \
-         INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g; \
-         VACUUM (FREEZE, ANALYZE); CHECKPOINT",
+         INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g",
     );
+    p.psql("VACUUM (FREEZE, ANALYZE)");
+    p.psql("CHECKPOINT");
     let full = work.join("full");
     clone(&p, &full, &["-X", "stream"]);
     let copy = work.join("copy");
@@ -455,9 +459,10 @@ fn same_as_pg_combinebackup(major: u32) {
          DELETE FROM t WHERE id BETWEEN 100 AND 199; \
          INSERT INTO t SELECT g, md5(g::text) FROM generate_series(5001, 7000) g; \
          UPDATE big SET v = 'y' WHERE g % 500 = 0; \
-         DROP TABLE gone; CREATE TABLE t2 AS SELECT generate_series(1, 3000) AS x; \
-         VACUUM (FREEZE, ANALYZE); CHECKPOINT",
+         DROP TABLE gone; CREATE TABLE t2 AS SELECT generate_series(1, 3000) AS x",
     );
+    p.psql("VACUUM (FREEZE, ANALYZE)");
+    p.psql("CHECKPOINT");
     // From here to the end of both backups the primary is idle: nothing reads or writes it.
     let inc = work.join("inc");
     let mut cmd = tool(major, "pg_basebackup");
