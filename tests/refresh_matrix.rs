@@ -146,7 +146,10 @@ fn contents(c: &Cluster) -> String {
         })
         .collect();
     assert!(!selects.is_empty(), "no tables");
-    c.psql(&selects.join(" UNION ALL "))
+    c.psql(&format!(
+        "SELECT line FROM ({}) s(line) ORDER BY 1",
+        selects.join(" UNION ALL ")
+    ))
 }
 
 /// Waits until `replica` has replayed everything `primary` wrote so far.
@@ -659,27 +662,29 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
-/// `--refresh` of `dir` against `p` is refused with one error line naming one of `why`
-/// (case-insensitive), and `dir` is byte for byte as it was.
-fn refused(p: &Cluster, dir: &Path, why: &[&str]) {
+/// What a refusal may tell the user to do instead (issue 13, point 4).
+const INSTEAD: [&str; 4] = ["full clone", "stop it", "pg_rewind", "summarize_wal = on"];
+
+/// `--refresh` of `dir` against `p` must be refused with exit code 1 and one error line naming
+/// one of `why` and one of [`INSTEAD`] (case-insensitive), leaving `dir` byte for byte as it
+/// was. Returns what went wrong (so that one failure does not hide the later cases).
+fn refused(p: &Cluster, dir: &Path, why: &[&str]) -> Vec<String> {
     let before = snapshot(dir);
     let run = refresh_cmd(p, dir, &["-R", "-v"]).run();
-    assert_eq!(
-        run.status.code(),
-        Some(1),
-        "{}:\n{}",
-        dir.display(),
-        run.stderr
-    );
     let errors = run.error_lines();
-    assert_eq!(errors.len(), 1, "{}", run.stderr);
-    let line = errors[0].to_lowercase();
-    assert!(
-        why.iter().any(|w| line.contains(&w.to_lowercase())),
-        "{:?} names none of {why:?}",
-        errors[0]
-    );
-    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    let line = errors.first().copied().unwrap_or_default();
+    let lower = line.to_lowercase();
+    let mut problems = Vec::new();
+    if run.status.code() != Some(1) || errors.len() != 1 || run.stderr.contains("panicked") {
+        problems.push(format!(
+            "{why:?}: want exit 1 and one error line:\n{}",
+            run.stderr
+        ));
+    } else if !why.iter().any(|w| lower.contains(&w.to_lowercase())) {
+        problems.push(format!("{line:?} names none of {why:?}"));
+    } else if !INSTEAD.iter().any(|w| lower.contains(w)) {
+        problems.push(format!("{line:?} says nothing of what to do instead"));
+    }
     let after = snapshot(dir);
     let changed: Vec<String> = before
         .keys()
@@ -689,13 +694,19 @@ fn refused(p: &Cluster, dir: &Path, why: &[&str]) {
         .filter(|k| before.get(*k) != after.get(*k))
         .map(|k| format!("{}: {:?} -> {:?}", k.display(), before.get(k), after.get(k)))
         .collect();
-    assert!(
-        changed.is_empty(),
-        "refused refresh ({}) changed {}:\n{}",
-        errors[0],
-        dir.display(),
-        changed.join("\n")
-    );
+    if !changed.is_empty() {
+        problems.push(format!(
+            "{why:?}: the refused refresh changed {}:\n{}",
+            dir.display(),
+            changed.join("\n")
+        ));
+    }
+    problems
+}
+
+/// Panics with every problem [`refused`] found.
+fn assert_no_problems(problems: &[String]) {
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
 
 /// A pgclone `-R` clone of `upstream` into `dir`, started until it streams, then stopped.
@@ -714,12 +725,13 @@ fn refresh_refuses_a_16_server() {
     let work = TestDir::new("rm-16");
     let dir = work.join("standby");
     stopped_standby(&p, &dir);
-    refused(&p, &dir, &["17", "incremental"]);
+    assert_no_problems(&refused(&p, &dir, &["17", "incremental"]));
 }
 
 #[test]
 fn pg17_refusals_leave_the_directory_unchanged() {
     let p = primary(17, false, &[]);
+    let mut problems = Vec::new();
     let work = TestDir::new("rm-refuse");
     let old = work.join("old");
     stopped_standby(&p, &old);
@@ -727,9 +739,9 @@ fn pg17_refusals_leave_the_directory_unchanged() {
     // Not a data directory: no pg_control, no marker.
     let empty = work.mkdir("not-data");
     fs::write(empty.join("notes.txt"), "not a cluster\n").expect("write");
-    refused(&p, &empty, &["data directory", "pg_control"]);
+    problems.extend(refused(&p, &empty, &["data directory", "pg_control"]));
 
-    refused(&p, &old, &["summarize_wal"]);
+    problems.extend(refused(&p, &old, &["summarize_wal"]));
 
     // Summaries start only after the standby's restartpoint.
     p.psql("INSERT INTO seen VALUES (2)");
@@ -743,13 +755,13 @@ fn pg17_refusals_leave_the_directory_unchanged() {
         "t",
         WAIT,
     );
-    refused(&p, &old, &["summar"]);
+    problems.extend(refused(&p, &old, &["summar"]));
 
     // A standby of another primary.
     let q = primary(17, true, &[]);
     let foreign = work.join("foreign");
     stopped_standby(&q, &foreign);
-    refused(&p, &foreign, &["system identifier"]);
+    problems.extend(refused(&p, &foreign, &["system identifier"]));
 
     // A postmaster running on the directory (held still so its files do not move).
     let dir = work.join("standby");
@@ -757,7 +769,7 @@ fn pg17_refusals_leave_the_directory_unchanged() {
     let mut s = Cluster::start_existing(17, &dir, &[]);
     s.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
     signal_server(&s, libc::SIGSTOP);
-    refused(&p, &dir, &["running", "postmaster"]);
+    problems.extend(refused(&p, &dir, &["running", "postmaster"]));
     signal_server(&s, libc::SIGCONT);
 
     // A promoted standby: its timeline left the primary's history.
@@ -765,5 +777,6 @@ fn pg17_refusals_leave_the_directory_unchanged() {
     s.wait_for("SELECT pg_is_in_recovery()", "f", WAIT);
     s.psql("CREATE TABLE on_promoted(x int); INSERT INTO on_promoted VALUES (1)");
     s.stop();
-    refused(&p, &dir, &["timeline", "promoted", "pg_rewind"]);
+    problems.extend(refused(&p, &dir, &["timeline", "promoted", "pg_rewind"]));
+    assert_no_problems(&problems);
 }
