@@ -4,7 +4,8 @@
 //! `pgclone --refresh -R -v` brings it back in place: it streams again, holds the primary's
 //! rows, passes pg_verifybackup, and the refresh received far less than the full clone. Also
 //! refusals (another cluster, `summarize_wal` off, a live postmaster.pid, not a data directory),
-//! each leaving the directory byte for byte as it was.
+//! each leaving the directory byte for byte as it was, and a refresh killed mid-way: the
+//! directory refuses to start, and `--refresh` again completes it.
 
 mod support;
 
@@ -183,9 +184,10 @@ fn assert_cannot_catch_up(p: &Cluster, major: u32, dir: &Path) {
     standby.stop();
 }
 
-fn stale_standby_is_refreshed(major: u32) {
+/// A primary of `major` and, in `work/standby`, a standby cloned with `-R` that streamed, was
+/// stopped, and can no longer catch up; returns them with the size of the full clone.
+fn stale_standby(major: u32, work: &TestDir) -> (Cluster, std::path::PathBuf, u64) {
     let p = summarizing_primary(major);
-    let work = TestDir::new(&format!("refresh{major}"));
     p.psql(
         "CREATE TABLE a (id int PRIMARY KEY, v text); \
          INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 200000) g; \
@@ -208,32 +210,41 @@ fn stale_standby_is_refreshed(major: u32) {
     change_primary(&p);
     recycle_wal(&p);
     assert_cannot_catch_up(&p, major, &dir);
+    (p, dir, full)
+}
 
-    let run = pgclone(&p, &dir, &["--refresh", "-R", "-v"]);
-    run.assert_ok();
-    eprintln!("{}", run.stderr);
-    let received = received_bytes(&run.stderr);
-    assert!(
-        received * 4 < full,
-        "the refresh received {received} bytes, the full clone holds {full}"
-    );
+/// Starts the refreshed standby in `dir`: in recovery, streaming, sees a row written now, and
+/// holds the primary's rows.
+fn assert_refreshed(p: &Cluster, major: u32, dir: &Path) {
     assert!(!dir.join("pgclone_refresh").exists(), "marker left behind");
-    if let Err(e) = support::verify_backup(major, &dir) {
+    if let Err(e) = support::verify_backup(major, dir) {
         panic!("pg_verifybackup of the refreshed directory: {e}");
     }
-    pgclone_cmd().args(["verify"]).arg(&dir).run().assert_ok();
-
-    let standby = Cluster::start_existing(major, &dir, &[]);
+    pgclone_cmd().arg("verify").arg(dir).run().assert_ok();
+    let standby = Cluster::start_existing(major, dir, &[]);
     standby.wait_for("SELECT pg_is_in_recovery()", "t", WAIT);
     standby.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
     p.psql("INSERT INTO b VALUES (-1)");
     standby.wait_for("SELECT count(*) FROM b WHERE x = -1", "1", WAIT);
     standby.wait_for_replay(&p.current_lsn());
-    assert_eq!(contents(&standby), contents(&p));
+    assert_eq!(contents(&standby), contents(p));
     assert_eq!(
         standby.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'c'"),
         "0"
     );
+}
+
+fn stale_standby_is_refreshed(major: u32) {
+    let work = TestDir::new(&format!("refresh{major}"));
+    let (p, dir, full) = stale_standby(major, &work);
+    let run = pgclone(&p, &dir, &["--refresh", "-R", "-v"]);
+    run.assert_ok();
+    let received = received_bytes(&run.stderr);
+    assert!(
+        received * 4 < full,
+        "the refresh received {received} bytes, the full clone holds {full}"
+    );
+    assert_refreshed(&p, major, &dir);
 }
 
 #[test]
@@ -277,4 +288,71 @@ fn pg18_refusals_leave_the_directory_as_it_was() {
 
     let empty = work.mkdir("empty");
     refused(&p, &empty, "is not a data directory");
+}
+
+/// The pid of the one child process of `pid` (pgclone under runuser), or `pid` itself.
+fn innermost(pid: u32) -> u32 {
+    let children =
+        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    match children
+        .split_whitespace()
+        .next()
+        .and_then(|c| c.parse().ok())
+    {
+        Some(child) => innermost(child),
+        None => pid,
+    }
+}
+
+#[test]
+fn pg18_interrupted_refresh_does_not_start_and_completes_when_run_again() {
+    let work = TestDir::new("refresh-killed");
+    let (p, dir, _) = stale_standby(18, &work);
+    let mut child = pgclone_cmd()
+        .server(p.port, "postgres")
+        .dest(&dir)
+        .args(["-c", "fast", "--refresh", "-R", "-r", "64k"])
+        .spawn();
+    let deadline = Instant::now() + WAIT;
+    while !dir.join("pgclone_refresh").exists() || dir.join("global/pg_control").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the refresh never started applying"
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "pgclone ended early"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = innermost(child.id());
+    // SAFETY: kill has no memory-safety preconditions; the pid is our live (grand)child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let _ = child.wait();
+    assert!(dir.join("pgclone_refresh").exists(), "marker gone");
+
+    let log = work.join("killed.log");
+    let started = support::pg_ctl(&support::server_bin(18), &dir)
+        .arg("-l")
+        .arg(&log)
+        .args(["-w", "-t", "20", "-o"])
+        .arg(format!(
+            "-p {} -k {} -c listen_addresses=''",
+            support::free_port(),
+            work.path().display()
+        ))
+        .arg("start")
+        .output()
+        .expect("pg_ctl");
+    assert!(
+        !started.status.success(),
+        "an interrupted refresh started:\n{}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    let run = pgclone(&p, &dir, &["--refresh", "-R", "-v"]);
+    run.assert_ok();
+    assert!(run.stderr.contains("unfinished refresh"), "{}", run.stderr);
+    assert_refreshed(&p, 18, &dir);
 }

@@ -28,6 +28,9 @@ pub enum Local {
     Control(Box<ControlFile>, Option<BackupLabel>),
     /// A refresh that did not finish.
     Unfinished(Marker),
+    /// A control file of a version pgclone does not read (below 17): refused after the
+    /// server's version, which is usually the reason to give.
+    Unsupported(String),
 }
 
 impl Local {
@@ -36,6 +39,7 @@ impl Local {
         match self {
             Self::Control(c, _) => c.system_identifier,
             Self::Unfinished(m) => m.point.system_identifier,
+            Self::Unsupported(_) => 0,
         }
     }
 }
@@ -62,6 +66,7 @@ pub fn check_directory(dir: &Path) -> Result<Local, Error> {
                     dir.display()
                 )))
             }
+            Err(e @ ControlError::UnsupportedVersion { .. }) => Local::Unsupported(e.to_string()),
             Err(e) => return Err(refused(e)),
         }
     };
@@ -101,17 +106,21 @@ fn check_no_postmaster(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// The server-side checks, in order; returns the reference point and its manifest.
+/// The server-side checks, in order; returns the marker a refresh from here writes (the
+/// reference point) and the reference manifest.
 pub async fn check_server(
     conn: &mut Connection,
     facts: &ServerFacts,
     dir: &Path,
     local: &Local,
-) -> Result<(ReferencePoint, Vec<u8>, u32), Error> {
+) -> Result<(Marker, Vec<u8>), Error> {
     if !facts.version.is_at_least(MIN_MAJOR_INCREMENTAL) {
         return Err(Error::Refused(
             "--refresh needs a primary of PostgreSQL 17 or later; take a full clone instead".into(),
         ));
+    }
+    if let Local::Unsupported(why) = local {
+        return Err(refused(why));
     }
     check_major(dir, local, facts.version.major())?;
     let ours = local.system_identifier();
@@ -130,6 +139,7 @@ pub async fn check_server(
             c.block_size,
         ),
         Local::Unfinished(m) => (m.point, m.block_size),
+        Local::Unsupported(why) => return Err(refused(why)),
     };
     check_timeline(conn, facts.timeline, &point).await?;
     let (manifest, files) =
@@ -140,14 +150,19 @@ pub async fn check_server(
         point.timeline,
         point.end
     );
-    Ok((point, manifest, facts.version.major()))
+    let marker = Marker {
+        point,
+        major: facts.version.major(),
+        block_size,
+    };
+    Ok((marker, manifest))
 }
 
 /// `PG_VERSION` of the directory (or the marker's major) must be the server's.
 fn check_major(dir: &Path, local: &Local, server: u32) -> Result<(), Error> {
     let ours = match local {
         Local::Unfinished(m) => m.major,
-        Local::Control(..) => {
+        Local::Control(..) | Local::Unsupported(_) => {
             let path = dir.join("PG_VERSION");
             let text = fs::read_to_string(&path).map_err(Error::fs("read file", &path))?;
             text.trim().parse::<u32>().map_err(|_| {
