@@ -364,6 +364,11 @@ fn stale_basebackup_standby(major: u32) {
     caught_up(&p, &standby);
     kill_postmaster(&mut standby);
     drop(standby);
+    assert_eq!(
+        controldata(major, &dir, "Database cluster state"),
+        "in archive recovery",
+        "a crashed standby"
+    );
     let redo = controldata(major, &dir, "Latest checkpoint's REDO location");
 
     pgbench(&p, &["-c", "2", "-t", "150", "-n"]);
