@@ -96,15 +96,15 @@ fn refresh_cmd(p: &Cluster, dir: &Path, extra: &[&str]) -> Pgclone {
     cmd
 }
 
-/// The `(bytes, whole, incremental)` of `-v`'s last info line, exactly
+/// The `(bytes, whole, incremental)` of `-v`'s last line, an info line ending exactly
 /// `refresh complete: N bytes received (W files whole, I incremental)`.
 fn refresh_summary(run: &Run) -> (u64, u64, u64) {
     let line = run
         .stderr
         .lines()
-        .rev()
-        .find(|l| l.contains("refresh complete: "))
-        .unwrap_or_else(|| panic!("no `refresh complete` line:\n{}", run.stderr));
+        .last()
+        .filter(|l| l.contains("refresh complete: "))
+        .unwrap_or_else(|| panic!("`refresh complete` is not the last line:\n{}", run.stderr));
     let rest = line.split("refresh complete: ").nth(1).expect("after");
     let numbers: Vec<u64> = rest
         .split(|c: char| !c.is_ascii_digit())
