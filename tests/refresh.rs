@@ -244,6 +244,27 @@ fn stale_standby_is_refreshed(major: u32) {
         received * 4 < full,
         "the refresh received {received} bytes, the full clone holds {full}"
     );
+    // The standby settings come out as a fresh `pgclone -R` clone's.
+    let fresh = work.join("fresh");
+    pgclone(&p, &fresh, &["-R", "-X", "none", "--no-verify-checksums"]).assert_ok();
+    for name in ["postgresql.auto.conf", "standby.signal"] {
+        assert_eq!(
+            fs::read(dir.join(name)).expect("refreshed"),
+            fs::read(fresh.join(name)).expect("fresh"),
+            "{name}"
+        );
+    }
+    for name in [
+        "postmaster.pid",
+        "postmaster.opts",
+        "recovery.signal",
+        "tablespace_map",
+    ] {
+        assert!(
+            !dir.join(name).exists(),
+            "{name} left in the refreshed directory"
+        );
+    }
     assert_refreshed(&p, major, &dir);
 }
 
@@ -355,4 +376,46 @@ fn pg18_interrupted_refresh_does_not_start_and_completes_when_run_again() {
     run.assert_ok();
     assert!(run.stderr.contains("unfinished refresh"), "{}", run.stderr);
     assert_refreshed(&p, 18, &dir);
+}
+
+#[test]
+fn pg17_refresh_with_a_mapped_tablespace() {
+    let p = summarizing_primary(17);
+    let work = TestDir::new("refresh-ts");
+    let t = support::create_table_t(&p, &work, true, "");
+    p.psql("VACUUM (FREEZE)");
+    p.psql("CREATE TABLE gone (x int) TABLESPACE ts; INSERT INTO gone VALUES (1)");
+    let mapping = t.mapping.expect("mapping");
+    let dir = work.join("standby");
+    pgclone(&p, &dir, &["-R", "-T", &mapping]).assert_ok();
+    let mut standby = Cluster::start_existing(17, &dir, &[]);
+    standby.wait_for_replay(&p.current_lsn());
+    standby.stop();
+
+    p.psql(
+        "UPDATE t SET v = 'changed' WHERE id BETWEEN 10 AND 20; DROP TABLE gone; \
+         CREATE TABLE t3 TABLESPACE ts AS SELECT generate_series(1, 100) AS x",
+    );
+    let run = pgclone(&p, &dir, &["--refresh", "-R", "-v", "-T", &mapping]);
+    run.assert_ok();
+    received_bytes(&run.stderr);
+    if let Err(e) = support::verify_backup(17, &dir) {
+        panic!("pg_verifybackup of the refreshed directory: {e}");
+    }
+    let link = fs::read_link(
+        fs::read_dir(dir.join("pg_tblspc"))
+            .expect("pg_tblspc")
+            .next()
+            .expect("one link")
+            .expect("entry")
+            .path(),
+    )
+    .expect("a link");
+    assert_eq!(link, t.ts_copy);
+    let standby = Cluster::start_existing(17, &dir, &[]);
+    standby.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
+    standby.wait_for_replay(&p.current_lsn());
+    let sql = "SELECT count(*) || ' ' || md5(string_agg(id || v, ',' ORDER BY id)) FROM t \
+               UNION ALL SELECT count(*)::text FROM t3";
+    assert_eq!(standby.psql(sql), p.psql(sql));
 }
