@@ -32,6 +32,7 @@ use pgclone::sink::{ArchiveRoot, Chunk};
 use pgclone_proto::incremental::{
     relation_file_name, IncrementalDecoder, IncrementalEvent, BLCKSZ,
 };
+use pgclone_proto::relfile::Limits;
 use pgclone_proto::tar::MemberKind;
 use pgclone_proto::testutil;
 use pgclone_proto::Oid;
@@ -128,6 +129,7 @@ fn apply(dest: &Path, base: &[u8], oid: u32, ts_dest: &Path, ts: &[u8]) -> Apply
     let mut a = Applier::open(Layout {
         dest: dest.to_path_buf(),
         tablespace_links: [(Oid(oid), ts_dest.to_path_buf())].into(),
+        limits: Limits::new(),
     })
     .expect("open");
     let archives = [

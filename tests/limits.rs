@@ -193,8 +193,9 @@ fn apply_member(dest: &Path, incr: &Path, rel: &str, limits: Limits) {
     let layout = Layout {
         dest: dest.to_path_buf(),
         tablespace_links: HashMap::new(),
+        limits,
     };
-    let mut a = Applier::open(layout).expect("open").with_limits(limits);
+    let mut a = Applier::open(layout).expect("open");
     a.handle(Chunk::ArchiveStart {
         name: "base.tar".into(),
         root: ArchiveRoot::Base,

@@ -9,6 +9,9 @@ pub const INVALID_PASSWORD: &str = "28P01";
 pub const UNDEFINED_OBJECT: &str = "42704";
 /// `53300` too_many_connections: `max_connections` or `max_wal_senders` reached.
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
+/// `55000` object_not_in_prerequisite_state: among others, an incremental BASE_BACKUP (17+)
+/// whose range the WAL summaries do not cover, or with `summarize_wal` off.
+pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 /// `55006` object_in_use: among others, "replication slot ... is active for PID ..." from
 /// DROP_REPLICATION_SLOT while a walsender still holds the slot (10 and up).
 pub const OBJECT_IN_USE: &str = "55006";

@@ -24,8 +24,8 @@ use crate::error::Error;
 use crate::options::config::Config;
 use crate::options::tablespace::canonicalize;
 use crate::sink::dest::Cleanup;
-use crate::sink::journal;
 use crate::sink::inplace::{self, Applied, Applier};
+use crate::sink::journal;
 use crate::sink::plain::{self, Layout};
 use crate::sink::tar;
 use crate::sink::{ArchiveRoot, Chunk, Stats};
@@ -68,8 +68,9 @@ pub struct WalLink {
 }
 
 /// A step run once the server has accepted BASE_BACKUP and sent its start position, before
-/// the WAL task is told to start and before any archive byte is written.
-pub type OnStarted = Box<dyn FnOnce(Lsn, TimelineId) -> Result<(), Error> + Send>;
+/// the WAL task is told to start and before any archive byte is written; it may still adjust
+/// the sink, which opens when the tablespace list arrives.
+pub type OnStarted = Box<dyn FnOnce(Lsn, TimelineId, &mut Sink) -> Result<(), Error> + Send>;
 
 /// One BASE_BACKUP to run: the options sent, where the archives go, and the link to the WAL
 /// task when streaming.
@@ -363,7 +364,11 @@ impl State {
             plan.header.timeline = timeline.0;
         }
         if let Some(step) = self.on_started.take() {
-            step(start, timeline)?;
+            let sink = self
+                .sink
+                .as_mut()
+                .ok_or_else(|| Error::Internal("the sink opened before the start".into()))?;
+            step(start, timeline, sink)?;
         }
         if let Some(tx) = self.wal.as_mut().and_then(|w| w.start.take()) {
             tracing::info!("starting background WAL receiver");

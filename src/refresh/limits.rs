@@ -11,8 +11,10 @@
 //!
 //! [`fetch`] reads them with `pg_available_wal_summaries()` and `pg_wal_summary_contents()`
 //! (EXECUTE granted to PUBLIC: any role that may log into the database will do) from the same
-//! summary files the server reads for the backup: on each timeline of [`required_ranges`], the
-//! files whose range touches it, both ends included (`FilterWalSummaries`). The files must
+//! summary files the server reads for the backup: those overlapping the whole range from the
+//! reference start to the backup's start, ends excluded (`GetWalSummaries`: a file that ends
+//! exactly at the reference start is not read), and on each timeline of [`required_ranges`] the
+//! files touching that timeline's part, ends included (`FilterWalSummaries`). The files must
 //! cover every range without a gap, or it fails.
 //!
 //! What it does not do: decide what a failure means. A connection the server refuses (a role
@@ -179,9 +181,13 @@ async fn read_limits(conn: &mut Connection, ranges: &[TimelineRange]) -> Result<
     Ok(limits)
 }
 
-/// The SQL condition selecting the summary files of `ranges`, as the server selects them.
+/// The SQL condition selecting the summary files of `ranges`, as the server selects them: the
+/// files overlapping the whole span (ends excluded), of those the ones touching each
+/// timeline's part (ends included).
 fn range_filter(ranges: &[TimelineRange]) -> String {
-    ranges
+    let span_start = ranges.iter().map(|r| r.start).min().unwrap_or_default();
+    let span_end = ranges.iter().map(|r| r.end).max().unwrap_or_default();
+    let per_timeline = ranges
         .iter()
         .map(|r| {
             format!(
@@ -190,7 +196,11 @@ fn range_filter(ranges: &[TimelineRange]) -> String {
             )
         })
         .collect::<Vec<_>>()
-        .join(" OR ")
+        .join(" OR ");
+    format!(
+        "end_lsn > '{span_start}'::pg_lsn AND start_lsn < '{span_end}'::pg_lsn AND \
+         ({per_timeline})"
+    )
 }
 
 /// One summary file: timeline, start, end.
@@ -374,11 +384,12 @@ mod tests {
     }
 
     #[test]
-    fn the_filter_takes_files_touching_each_range() {
+    fn the_filter_takes_files_overlapping_the_span_and_touching_each_range() {
         assert_eq!(
             range_filter(&[range(2, 0x1_0000_0028, 0x1_0000_0100), range(1, 0x28, 0x50)]),
-            "(tli = 2 AND end_lsn >= '1/28'::pg_lsn AND start_lsn <= '1/100'::pg_lsn) OR \
-             (tli = 1 AND end_lsn >= '0/28'::pg_lsn AND start_lsn <= '0/50'::pg_lsn)"
+            "end_lsn > '0/28'::pg_lsn AND start_lsn < '1/100'::pg_lsn AND \
+             ((tli = 2 AND end_lsn >= '1/28'::pg_lsn AND start_lsn <= '1/100'::pg_lsn) OR \
+             (tli = 1 AND end_lsn >= '0/28'::pg_lsn AND start_lsn <= '0/50'::pg_lsn))"
         );
     }
 

@@ -17,9 +17,11 @@
 //! without `pg_control`, which PostgreSQL refuses to start, and with the marker, so that
 //! `--refresh` again completes it.
 //!
-//! Not done yet: the truncation-point safeguard (docs/incremental-notes.md §9.1). Helper K's
-//! `refresh::limits::fetch(&params, ...) -> Result<Limits, Error>` is to be fetched after the
-//! preflight and handed to the in-place writer's layout; see the `TODO(limits)` below.
+//! The truncation-point safeguard (docs/incremental-notes.md §9.1): once the server has sent
+//! the backup's start, the WAL summaries' limit blocks over the range from the reference to that
+//! start are read over an ordinary SQL connection ([`limits::fetch`]) and given to the in-place
+//! writer, so a prior block the primary truncated away is never kept. Without that connection
+//! the refresh is refused before the directory is touched.
 
 pub mod finish;
 pub mod marker;
@@ -29,6 +31,7 @@ use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
+use pgclone_proto::sqlstate;
 use tokio_util::sync::CancellationToken;
 
 use crate::clone::backup::{Job, OnStarted, Sink};
@@ -42,11 +45,14 @@ use crate::conn::{ConnParams, Connection};
 use crate::error::Error;
 use crate::options::config::Config;
 use crate::recovery;
+use crate::refresh::limits::{fetch, required_ranges};
+use crate::refresh::{HistoryEntry, Limits};
 use crate::sink::dest::Cleanup;
 use crate::sink::inplace::{self, clear_wal};
 
 use finish::Ending;
 use marker::{Marker, MARKER};
+use preflight::Checked;
 
 /// Runs the refresh described by `cfg` (`cfg.refresh`). Cancelling `interrupt` stops it; the
 /// directory is then left as step 2 of the module doc says.
@@ -57,12 +63,10 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
         r = connect_and_inspect(&mut params) => r?,
         () = interrupt.cancelled() => return Err(Error::Cancelled),
     };
-    let (marker, reference) = preflight::check_server(&mut conn, &facts, &cfg.dest, &local).await?;
-    // TODO(limits): helper K's `refresh::limits::fetch(&params, ...)` goes here, its `Limits`
-    // into the in-place layout built in `refresh_into`.
+    let checked = preflight::check_server(&mut conn, &facts, &cfg.dest, &local).await?;
     let created_slot = create_slot_if_asked(&cfg, &mut conn).await?;
     let abort = interrupt.child_token();
-    let result = refresh_into(&cfg, &mut conn, &params, &facts, marker, reference, &abort).await;
+    let result = refresh_into(&cfg, &mut conn, &params, &facts, checked, &abort).await;
     if let Err(e) = &result {
         if cfg.dest.join(MARKER).exists() {
             tracing::info!(
@@ -84,8 +88,7 @@ async fn refresh_into(
     conn: &mut Connection,
     params: &ConnParams,
     facts: &ServerFacts,
-    marker: Marker,
-    reference: Vec<u8>,
+    checked: Checked,
     abort: &CancellationToken,
 ) -> Result<(), Error> {
     let prepared = prepare_wal(cfg, params, facts, &cfg.dest.join("pg_wal"), abort).await?;
@@ -95,21 +98,30 @@ async fn refresh_into(
         sink: Sink::InPlace(inplace::Layout {
             dest: cfg.dest.clone(),
             tablespace_links: HashMap::new(),
+            limits: Limits::default(),
         }),
         wal: None,
-        on_started: Some(on_started(cfg.dest.clone(), marker, !cfg.no_sync)),
+        on_started: Some(on_started(
+            cfg.dest.clone(),
+            checked.marker,
+            checked.history,
+            params.clone(),
+            !cfg.no_sync,
+        )),
     };
     wait_for_first_data(cfg, conn).await?;
     let name = Path::new("reference manifest");
     tracing::info!("uploading the reference manifest synthesized from the data directory");
-    let mut source = Cursor::new(reference);
+    let mut source = Cursor::new(checked.reference);
     tokio::select! {
         r = upload::upload(conn, &mut source, name) => r?,
         () = abort.cancelled() => return Err(Error::Cancelled),
     };
     // Nothing is recorded for undoing: the directory existed and is never removed.
     let mut cleanup = Cleanup::new();
-    let outcome = backup_and_stream(conn, cfg, facts, job, prepared, &mut cleanup, abort).await?;
+    let outcome = backup_and_stream(conn, cfg, facts, job, prepared, &mut cleanup, abort)
+        .await
+        .map_err(unfit_reference)?;
     let applied = outcome
         .applied
         .ok_or_else(|| Error::Internal("the in-place writer reported nothing".into()))?;
@@ -135,11 +147,55 @@ async fn refresh_into(
     Ok(())
 }
 
-/// What happens once the server accepted the backup: the marker written and synced (always:
-/// `pg_control` goes next), `pg_wal` emptied for the WAL task (its directories kept or made).
-fn on_started(dest: PathBuf, marker: Marker, sync: bool) -> OnStarted {
-    Box::new(move |_, _| {
+/// The server cannot take an incremental backup from this directory's reference point (WAL
+/// summaries missing for the range, most often: the summaries before it were removed after
+/// `wal_summary_keep_time`, or summarizing began after it): a refusal saying what to do. The
+/// directory is untouched: the server refuses before sending the backup's start.
+fn unfit_reference(e: Error) -> Error {
+    match e {
+        Error::Server { source, .. }
+            if source.code == sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE =>
+        {
+            Error::Refused(format!(
+                "the primary cannot take an incremental backup from this directory's reference \
+                 point: {}; take a full clone",
+                source.message
+            ))
+        }
+        other => other,
+    }
+}
+
+/// What happens once the server accepted the backup, in this order: the limit blocks of the
+/// range from the reference to the backup's start read (refusing leaves the directory as it
+/// was) and given to the in-place writer; the marker written and synced (always: `pg_control`
+/// goes next); `pg_wal` emptied for the WAL task (its directories kept or made).
+fn on_started(
+    dest: PathBuf,
+    marker: Marker,
+    history: Vec<HistoryEntry>,
+    params: ConnParams,
+    sync: bool,
+) -> OnStarted {
+    Box::new(move |start, timeline, sink| {
         tokio::task::block_in_place(|| {
+            let point = &marker.point;
+            let ranges = required_ranges(&history, timeline, start, (point.timeline, point.start))
+                .ok_or_else(|| {
+                    Error::Refused(format!(
+                        "the backup starts at {start} on timeline {timeline}, whose history \
+                         does not hold the reference's timeline {}; run --refresh again",
+                        point.timeline
+                    ))
+                })?;
+            let limits = tokio::runtime::Handle::current().block_on(fetch(&params, &ranges))?;
+            tracing::info!("{} truncated relation forks in the range", limits.len());
+            for (fork, limit) in limits.iter() {
+                tracing::debug!("limit block {limit} for {fork:?}");
+            }
+            if let Sink::InPlace(layout) = sink {
+                layout.limits = limits;
+            }
             marker.write(&dest, true)?;
             let status = dest.join("pg_wal").join("archive_status");
             std::fs::create_dir_all(&status).map_err(Error::fs("create directory", &status))?;

@@ -17,7 +17,8 @@ use crate::conn::server::{timeline_history, ServerFacts};
 use crate::conn::Connection;
 use crate::error::Error;
 use crate::refresh::{
-    manifest_at, parse_history, BackupLabel, ControlError, ControlFile, ReferencePoint,
+    manifest_at, parse_history, BackupLabel, ControlError, ControlFile, HistoryEntry,
+    ReferencePoint,
 };
 
 /// What the directory says about itself, read before connecting.
@@ -105,6 +106,18 @@ fn check_no_postmaster(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// What the server checks established: the marker to write, the reference manifest to upload,
+/// and the history of the server's timeline (empty on timeline 1).
+#[derive(Debug)]
+pub struct Checked {
+    /// The marker the refresh writes before it changes anything.
+    pub marker: Marker,
+    /// The reference manifest's bytes.
+    pub reference: Vec<u8>,
+    /// The server timeline's history entries.
+    pub history: Vec<HistoryEntry>,
+}
+
 /// The server-side checks, in order; returns the marker a refresh from here writes (the
 /// reference point) and the reference manifest.
 pub async fn check_server(
@@ -112,7 +125,7 @@ pub async fn check_server(
     facts: &ServerFacts,
     dir: &Path,
     local: &Local,
-) -> Result<(Marker, Vec<u8>), Error> {
+) -> Result<Checked, Error> {
     if !facts.version.is_at_least(MIN_MAJOR_INCREMENTAL) {
         return Err(Error::Refused(
             "--refresh needs a primary of PostgreSQL 17 or later; take a full clone instead".into(),
@@ -140,7 +153,7 @@ pub async fn check_server(
         Local::Unfinished(m) => (m.point, m.block_size),
         Local::Unsupported(why) => return Err(refused(why)),
     };
-    check_timeline(conn, facts.timeline, &point).await?;
+    let history = check_timeline(conn, facts.timeline, &point).await?;
     let (manifest, files) =
         tokio::task::block_in_place(|| manifest_at(dir, &point, block_size)).map_err(refused)?;
     tracing::info!(
@@ -154,7 +167,11 @@ pub async fn check_server(
         major: facts.version.major(),
         block_size,
     };
-    Ok((marker, manifest))
+    Ok(Checked {
+        marker,
+        reference: manifest,
+        history,
+    })
 }
 
 /// `PG_VERSION` of the directory (or the marker's major) must be the server's.
@@ -201,7 +218,7 @@ async fn check_timeline(
     conn: &mut Connection,
     server: TimelineId,
     point: &ReferencePoint,
-) -> Result<(), Error> {
+) -> Result<Vec<HistoryEntry>, Error> {
     let entries = if server.0 > 1 {
         let (_, content) = timeline_history(conn, server).await?;
         parse_history(server, &content).map_err(refused)?
@@ -212,7 +229,8 @@ async fn check_timeline(
         Error::Refused(format!(
             "{e}; a promoted or diverged copy is pg_rewind's job, not --refresh's"
         ))
-    })
+    })?;
+    Ok(entries)
 }
 
 #[cfg(test)]

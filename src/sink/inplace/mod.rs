@@ -9,7 +9,7 @@
 //!   written at `number * 8192`, the length set to the reconstructed one. A missing `<relfile>`
 //!   is created only when no block of the result would come from it; otherwise the member is
 //!   refused (`pg_combinebackup` fails there too). Given the WAL summaries' limit blocks
-//!   ([`Applier::with_limits`]), prior blocks at or beyond a segment's limit are not kept
+//!   ([`Layout::limits`]), prior blocks at or beyond a segment's limit are not kept
 //!   either but read as zeros unless sent (where `pg_combinebackup` would bring back stale
 //!   blocks of a fork truncated and re-extended without WAL: [`Header::plan_limited`]).
 //! - any other regular file replaces the old one: written to `<name>`[`TEMP_SUFFIX`] beside it,
@@ -81,6 +81,13 @@ pub struct Layout {
     /// Target of the `pg_tblspc/<oid>` link for each tablespace (as for the plain writer). The
     /// tablespace directories themselves (the archives' roots) must exist.
     pub tablespace_links: HashMap<Oid, PathBuf>,
+    /// The WAL summaries' limit blocks over the backup's range (the reference start to the
+    /// backup's start): a prior block at or beyond its segment's limit is not kept
+    /// ([`Header::plan_limited`]). Empty limits rebuild members exactly as `pg_combinebackup`
+    /// does.
+    ///
+    /// [`Header::plan_limited`]: pgclone_proto::incremental::Header::plan_limited
+    pub limits: Limits,
 }
 
 /// What an apply changed.
@@ -162,7 +169,8 @@ pub struct Applier {
 impl Applier {
     /// An applier for `layout`. Removes `global/pg_control` first (durably), so that from here
     /// on an interrupted apply leaves a directory PostgreSQL refuses to start.
-    pub fn open(layout: Layout) -> Result<Self, Error> {
+    pub fn open(mut layout: Layout) -> Result<Self, Error> {
+        let limits = std::mem::take(&mut layout.limits);
         let control = layout.dest.join(CONTROL_FILE);
         match fs::remove_file(&control) {
             Ok(()) => {
@@ -183,26 +191,8 @@ impl Applier {
             touched: Touched::default(),
             stats: ApplyStats::default(),
             manifest: ManifestOut::new(None),
-            limits: Limits::new(),
+            limits,
         })
-    }
-
-    /// Rebuilds `INCREMENTAL.` members with the WAL summaries' limit blocks of the backup's
-    /// range (the reference start to the backup's start): a prior block at or beyond its
-    /// segment's limit is not kept ([`Header::plan_limited`]). Without it (or with empty
-    /// limits) members are rebuilt exactly as `pg_combinebackup` rebuilds them.
-    ///
-    /// [`Header::plan_limited`]: pgclone_proto::incremental::Header::plan_limited
-    pub fn with_limits(mut self, limits: Limits) -> Self {
-        self.set_limits(limits);
-        self
-    }
-
-    /// [`Self::with_limits`] on an open applier: for a caller that learns the backup's start
-    /// LSN (the end of the limits' range) only after opening it. Members that began before the
-    /// call keep the limits they began with.
-    pub fn set_limits(&mut self, limits: Limits) {
-        self.limits = limits;
     }
 
     /// Applies one chunk.

@@ -1,3 +1,4 @@
+use pgclone_proto::relfile::Limits;
 use std::fs;
 use std::path::Path;
 
@@ -42,6 +43,7 @@ fn layout(dest: &Path, ts: &[(u32, &Path)]) -> Layout {
     Layout {
         dest: dest.to_path_buf(),
         tablespace_links: ts.iter().map(|(o, p)| (Oid(*o), p.to_path_buf())).collect(),
+        limits: Limits::new(),
     }
 }
 
@@ -161,7 +163,7 @@ fn expected_blocks(prior: &[u8], keep: usize, n: usize, sent: &[(u32, Vec<u8>)])
 
 #[test]
 fn limit_blocks_void_the_prior_blocks_at_and_beyond_them() {
-    use pgclone_proto::relfile::{Fork, Limits, RelFork};
+    use pgclone_proto::relfile::{Fork, RelFork};
     let tmp = tempfile::tempdir().expect("tmp");
     let dest = tmp.path().join("d");
     let ts = tmp.path().join("ts");
@@ -189,9 +191,11 @@ fn limit_blocks_void_the_prior_blocks_at_and_beyond_them() {
     let mut limits = Limits::new();
     limits.record(rel(1663, 16400), 3);
     limits.record(rel(16390, 16400), 0);
-    let mut a = Applier::open(layout(&dest, &[]))
-        .expect("open")
-        .with_limits(limits);
+    let mut a = Applier::open(Layout {
+        limits,
+        ..layout(&dest, &[])
+    })
+    .expect("open");
     let ts_members: &[TarMember<'_>] = &[(
         "PG_18_202506291/5/INCREMENTAL.16400",
         MemberKind::File,
