@@ -20,6 +20,9 @@ pub enum Error {
     /// A bad flag or flag combination; followed by a `--help` hint.
     #[error("{0}")]
     Usage(String),
+    /// `--refresh` will not touch this directory: why, and what to do instead.
+    #[error("{0}")]
+    Refused(String),
     /// Could not connect or authenticate. `target` reads like libpq's
     /// `connection to server at "h" (addr), port p failed`.
     #[error("{target}: {reason}")]

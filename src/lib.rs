@@ -5,9 +5,11 @@
 //! One folder per stage of a clone, in the order a clone meets them. An arrow only ever points
 //! down this list (a sink never imports the clone run; `pgclone-proto` never imports this crate).
 //! - `options/`: the command line as pg_basebackup spells it (`cli`), validated into a `Config`
-//!   (`config`), `-T` mappings (`tablespace`), the `pgclone verify` subcommand's flags (`verify`)
+//!   (`config`), `-T` mappings (`tablespace`), the flags `--refresh` refuses (`refresh`), the
+//!   `pgclone verify` subcommand's flags (`verify`)
 //! - `clone/`: one clone from start to finish (`run`), the BASE_BACKUP task (`backup`), `-P`
-//!   (`progress`), SIGINT/SIGTERM/SIGHUP (`signals`), `-i`'s UPLOAD_MANIFEST (`upload`)
+//!   (`progress`), SIGINT/SIGTERM/SIGHUP (`signals`), `-i`'s UPLOAD_MANIFEST (`upload`), the
+//!   `--refresh` run applied in place (`refresh`: preflight, marker, last steps)
 //! - `refresh/`: `--refresh`'s reference side: a stopped standby's `pg_control` (`control`),
 //!   `backup_label` (`label`), its files as a base backup lists them (`walk`), the synthesized
 //!   reference manifest (`reference`), the check against the primary's timeline history

@@ -23,6 +23,7 @@ use crate::options::config::Config;
 use crate::options::tablespace::canonicalize;
 use crate::sink::dest::Cleanup;
 use crate::sink::journal;
+use crate::sink::inplace::{self, Applied, Applier};
 use crate::sink::plain::{self, Layout};
 use crate::sink::tar;
 use crate::sink::{ArchiveRoot, Chunk, Stats};
@@ -35,7 +36,7 @@ const CHANNEL_DEPTH: usize = 16;
 const BATCH_BYTES: usize = 256 * 1024;
 
 /// What a finished backup reports.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Outcome {
     /// Start position.
     pub start: Lsn,
@@ -51,6 +52,8 @@ pub struct Outcome {
     pub stats: Stats,
     /// Bytes received.
     pub bytes: u64,
+    /// What the in-place writer applied ([`Sink::InPlace`]), for the refresh's last steps.
+    pub applied: Option<Box<Applied>>,
 }
 
 /// How the backup task tells the WAL task where to start and where to stop.
@@ -62,9 +65,12 @@ pub struct WalLink {
     pub end: watch::Sender<Option<Lsn>>,
 }
 
+/// A step run once the server has accepted BASE_BACKUP and sent its start position, before
+/// the WAL task is told to start and before any archive byte is written.
+pub type OnStarted = Box<dyn FnOnce(Lsn, TimelineId) -> Result<(), Error> + Send>;
+
 /// One BASE_BACKUP to run: the options sent, where the archives go, and the link to the WAL
 /// task when streaming.
-#[derive(Debug)]
 pub struct Job {
     /// The command's options.
     pub options: BaseBackupOptions,
@@ -72,6 +78,18 @@ pub struct Job {
     pub sink: Sink,
     /// The WAL task's start and end signals (`-X stream`).
     pub wal: Option<WalLink>,
+    /// `--refresh`: what to do to the directory once the server accepted the backup.
+    pub on_started: Option<OnStarted>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("options", &self.options)
+            .field("sink", &self.sink)
+            .field("wal", &self.wal)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Runs BASE_BACKUP to the end. Tablespace directories it creates are recorded in `cleanup`.
@@ -84,7 +102,12 @@ pub async fn run(
     cleanup: &mut Cleanup,
     abort: &CancellationToken,
 ) -> Result<Outcome, Error> {
-    let Job { options, sink, wal } = job;
+    let Job {
+        options,
+        sink,
+        wal,
+        on_started,
+    } = job;
     let command = options.command(facts.version)?;
     tracing::debug!("sending {command}");
     tracing::info!("initiating base backup, waiting for checkpoint to complete");
@@ -102,6 +125,8 @@ pub async fn run(
         manifest: false,
         wal,
         journal: cfg.journal().then(|| journal_plan(cfg, facts)),
+        on_started,
+        applied: None,
         batch: Vec::new(),
         batch_bytes: 0,
     };
@@ -110,7 +135,7 @@ pub async fn run(
         () = abort.cancelled() => Err(Error::Cancelled),
     };
     let unpacked = match state.unpacker.take() {
-        Some(u) => u.finish().await,
+        Some(u) => u.finish(&mut state.applied).await,
         None => Ok(Stats::default()),
     };
     let stats = match (streamed, unpacked) {
@@ -132,6 +157,7 @@ pub async fn run(
         manifest: state.manifest,
         stats,
         bytes: state.progress.bytes(),
+        applied: state.applied.take(),
     })
 }
 
@@ -144,6 +170,9 @@ pub enum Sink {
     Tar(tar::Layout),
     /// Nowhere: the server sends no data (a backup target).
     Discard,
+    /// Applied onto an existing data directory (`--refresh`). The applier is opened (and
+    /// removes `global/pg_control`) only when the tablespace list arrives.
+    InPlace(inplace::Layout),
 }
 
 /// The writer behind the socket. Uncompressed plain archives and every tar-format archive are
@@ -155,6 +184,7 @@ enum Unpacker {
     Plain(Box<plain::Writer>),
     Tar(Box<tar::Writer>),
     Discard(Stats),
+    InPlace(Box<Applier>),
     Thread {
         tx: mpsc::Sender<Chunk>,
         handle: JoinHandle<Result<Stats, Error>>,
@@ -162,8 +192,8 @@ enum Unpacker {
 }
 
 impl Unpacker {
-    fn new(sink: Sink, server_compressed: bool) -> Self {
-        match sink {
+    fn new(sink: Sink, server_compressed: bool) -> Result<Self, Error> {
+        Ok(match sink {
             Sink::Plain(layout) if server_compressed => {
                 let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
                 let handle = tokio::task::spawn_blocking(move || plain::run(rx, layout));
@@ -172,13 +202,15 @@ impl Unpacker {
             Sink::Plain(layout) => Self::Plain(Box::new(plain::Writer::new(layout))),
             Sink::Tar(layout) => Self::Tar(Box::new(tar::Writer::new(layout))),
             Sink::Discard => Self::Discard(Stats::default()),
-        }
+            Sink::InPlace(layout) => Self::InPlace(Box::new(Applier::open(layout)?)),
+        })
     }
 
     async fn send(&mut self, chunk: Chunk) -> Result<(), Error> {
         match self {
             Self::Plain(w) => w.handle(chunk),
             Self::Tar(w) => w.handle(chunk),
+            Self::InPlace(a) => a.handle(chunk),
             Self::Discard(stats) => {
                 discard(stats, &chunk);
                 Ok(())
@@ -187,11 +219,21 @@ impl Unpacker {
         }
     }
 
-    async fn finish(self) -> Result<Stats, Error> {
+    /// Ends the writing; an in-place apply's result goes to `applied`.
+    async fn finish(self, applied: &mut Option<Box<Applied>>) -> Result<Stats, Error> {
         match self {
             Self::Plain(w) => w.finish(),
             Self::Tar(w) => w.finish(),
             Self::Discard(stats) => Ok(stats),
+            Self::InPlace(a) => {
+                let done = a.finish()?;
+                let s = done.stats();
+                *applied = Some(Box::new(done));
+                Ok(Stats {
+                    files: s.whole_files + s.incremental_files,
+                    bytes: s.bytes,
+                })
+            }
             Self::Thread { tx, handle } => {
                 drop(tx);
                 handle
@@ -216,6 +258,8 @@ struct State {
     /// The resume journal to keep, its header completed as the start and the tablespaces
     /// arrive.
     journal: Option<journal::Plan>,
+    on_started: Option<OnStarted>,
+    applied: Option<Box<Applied>>,
     batch: Vec<Bytes>,
     batch_bytes: usize,
 }
@@ -316,6 +360,9 @@ impl State {
             plan.header.start_lsn = start.to_string();
             plan.header.timeline = timeline.0;
         }
+        if let Some(step) = self.on_started.take() {
+            step(start, timeline)?;
+        }
         if let Some(tx) = self.wal.as_mut().and_then(|w| w.start.take()) {
             tracing::info!("starting background WAL receiver");
             if tx.send((start, timeline)).is_err() {
@@ -337,17 +384,23 @@ impl State {
             .sink
             .take()
             .ok_or_else(|| Error::Internal("tablespace list twice".into()))?;
-        if let Sink::Plain(layout) = &mut sink {
-            self.tablespace_dirs = prepare_tablespaces(&list, cfg, layout, cleanup)?;
-            layout.journal = self.journal.take().map(|mut plan| {
-                plan.header.tablespaces = journal_tablespaces(&list, cfg);
-                plan
-            });
+        match &mut sink {
+            Sink::Plain(layout) => {
+                self.tablespace_dirs = prepare_tablespaces(&list, cfg, layout, cleanup)?;
+                layout.journal = self.journal.take().map(|mut plan| {
+                    plan.header.tablespaces = journal_tablespaces(&list, cfg);
+                    plan
+                });
+            }
+            Sink::InPlace(layout) => {
+                self.tablespace_dirs = existing_tablespaces(&list, cfg, layout)?;
+            }
+            _ => {}
         }
         let total = list.iter().map(|t| t.size_kb).sum::<Option<u64>>();
         self.progress.set_total(total, list.len());
         self.tablespaces = list;
-        self.unpacker = Some(Unpacker::new(sink, server_compressed(cfg)));
+        self.unpacker = Some(Unpacker::new(sink, server_compressed(cfg))?);
         Ok(())
     }
 
@@ -504,6 +557,36 @@ fn prepare_tablespaces(
             "tablespace mapping for \"{}\" matches no tablespace of the server",
             unused.display()
         );
+    }
+    Ok(dirs)
+}
+
+/// `--refresh`: each tablespace's directory (its `-T` mapping or its location) must exist or is
+/// created; fills in the link targets. In-place tablespaces (relative locations) are left to
+/// the applier, which refuses them.
+fn existing_tablespaces(
+    list: &[TablespaceInfo],
+    cfg: &Config,
+    layout: &mut inplace::Layout,
+) -> Result<Vec<PathBuf>, Error> {
+    let mut dirs = Vec::new();
+    for ts in list {
+        let (Some(oid), Some(location)) = (ts.oid, ts.location.as_deref()) else {
+            continue;
+        };
+        if !Path::new(location).is_absolute() {
+            continue;
+        }
+        let dir = target_dir(location, cfg);
+        if dirs.contains(&dir) {
+            return Err(Error::Usage(format!(
+                "two tablespaces map to the same directory \"{}\"",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(&dir).map_err(Error::fs("create directory", &dir))?;
+        layout.tablespace_links.insert(oid, dir.clone());
+        dirs.push(dir);
     }
     Ok(dirs)
 }

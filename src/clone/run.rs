@@ -36,6 +36,9 @@ use crate::wal::{self, Slot, WalConfig, WalOutput};
 /// Runs the clone described by `cfg`. Cancelling `interrupt` (a signal) stops every task and
 /// undoes what was created; the result is then `Err(Cancelled)`.
 pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error> {
+    if cfg.refresh {
+        return crate::clone::refresh::run(cfg, interrupt).await;
+    }
     // Refuse a non-empty destination before anything else, and connect before creating
     // anything, so that these failures leave nothing behind.
     if cfg.output == Output::Dir {
@@ -128,7 +131,9 @@ fn keep_partial(cfg: &Config) {
     );
 }
 
-async fn connect_and_inspect(params: &mut ConnParams) -> Result<(Connection, ServerFacts), Error> {
+pub(crate) async fn connect_and_inspect(
+    params: &mut ConnParams,
+) -> Result<(Connection, ServerFacts), Error> {
     let mut conn = conn::connect(params).await?;
     tracing::debug!(
         "connected to PostgreSQL {} as {} ({:?} authentication)",
@@ -183,6 +188,7 @@ async fn clone_into(
         options: backup_options(cfg),
         sink,
         wal: None,
+        on_started: None,
     };
     wait_for_first_data(cfg, conn).await?;
     if let Some(reference) = reference {
@@ -205,7 +211,12 @@ async fn clone_into(
 }
 
 /// What the WAL task needs for `-X stream`.
-fn wal_config(cfg: &Config, params: &ConnParams, facts: &ServerFacts, wal_dir: &Path) -> WalConfig {
+pub(crate) fn wal_config(
+    cfg: &Config,
+    params: &ConnParams,
+    facts: &ServerFacts,
+    wal_dir: &Path,
+) -> WalConfig {
     let slot = match (&cfg.slot, cfg.no_slot) {
         (Some(name), _) => Slot::Named(name.clone()),
         (None, true) => Slot::None,
@@ -278,7 +289,7 @@ fn choose_sink(
 }
 
 /// The BASE_BACKUP options the flags ask for.
-fn backup_options(cfg: &Config) -> BaseBackupOptions {
+pub(crate) fn backup_options(cfg: &Config) -> BaseBackupOptions {
     BaseBackupOptions {
         label: cfg.label.clone(),
         progress: cfg.estimate_size,
@@ -301,12 +312,12 @@ fn backup_options(cfg: &Config) -> BaseBackupOptions {
             }),
             Compression::Client(_) => None,
         },
-        incremental: cfg.incremental.is_some(),
+        incremental: cfg.incremental.is_some() || cfg.refresh,
     }
 }
 
 /// Sets the main connection's read timeout for the wait before the first data.
-async fn wait_for_first_data(cfg: &Config, conn: &mut Connection) -> Result<(), Error> {
+pub(crate) async fn wait_for_first_data(cfg: &Config, conn: &mut Connection) -> Result<(), Error> {
     // The checkpoint before the first data is legitimately silent: with a spread checkpoint,
     // allow checkpoint_timeout on top of --timeout.
     let first_data = match (cfg.timeout, cfg.checkpoint) {
@@ -325,7 +336,7 @@ async fn wait_for_first_data(cfg: &Config, conn: &mut Connection) -> Result<(), 
 
 /// Runs the backup task here and, when streaming, the WAL task beside it (linked to `job`);
 /// returns the backup's outcome once both are done, or the error that stopped them.
-async fn backup_and_stream(
+pub(crate) async fn backup_and_stream(
     conn: &mut Connection,
     cfg: &Config,
     facts: &ServerFacts,
@@ -428,21 +439,22 @@ fn plain_layout(
 /// Makes the clone durable and puts the manifest in place.
 async fn finish(cfg: &Config, outcome: &Outcome) -> Result<(), Error> {
     let cfg = cfg.clone();
-    let outcome = outcome.clone();
+    let tablespace_dirs = outcome.tablespace_dirs.clone();
+    let manifest = outcome.manifest;
     tokio::task::spawn_blocking(move || {
         let sync = !cfg.no_sync;
         journal::remove(&cfg.dest)?;
         if sync {
             tracing::info!("syncing data to disk ...");
             durable::sync_tree(&cfg.dest)?;
-            for dir in outcome.tablespace_dirs.iter().chain(&cfg.waldir) {
+            for dir in tablespace_dirs.iter().chain(&cfg.waldir) {
                 durable::sync_tree(dir)?;
             }
             if let Some(parent) = cfg.dest.parent().filter(|p| !p.as_os_str().is_empty()) {
                 durable::sync_path(parent)?;
             }
         }
-        if outcome.manifest {
+        if manifest {
             tracing::info!("renaming {MANIFEST_TMP} to backup_manifest");
             durable::durable_rename(
                 &cfg.dest.join(MANIFEST_TMP),
@@ -457,7 +469,7 @@ async fn finish(cfg: &Config, outcome: &Outcome) -> Result<(), Error> {
 }
 
 /// Creates the permanent slot `name` (`-C`), reserving WAL from now on.
-async fn create_permanent_slot(conn: &mut Connection, name: &str) -> Result<(), Error> {
+pub(crate) async fn create_permanent_slot(conn: &mut Connection, name: &str) -> Result<(), Error> {
     let cmd = Command::CreatePhysicalSlot {
         name,
         temporary: false,
@@ -472,7 +484,7 @@ async fn create_permanent_slot(conn: &mut Connection, name: &str) -> Result<(), 
 /// Drops a slot pgclone created, on a fresh connection, waiting briefly for the WAL
 /// connection's walsender to let go of it (while it holds the slot the server answers
 /// SQLSTATE 55006, "replication slot ... is active for PID ...").
-async fn drop_slot(params: &ConnParams, name: &str) -> Result<(), Error> {
+pub(crate) async fn drop_slot(params: &ConnParams, name: &str) -> Result<(), Error> {
     tracing::info!("dropping replication slot \"{name}\"");
     let mut params = params.clone();
     params.prompt = Prompt::Never;

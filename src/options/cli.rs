@@ -65,6 +65,9 @@ pub struct OutputArgs {
     /// take incremental backup relative to OLDMANIFEST, an earlier backup's backup_manifest (17+ servers)
     #[arg(short = 'i', long, value_name = "OLDMANIFEST")]
     pub incremental: Option<PathBuf>,
+    /// bring the existing stopped standby in DIRECTORY up to date in place (17+ primary with summarize_wal = on)
+    #[arg(long)]
+    pub refresh: bool,
     /// maximum transfer rate to transfer data directory (in kB/s, or use suffix "k" or "M")
     #[arg(short = 'r', long, value_name = "RATE")]
     pub max_rate: Option<String>,

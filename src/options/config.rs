@@ -11,6 +11,7 @@ use crate::conn::{ConnFlags, ConnParams};
 use crate::error::{os_text, Error};
 use crate::manifest::ChecksumAlgorithm;
 use crate::options::cli::Args;
+use crate::options::refresh;
 use crate::options::tablespace::TablespaceMapping;
 use crate::sink::codec::{self, Compression, Method};
 
@@ -102,6 +103,10 @@ pub struct Config {
     /// `-i`: the earlier backup's manifest to upload for an incremental backup (17+). It
     /// existed and was a file when the flags were checked.
     pub incremental: Option<PathBuf>,
+    /// `--refresh`: bring the existing data directory `dest` up to date in place (17+). The
+    /// flags it cannot go with were refused and `dest` was an existing directory when the
+    /// flags were checked.
+    pub refresh: bool,
 }
 
 /// Default `--timeout`: five minutes of silence.
@@ -136,6 +141,9 @@ impl Config {
     /// Validates the flags; `env` reads environment variables. The checks run in
     /// pg_basebackup's order, so a command line with several mistakes reports the same one.
     pub fn from_args(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        if args.output.refresh {
+            refresh::check(args)?;
+        }
         let to = destination(args)?;
         let compression = compression(args, &to)?;
         let wal_method = wal_method(args, &to)?;
@@ -198,6 +206,7 @@ impl Config {
             status_interval,
             timeout,
             incremental: args.output.incremental.clone(),
+            refresh: args.output.refresh,
         })
     }
 

@@ -1,9 +1,10 @@
 //! The first stage: the command line as pg_basebackup spells it (`cli`), turned into a checked
-//! [`Config`] (`config`), with the `-T` mappings (`tablespace`); the `pgclone verify`
+//! [`Config`] (`config`), with the `-T` mappings (`tablespace`) and the flags `--refresh` refuses (`refresh`); the `pgclone verify`
 //! subcommand's flags (`verify`).
 
 pub mod cli;
 pub mod config;
+pub mod refresh;
 pub mod tablespace;
 pub mod verify;
 

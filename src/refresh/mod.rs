@@ -21,5 +21,5 @@ pub mod walk;
 pub use control::{ControlError, ControlFile, DbState};
 pub use history::{parse_history, HistoryEntry, HistoryError};
 pub use label::{BackupLabel, LabelError};
-pub use reference::{synthesize, Reference, ReferenceError, ReferencePoint};
+pub use reference::{manifest_at, synthesize, Reference, ReferenceError, ReferencePoint};
 pub use walk::{list_data_files, DataFile, WalkError};

@@ -219,8 +219,26 @@ pub fn synthesize(data_dir: &Path) -> Result<Reference, ReferenceError> {
     let control = ControlFile::read_data_dir(data_dir)?;
     let label = BackupLabel::read_data_dir(data_dir)?;
     let point = ReferencePoint::new(&control, label.as_ref())?;
+    let (manifest, files) = manifest_at(data_dir, &point, control.block_size)?;
+    Ok(Reference {
+        control,
+        point,
+        files,
+        manifest,
+    })
+}
+
+/// The reference manifest of `data_dir` for a reference point already known (an interrupted
+/// refresh's, whose `pg_control` is gone): every file a base backup of it would list but
+/// relation files whose size is not a multiple of `block_size`; returns it with its number of
+/// files.
+pub fn manifest_at(
+    data_dir: &Path,
+    point: &ReferencePoint,
+    block_size: u32,
+) -> Result<(Vec<u8>, usize), ReferenceError> {
     let mut writer = ManifestWriter::new(point.system_identifier);
-    let block_size = u64::from(control.block_size.max(1));
+    let block_size = u64::from(block_size.max(1));
     for file in list_data_files(data_dir)? {
         if file.relation && file.size % block_size != 0 {
             continue;
@@ -241,12 +259,7 @@ pub fn synthesize(data_dir: &Path) -> Result<Reference, ReferenceError> {
         point.start,
         point.end
     );
-    Ok(Reference {
-        control,
-        point,
-        files,
-        manifest: writer.finish(&[point.wal_range()]),
-    })
+    Ok((writer.finish(&[point.wal_range()]), files))
 }
 
 #[cfg(test)]

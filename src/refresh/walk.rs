@@ -6,7 +6,8 @@
 //! `pg_replslot`, `pg_dynshmem`, `pg_notify`, `pg_serial`, `pg_snapshots`, `pg_subtrans`; the
 //! files `postgresql.auto.conf.tmp`, `current_logfiles.tmp`, `pg_internal.init*`,
 //! `backup_label`, `tablespace_map`, `backup_manifest`, `postmaster.pid`, `postmaster.opts`;
-//! names starting with `pgsql_tmp`; `.DS_Store`; every fork but the init fork of an unlogged
+//! names starting with `pgsql_tmp`; `.DS_Store`; the in-place writer's temporary files (names
+//! ending in [`TEMP_SUFFIX`], left by an interrupted refresh); every fork but the init fork of an unlogged
 //! relation; temporary relations (`t<backend>_<relnumber>...`) in database directories;
 //! symbolic links and special files, except the tablespace links in `pg_tblspc`, which are
 //! followed. Tablespace files are named `pg_tblspc/<oid>/<path inside the tablespace>`, as in
@@ -18,6 +19,8 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use crate::sink::inplace::TEMP_SUFFIX;
 
 /// Directories whose contents the server never backs up (`excludeDirContents`).
 const EXCLUDED_DIR_CONTENTS: [&str; 7] = [
@@ -154,6 +157,7 @@ fn walk(dir: &Path, rel: &[u8], files: &mut Vec<DataFile>) -> Result<(), WalkErr
 
 fn is_excluded_name(name: &[u8]) -> bool {
     name == b".DS_Store"
+        || name.ends_with(TEMP_SUFFIX.as_bytes())
         || EXCLUDED_FILES.iter().any(|f| f.as_bytes() == name)
         || EXCLUDED_PREFIXES
             .iter()

@@ -1,0 +1,358 @@
+//! `--refresh` against real 17 and 18 primaries (`summarize_wal = on`, data checksums): a
+//! standby cloned with `-R`, stopped while the primary keeps writing (updates, deletes, new and
+//! dropped tables, TRUNCATE, VACUUM FULL) and recycles the WAL it would need, cannot catch up;
+//! `pgclone --refresh -R -v` brings it back in place: it streams again, holds the primary's
+//! rows, passes pg_verifybackup, and the refresh received far less than the full clone. Also
+//! refusals (another cluster, `summarize_wal` off, a live postmaster.pid, not a data directory),
+//! each leaving the directory byte for byte as it was, and a refresh killed mid-way: the
+//! directory refuses to start, and `--refresh` again completes it.
+
+mod support;
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeMap;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::{pgclone_cmd, Cluster, ClusterOptions, TestDir};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A primary that keeps WAL summaries and no extra WAL, with data checksums.
+fn summarizing_primary(major: u32) -> Cluster {
+    let mut opts = ClusterOptions::new(major);
+    opts.checksums = true;
+    opts.conf = vec![
+        "summarize_wal = on".into(),
+        "wal_keep_size = 0".into(),
+        "min_wal_size = 32MB".into(),
+        "max_wal_size = 64MB".into(),
+    ];
+    Cluster::start(&opts)
+}
+
+/// pgclone against `p` into `dest` with a fast checkpoint, plus `extra` flags.
+fn pgclone(p: &Cluster, dest: &Path, extra: &[&str]) -> support::Run {
+    pgclone_cmd()
+        .server(p.port, "postgres")
+        .dest(dest)
+        .args(["-c", "fast"])
+        .args(extra)
+        .run()
+}
+
+/// The tables the test compares.
+const TABLES: [&str; 4] = ["a", "b", "d", "e"];
+
+/// count and md5 of each table's ordered rows.
+fn contents(c: &Cluster) -> Vec<String> {
+    TABLES
+        .iter()
+        .map(|t| {
+            c.psql(&format!(
+                "SELECT count(*) || ' ' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') \
+                 FROM {t} x"
+            ))
+        })
+        .collect()
+}
+
+/// Total size of the regular files under `dir`, `pg_wal` left out.
+fn data_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).expect("read_dir") {
+            let entry = entry.expect("entry");
+            let kind = entry.file_type().expect("type");
+            if kind.is_dir() && entry.file_name() != "pg_wal" {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                total += entry.metadata().expect("stat").len();
+            }
+        }
+    }
+    total
+}
+
+/// Every entry under `dir` (not following links): path → (kind, size, hash of the content).
+fn snapshot(dir: &Path) -> BTreeMap<String, (String, u64, u64)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).expect("read_dir") {
+            let entry = entry.expect("entry");
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(dir)
+                .expect("inside")
+                .display()
+                .to_string();
+            let meta = fs::symlink_metadata(&path).expect("stat");
+            let value = if meta.is_dir() {
+                stack.push(path);
+                ("dir".to_owned(), 0, 0)
+            } else if meta.file_type().is_symlink() {
+                let target = fs::read_link(&path).expect("readlink");
+                (
+                    "link".to_owned(),
+                    0,
+                    hash(target.display().to_string().as_bytes()),
+                )
+            } else {
+                let bytes = fs::read(&path).expect("read");
+                ("file".to_owned(), meta.len(), hash(&bytes))
+            };
+            out.insert(rel, value);
+        }
+    }
+    out
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// The N of `refresh complete: N bytes received (...)` in pgclone's `-v` output.
+fn received_bytes(stderr: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.split_once("refresh complete: ").map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("no 'refresh complete' line in:\n{stderr}"));
+    assert!(
+        line.contains(" files whole, ") && line.ends_with(" incremental)"),
+        "{line}"
+    );
+    line.split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad line: {line}"))
+}
+
+/// Writes on the primary of every kind a refresh must carry.
+fn change_primary(p: &Cluster) {
+    p.psql(
+        "UPDATE a SET v = 'changed ' || id WHERE id BETWEEN 5000 AND 7000 AND id % 5 = 0; \
+         DELETE FROM a WHERE id BETWEEN 1000 AND 1400; \
+         INSERT INTO a SELECT g, md5(g::text) FROM generate_series(200001, 201000) g; \
+         CREATE TABLE d AS SELECT g AS x, repeat('d', 40) AS y FROM generate_series(1, 2000) g; \
+         DROP TABLE c; \
+         TRUNCATE b; INSERT INTO b SELECT g FROM generate_series(1, 500) g; \
+         DELETE FROM e WHERE x % 3 = 0",
+    );
+    p.psql("VACUUM FULL e");
+    p.psql("CHECKPOINT");
+}
+
+/// Makes the primary recycle the WAL a stopped standby would need.
+fn recycle_wal(p: &Cluster) {
+    for i in 0..6 {
+        p.psql(&format!(
+            "INSERT INTO b VALUES ({}); SELECT pg_switch_wal()",
+            100_000 + i
+        ));
+        p.psql("CHECKPOINT");
+    }
+}
+
+/// Starts the standby in `dir` and shows it cannot catch up: its log (or the primary's) says
+/// the segment it asks for was removed, within a bounded wait. Stops it again.
+fn assert_cannot_catch_up(p: &Cluster, major: u32, dir: &Path) {
+    let mut standby = Cluster::start_existing(major, dir, &[]);
+    let target = p.current_lsn();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut removed = false;
+    while Instant::now() < deadline && !removed {
+        removed = standby.log_tail().contains("has already been removed")
+            || p.log_tail().contains("has already been removed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        removed,
+        "the standby did not hit removed WAL\nstandby:\n{}\nprimary:\n{}",
+        standby.log_tail(),
+        p.log_tail()
+    );
+    let reached = standby.psql(&format!(
+        "SELECT coalesce(pg_last_wal_replay_lsn() >= '{target}'::pg_lsn, false)"
+    ));
+    assert_eq!(reached, "f", "the standby caught up after all");
+    standby.stop();
+}
+
+/// A primary of `major` and, in `work/standby`, a standby cloned with `-R` that streamed, was
+/// stopped, and can no longer catch up; returns them with the size of the full clone.
+fn stale_standby(major: u32, work: &TestDir) -> (Cluster, std::path::PathBuf, u64) {
+    let p = summarizing_primary(major);
+    p.psql(
+        "CREATE TABLE a (id int PRIMARY KEY, v text); \
+         INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 200000) g; \
+         CREATE TABLE b (x int); INSERT INTO b SELECT generate_series(1, 1000); \
+         CREATE TABLE c AS SELECT generate_series(1, 1000) AS x; \
+         CREATE TABLE e AS SELECT g AS x FROM generate_series(1, 3000) g",
+    );
+    // Hint bits set now, not by the first scan after the clone (with checksums that scan
+    // would log every page).
+    p.psql("VACUUM (FREEZE, ANALYZE)");
+    p.psql("CHECKPOINT");
+    let dir = work.join("standby");
+    pgclone(&p, &dir, &["-R"]).assert_ok();
+    let full = data_size(&dir);
+    let mut standby = Cluster::start_existing(major, &dir, &[]);
+    standby.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
+    standby.wait_for_replay(&p.current_lsn());
+    standby.stop();
+
+    change_primary(&p);
+    recycle_wal(&p);
+    assert_cannot_catch_up(&p, major, &dir);
+    (p, dir, full)
+}
+
+/// Starts the refreshed standby in `dir`: in recovery, streaming, sees a row written now, and
+/// holds the primary's rows.
+fn assert_refreshed(p: &Cluster, major: u32, dir: &Path) {
+    assert!(!dir.join("pgclone_refresh").exists(), "marker left behind");
+    if let Err(e) = support::verify_backup(major, dir) {
+        panic!("pg_verifybackup of the refreshed directory: {e}");
+    }
+    pgclone_cmd().arg("verify").arg(dir).run().assert_ok();
+    let standby = Cluster::start_existing(major, dir, &[]);
+    standby.wait_for("SELECT pg_is_in_recovery()", "t", WAIT);
+    standby.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
+    p.psql("INSERT INTO b VALUES (-1)");
+    standby.wait_for("SELECT count(*) FROM b WHERE x = -1", "1", WAIT);
+    standby.wait_for_replay(&p.current_lsn());
+    assert_eq!(contents(&standby), contents(p));
+    assert_eq!(
+        standby.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'c'"),
+        "0"
+    );
+}
+
+fn stale_standby_is_refreshed(major: u32) {
+    let work = TestDir::new(&format!("refresh{major}"));
+    let (p, dir, full) = stale_standby(major, &work);
+    let run = pgclone(&p, &dir, &["--refresh", "-R", "-v"]);
+    run.assert_ok();
+    let received = received_bytes(&run.stderr);
+    assert!(
+        received * 4 < full,
+        "the refresh received {received} bytes, the full clone holds {full}"
+    );
+    assert_refreshed(&p, major, &dir);
+}
+
+#[test]
+fn pg17_stale_standby_is_refreshed() {
+    stale_standby_is_refreshed(17);
+}
+
+#[test]
+fn pg18_stale_standby_is_refreshed() {
+    stale_standby_is_refreshed(18);
+}
+
+/// `--refresh` of `dir` against `p` fails with `needle` and changes nothing in `dir`.
+fn refused(p: &Cluster, dir: &Path, needle: &str) {
+    let before = snapshot(dir);
+    pgclone(p, dir, &["--refresh", "-R"]).assert_error(needle);
+    assert_eq!(snapshot(dir), before, "{} changed", dir.display());
+}
+
+#[test]
+fn pg18_refusals_leave_the_directory_as_it_was() {
+    let p = summarizing_primary(18);
+    let other = summarizing_primary(18);
+    let work = TestDir::new("refresh-refused");
+    let dir = work.join("standby");
+    pgclone(&p, &dir, &["-R"]).assert_ok();
+
+    refused(&other, &dir, "is a copy of another cluster");
+
+    let pid = dir.join("postmaster.pid");
+    fs::write(&pid, format!("{}\n{}\n", std::process::id(), dir.display())).expect("write");
+    refused(&p, &dir, "a server is running on");
+    fs::remove_file(&pid).expect("remove");
+
+    p.psql("ALTER SYSTEM SET summarize_wal = off");
+    p.psql("SELECT pg_reload_conf()");
+    p.wait_for("SHOW summarize_wal", "off", WAIT);
+    refused(&p, &dir, "ALTER SYSTEM SET summarize_wal = on");
+    p.psql("ALTER SYSTEM RESET summarize_wal");
+    p.psql("SELECT pg_reload_conf()");
+
+    let empty = work.mkdir("empty");
+    refused(&p, &empty, "is not a data directory");
+}
+
+/// The pid of the one child process of `pid` (pgclone under runuser), or `pid` itself.
+fn innermost(pid: u32) -> u32 {
+    let children =
+        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    match children
+        .split_whitespace()
+        .next()
+        .and_then(|c| c.parse().ok())
+    {
+        Some(child) => innermost(child),
+        None => pid,
+    }
+}
+
+#[test]
+fn pg18_interrupted_refresh_does_not_start_and_completes_when_run_again() {
+    let work = TestDir::new("refresh-killed");
+    let (p, dir, _) = stale_standby(18, &work);
+    let mut child = pgclone_cmd()
+        .server(p.port, "postgres")
+        .dest(&dir)
+        .args(["-c", "fast", "--refresh", "-R", "-r", "64k"])
+        .spawn();
+    let deadline = Instant::now() + WAIT;
+    while !dir.join("pgclone_refresh").exists() || dir.join("global/pg_control").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the refresh never started applying"
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "pgclone ended early"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = innermost(child.id());
+    // SAFETY: kill has no memory-safety preconditions; the pid is our live (grand)child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let _ = child.wait();
+    assert!(dir.join("pgclone_refresh").exists(), "marker gone");
+
+    let log = work.join("killed.log");
+    let started = support::pg_ctl(&support::server_bin(18), &dir)
+        .arg("-l")
+        .arg(&log)
+        .args(["-w", "-t", "20", "-o"])
+        .arg(format!(
+            "-p {} -k {} -c listen_addresses=''",
+            support::free_port(),
+            work.path().display()
+        ))
+        .arg("start")
+        .output()
+        .expect("pg_ctl");
+    assert!(
+        !started.status.success(),
+        "an interrupted refresh started:\n{}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    let run = pgclone(&p, &dir, &["--refresh", "-R", "-v"]);
+    run.assert_ok();
+    assert!(run.stderr.contains("unfinished refresh"), "{}", run.stderr);
+    assert_refreshed(&p, 18, &dir);
+}
