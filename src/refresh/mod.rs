@@ -9,6 +9,8 @@
 //!   the newest WAL any page may reflect) and the synthesized manifest ([`synthesize`]); its
 //!   module doc gives the reasoning checked against the server and what is refused
 //! - `history`: whether that point lies on the primary's timeline history
+//! - `resume`: the reference of an interrupted clone, from its resume journal ([`Resume`]);
+//!   a journal wins over everything else in the directory (its module doc says why)
 //!
 //! Nothing here connects to a server or changes the directory.
 
@@ -16,10 +18,12 @@ pub mod control;
 pub mod history;
 pub mod label;
 pub mod reference;
+pub mod resume;
 pub mod walk;
 
 pub use control::{ControlError, ControlFile, DbState};
 pub use history::{parse_history, HistoryEntry, HistoryError};
 pub use label::{BackupLabel, LabelError};
 pub use reference::{manifest_at, synthesize, Reference, ReferenceError, ReferencePoint};
+pub use resume::{Resume, ResumeError};
 pub use walk::{list_data_files, DataFile, WalkError};
