@@ -205,7 +205,10 @@ mod tests {
     #[test]
     fn a_header_without_start_timeline_or_cluster_is_refused() {
         for (field, edit) in [
-            ("start LSN", (|h: &mut Header| h.start_lsn.clear()) as fn(&mut Header)),
+            (
+                "start LSN",
+                (|h: &mut Header| h.start_lsn.clear()) as fn(&mut Header),
+            ),
             ("start LSN", |h| h.start_lsn = "0/0".into()),
             ("timeline", |h| h.timeline = 0),
             ("system identifier", |h| h.system_identifier = "x".into()),
