@@ -2,7 +2,8 @@
 //! (`summarize_wal = on`, data checksums): a clone with `--keep-partial` cut by the proxy at
 //! about 30 %, 60 % and 90 % of a full clone's bytes, and one killed with SIGKILL while
 //! throttled, each resumed with `pgclone --refresh -R -v` into the same directory after the
-//! primary wrote more: the result starts as a streaming replica, sees a row written after it
+//! primary wrote more (and a clone cut after `pg_control` arrived, in the WAL that `-X fetch`
+//! appends, which is resumed from its journal too): the result starts as a streaming replica, sees a row written after it
 //! started, holds the primary's rows (md5 of the ordered rows), and the resume received fewer
 //! bytes than a full clone holds. One primary serves all the cut points of a major.
 
@@ -18,27 +19,34 @@ use support::{pgclone_cmd, Cluster, ClusterOptions, TestDir};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A primary that keeps WAL summaries, with data checksums and about 40 MB of rows.
+/// A primary that keeps WAL summaries, with data checksums and about 30 MB of rows.
 fn primary(major: u32) -> Cluster {
     let mut opts = ClusterOptions::new(major);
     opts.checksums = true;
     opts.conf = vec!["summarize_wal = on".into()];
     let p = Cluster::start(&opts);
-    p.psql(
-        "CREATE TABLE a (id int PRIMARY KEY, v text); \
-         INSERT INTO a SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 150000) g; \
-         CREATE TABLE b (x int); INSERT INTO b SELECT generate_series(1, 1000)",
-    );
+    // Several tables of a few MB each, so that each cut finds some complete and some not.
+    for t in TABLES {
+        p.psql(&format!(
+            "CREATE TABLE {t} (id int PRIMARY KEY, v text); \
+             INSERT INTO {t} SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 25000) g"
+        ));
+    }
+    p.psql("CREATE TABLE b (x int); INSERT INTO b SELECT generate_series(1, 1000)");
     // Hint bits set now, not by the replica's first scan.
     p.psql("VACUUM (FREEZE, ANALYZE)");
     p.psql("CHECKPOINT");
     p
 }
 
-/// count and md5 of the ordered rows of `a` and `b`.
+/// The tables of rows besides `b`.
+const TABLES: [&str; 6] = ["a0", "a1", "a2", "a3", "a4", "a5"];
+
+/// count and md5 of the ordered rows of each table.
 fn contents(c: &Cluster) -> Vec<String> {
-    ["a", "b"]
+    TABLES
         .iter()
+        .chain(&["b"])
         .map(|t| {
             c.psql(&format!(
                 "SELECT count(*) || ' ' || md5(string_agg(x::text, ',' ORDER BY x::text)) FROM {t} x"
@@ -67,21 +75,26 @@ fn data_size(dir: &Path) -> u64 {
     total
 }
 
-/// The N of `refresh complete: N bytes received (...)`.
-fn received_bytes(stderr: &str) -> u64 {
-    stderr
+/// N, W and I of `refresh complete: N bytes received (W files whole, I incremental)`.
+fn refresh_figures(stderr: &str) -> [u64; 3] {
+    let line = stderr
         .lines()
         .find_map(|l| l.split_once("refresh complete: ").map(|(_, r)| r))
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no 'refresh complete: N bytes' line in:\n{stderr}"))
+        .unwrap_or_else(|| panic!("no 'refresh complete' line in:\n{stderr}"));
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    numbers
+        .try_into()
+        .unwrap_or_else(|_| panic!("bad line: {line}"))
 }
 
 /// Writes on the primary between the interruption and the resume.
 fn write_more(p: &Cluster, round: u32) {
     p.psql(&format!(
-        "UPDATE a SET v = 'round {round} ' || id WHERE id % 101 = {round}; \
-         DELETE FROM a WHERE id % 211 = {round}; \
+        "UPDATE a{round} SET v = 'round {round} ' || id WHERE id % 101 = {round}; \
+         DELETE FROM a{round} WHERE id % 211 = {round}; \
          INSERT INTO b SELECT g FROM generate_series({0}, {0} + 99) g",
         10_000 * (round + 1)
     ));
@@ -123,7 +136,13 @@ fn resume_and_check(p: &Cluster, dest: &Path, what: &str) -> u64 {
     assert_eq!(contents(&replica), contents(p), "{what}");
     replica.stop();
     p.psql("DELETE FROM b WHERE x = -1");
-    received_bytes(&run.stderr)
+    let [received, whole, incremental] = refresh_figures(&run.stderr);
+    eprintln!("{what}: {received} bytes received, {whole} files whole, {incremental} incremental");
+    assert!(
+        incremental > 0,
+        "{what}: the journal's files should come incremental"
+    );
+    received
 }
 
 /// The pid of the one child process of `pid` (pgclone under runuser), or `pid` itself.
@@ -183,6 +202,7 @@ fn interrupted_clones_are_resumed(major: u32) {
         .assert_ok();
     let full = data_size(&full_dir);
     fs::remove_dir_all(&full_dir).expect("rm full");
+    eprintln!("PostgreSQL {major}: a full clone holds {full} bytes");
 
     for (round, percent) in [30u64, 60, 90].into_iter().enumerate() {
         let dest = work.join(&format!("cut{percent}"));
@@ -198,12 +218,36 @@ fn interrupted_clones_are_resumed(major: u32) {
         write_more(&p, round as u32);
         let what = format!("cut at {percent} %");
         let received = resume_and_check(&p, &dest, &what);
+        // Most of what arrived before the cut is not sent again.
+        let arrived = full * percent / 100;
         assert!(
-            received < full,
+            received < full - arrived / 4,
             "{what}: the resume received {received} bytes, a full clone holds {full}"
         );
         fs::remove_dir_all(&dest).expect("rm copy");
     }
+
+    // With -X fetch the WAL comes after pg_control in the base archive: a cut there leaves
+    // pg_control beside the journal, and the journal is still what the resume goes by.
+    let dest = work.join("after-control");
+    let proxy = Proxy::start(p.port, vec![Fault::CutAt(full + (4 << 20))]);
+    pgclone_cmd()
+        .server(proxy.port, "postgres")
+        .dest(&dest)
+        .args(["-c", "fast", "-X", "fetch", "--keep-partial"])
+        .run()
+        .assert_error("");
+    drop(proxy);
+    assert!(
+        dest.join("global/pg_control").exists(),
+        "cut before pg_control"
+    );
+    let received = resume_and_check(&p, &dest, "cut after pg_control");
+    assert!(
+        received * 4 < full,
+        "cut after pg_control: {received} bytes received"
+    );
+    fs::remove_dir_all(&dest).expect("rm copy");
 
     let dest = work.join("killed");
     killed_clone(&p, &dest);
