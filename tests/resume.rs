@@ -5,26 +5,57 @@
 //! primary wrote more (and a clone cut after `pg_control` arrived, in the WAL that `-X fetch`
 //! appends, which is resumed from its journal too): the result starts as a streaming replica, sees a row written after it
 //! started, holds the primary's rows (md5 of the ordered rows), and the resume received fewer
-//! bytes than a full clone holds. One primary serves all the cut points of a major.
+//! bytes than a full clone holds. The primary has a table in a tablespace (relocated with
+//! `-T`; a resume without it is refused). One primary serves all the cut points of a major.
 
 mod support;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pgclone::sink::journal::JOURNAL_FILE;
 use support::proxy::{Fault, Proxy};
-use support::{pgclone_cmd, Cluster, ClusterOptions, TestDir};
+use support::{create_table_t, pgclone_cmd, Cluster, ClusterOptions, Pgclone, TestDir};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A primary that keeps WAL summaries, with data checksums and about 30 MB of rows.
-fn primary(major: u32) -> Cluster {
+/// The primary and where its tablespace goes in a clone.
+struct Primary {
+    p: Cluster,
+    /// `-T` for its tablespace `ts`.
+    mapping: String,
+    /// The tablespace's directory in a clone.
+    ts_copy: PathBuf,
+}
+
+impl Primary {
+    /// pgclone from port `port` (the primary's or a proxy's) into `dest` with a fast
+    /// checkpoint and the tablespace mapping, plus `extra`.
+    fn pgclone(&self, port: u16, dest: &Path, extra: &[&str]) -> Pgclone {
+        let mut cmd = pgclone_cmd();
+        cmd.server(port, "postgres")
+            .dest(dest)
+            .args(["-c", "fast", "-T", &self.mapping])
+            .args(extra);
+        cmd
+    }
+
+    /// Removes a clone and its tablespace directory.
+    fn remove(&self, dest: &Path) {
+        fs::remove_dir_all(dest).expect("rm copy");
+        fs::remove_dir_all(&self.ts_copy).expect("rm tablespace copy");
+    }
+}
+
+/// A primary that keeps WAL summaries, with data checksums, about 30 MB of rows and a table
+/// `t` in a tablespace.
+fn primary(major: u32, work: &TestDir) -> Primary {
     let mut opts = ClusterOptions::new(major);
     opts.checksums = true;
     opts.conf = vec!["summarize_wal = on".into()];
     let p = Cluster::start(&opts);
+    let t = create_table_t(&p, work, true, "");
     // Several tables of a few MB each, so that each cut finds some complete and some not.
     for t in TABLES {
         p.psql(&format!(
@@ -36,17 +67,23 @@ fn primary(major: u32) -> Cluster {
     // Hint bits set now, not by the replica's first scan.
     p.psql("VACUUM (FREEZE, ANALYZE)");
     p.psql("CHECKPOINT");
-    p
+    Primary {
+        p,
+        mapping: t.mapping.expect("a tablespace"),
+        ts_copy: t.ts_copy,
+    }
 }
 
 /// The tables of rows besides `b`.
 const TABLES: [&str; 6] = ["a0", "a1", "a2", "a3", "a4", "a5"];
 
+/// What the replica must hold as the primary does (`t` is in the tablespace).
+const COMPARED: [&str; 8] = ["a0", "a1", "a2", "a3", "a4", "a5", "b", "t"];
+
 /// count and md5 of the ordered rows of each table.
 fn contents(c: &Cluster) -> Vec<String> {
-    TABLES
+    COMPARED
         .iter()
-        .chain(&["b"])
         .map(|t| {
             c.psql(&format!(
                 "SELECT count(*) || ' ' || md5(string_agg(x::text, ',' ORDER BY x::text)) FROM {t} x"
@@ -93,6 +130,9 @@ fn refresh_figures(stderr: &str) -> [u64; 3] {
 /// Writes on the primary between the interruption and the resume.
 fn write_more(p: &Cluster, round: u32) {
     p.psql(&format!(
+        "UPDATE t SET v = 'round {round}' WHERE id % 7 = {round}"
+    ));
+    p.psql(&format!(
         "UPDATE a{round} SET v = 'round {round} ' || id WHERE id % 101 = {round}; \
          DELETE FROM a{round} WHERE id % 211 = {round}; \
          INSERT INTO b SELECT g FROM generate_series({0}, {0} + 99) g",
@@ -102,16 +142,15 @@ fn write_more(p: &Cluster, round: u32) {
 
 /// A clone interrupted as `what` says, left with its journal: resume it with `--refresh -R -v`
 /// and check the replica it makes; returns the bytes the resume received.
-fn resume_and_check(p: &Cluster, dest: &Path, what: &str) -> u64 {
+fn resume_and_check(primary: &Primary, dest: &Path, what: &str) -> u64 {
+    let p = &primary.p;
     assert!(
         dest.join(JOURNAL_FILE).exists(),
         "{what}: no journal left in {}",
         dest.display()
     );
-    let run = pgclone_cmd()
-        .server(p.port, "postgres")
-        .dest(dest)
-        .args(["-c", "fast", "--refresh", "-R", "-v"])
+    let run = primary
+        .pgclone(p.port, dest, &["--refresh", "-R", "-v"])
         .run();
     run.assert_ok();
     assert!(
@@ -145,6 +184,18 @@ fn resume_and_check(p: &Cluster, dest: &Path, what: &str) -> u64 {
     received
 }
 
+/// A resume without the clone's `-T` is refused before anything changes.
+fn refused_without_mapping(p: &Cluster, dest: &Path) {
+    let journal = fs::read(dest.join(JOURNAL_FILE)).expect("journal");
+    pgclone_cmd()
+        .server(p.port, "postgres")
+        .dest(dest)
+        .args(["--refresh", "-R"])
+        .run()
+        .assert_error("give the clone's -T");
+    assert_eq!(fs::read(dest.join(JOURNAL_FILE)).expect("journal"), journal);
+}
+
 /// The pid of the one child process of `pid` (pgclone under runuser), or `pid` itself.
 fn innermost(pid: u32) -> u32 {
     let children =
@@ -160,11 +211,9 @@ fn innermost(pid: u32) -> u32 {
 }
 
 /// A throttled `--keep-partial` clone into `dest`, killed with SIGKILL part-way.
-fn killed_clone(p: &Cluster, dest: &Path) {
-    let mut child = pgclone_cmd()
-        .server(p.port, "postgres")
-        .dest(dest)
-        .args(["-c", "fast", "-r", "4M", "--keep-partial"])
+fn killed_clone(primary: &Primary, dest: &Path) {
+    let mut child = primary
+        .pgclone(primary.p.port, dest, &["-r", "4M", "--keep-partial"])
         .spawn();
     let deadline = Instant::now() + WAIT;
     while !dest.join(JOURNAL_FILE).exists() {
@@ -192,49 +241,44 @@ fn killed_clone(p: &Cluster, dest: &Path) {
 
 fn interrupted_clones_are_resumed(major: u32) {
     let work = TestDir::new(&format!("resume{major}"));
-    let p = primary(major);
+    let primary = primary(major, &work);
+    let p = &primary.p;
     let full_dir = work.join("full");
-    pgclone_cmd()
-        .server(p.port, "postgres")
-        .dest(&full_dir)
-        .args(["-c", "fast"])
-        .run()
-        .assert_ok();
-    let full = data_size(&full_dir);
-    fs::remove_dir_all(&full_dir).expect("rm full");
+    primary.pgclone(p.port, &full_dir, &[]).run().assert_ok();
+    let full = data_size(&full_dir) + data_size(&primary.ts_copy);
+    primary.remove(&full_dir);
     eprintln!("PostgreSQL {major}: a full clone holds {full} bytes");
 
     for (round, percent) in [30u64, 60, 90].into_iter().enumerate() {
         let dest = work.join(&format!("cut{percent}"));
         // Connection 0 is the main one (BASE_BACKUP); the WAL stream's is not cut.
         let proxy = Proxy::start(p.port, vec![Fault::CutAt(full * percent / 100)]);
-        pgclone_cmd()
-            .server(proxy.port, "postgres")
-            .dest(&dest)
-            .args(["-c", "fast", "--keep-partial"])
+        primary
+            .pgclone(proxy.port, &dest, &["--keep-partial"])
             .run()
             .assert_error("");
         drop(proxy);
-        write_more(&p, round as u32);
+        write_more(p, round as u32);
         let what = format!("cut at {percent} %");
-        let received = resume_and_check(&p, &dest, &what);
+        if round == 0 {
+            refused_without_mapping(p, &dest);
+        }
+        let received = resume_and_check(&primary, &dest, &what);
         // Most of what arrived before the cut is not sent again.
         let arrived = full * percent / 100;
         assert!(
             received < full - arrived / 4,
             "{what}: the resume received {received} bytes, a full clone holds {full}"
         );
-        fs::remove_dir_all(&dest).expect("rm copy");
+        primary.remove(&dest);
     }
 
     // With -X fetch the WAL comes after pg_control in the base archive: a cut there leaves
     // pg_control beside the journal, and the journal is still what the resume goes by.
     let dest = work.join("after-control");
     let proxy = Proxy::start(p.port, vec![Fault::CutAt(full + (4 << 20))]);
-    pgclone_cmd()
-        .server(proxy.port, "postgres")
-        .dest(&dest)
-        .args(["-c", "fast", "-X", "fetch", "--keep-partial"])
+    primary
+        .pgclone(proxy.port, &dest, &["-X", "fetch", "--keep-partial"])
         .run()
         .assert_error("");
     drop(proxy);
@@ -242,17 +286,17 @@ fn interrupted_clones_are_resumed(major: u32) {
         dest.join("global/pg_control").exists(),
         "cut before pg_control"
     );
-    let received = resume_and_check(&p, &dest, "cut after pg_control");
+    let received = resume_and_check(&primary, &dest, "cut after pg_control");
     assert!(
         received * 4 < full,
         "cut after pg_control: {received} bytes received"
     );
-    fs::remove_dir_all(&dest).expect("rm copy");
+    primary.remove(&dest);
 
     let dest = work.join("killed");
-    killed_clone(&p, &dest);
-    write_more(&p, 3);
-    let received = resume_and_check(&p, &dest, "SIGKILL");
+    killed_clone(&primary, &dest);
+    write_more(p, 3);
+    let received = resume_and_check(&primary, &dest, "SIGKILL");
     assert!(
         received < full,
         "SIGKILL: the resume received {received} bytes, a full clone holds {full}"

@@ -28,7 +28,7 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use pgclone_proto::{Lsn, TimelineId};
 
@@ -46,11 +46,26 @@ pub enum ResumeError {
     /// Its header lacks what the reference needs.
     #[error("the journal's header has no usable {0} (the clone failed before the backup started)")]
     Header(&'static str),
+    /// This run would write a tablespace elsewhere than the clone did.
+    #[error(
+        "the interrupted clone put tablespace {oid} (\"{location}\" on the server) in \"{dir}\", \
+         this run would write it to \"{now}\": give the clone's -T \"{location}={dir}\" again"
+    )]
+    TablespaceMoved {
+        /// The tablespace's oid.
+        oid: u32,
+        /// Its location on the server.
+        location: String,
+        /// Where the clone put it.
+        dir: PathBuf,
+        /// Where this run would put it.
+        now: PathBuf,
+    },
     /// Stat of a listed file failed for another reason than its absence.
     #[error("could not read \"{path}\"")]
     Stat {
         /// The file.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// Why.
         #[source]
         source: std::io::Error,
@@ -108,6 +123,29 @@ impl Resume {
             major: h.major,
             journal,
         })
+    }
+
+    /// Refuses a run whose `-T` mapping (`place`: a server location → the directory this run
+    /// writes it to) would put a tablespace with an absolute location elsewhere than the clone
+    /// did: the journal's files there would be missed, and the server's own directory might be
+    /// written.
+    pub fn check_tablespaces(&self, place: impl Fn(&Path) -> PathBuf) -> Result<(), ResumeError> {
+        for ts in &self.journal.header.tablespaces {
+            let location = Path::new(&ts.location);
+            if !location.is_absolute() {
+                continue;
+            }
+            let now = place(location);
+            if now != ts.dir {
+                return Err(ResumeError::TablespaceMoved {
+                    oid: ts.oid,
+                    location: ts.location.clone(),
+                    dir: ts.dir.clone(),
+                    now,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The reference manifest for `dir`: the journal's complete files still on disk (see the
@@ -260,6 +298,19 @@ mod tests {
             ]
         );
         assert_eq!(m.wal_ranges, vec![r.point.wal_range()]);
+    }
+
+    #[test]
+    fn tablespaces_must_go_where_the_clone_put_them() {
+        let r = Resume::from_journal(journal(&[])).unwrap();
+        r.check_tablespaces(|_| PathBuf::from("/new/ts")).unwrap();
+        let err = r.check_tablespaces(Path::to_path_buf).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the interrupted clone put tablespace 16390 (\"/srv/ts\" on the server) in \
+             \"/new/ts\", this run would write it to \"/srv/ts\": give the clone's -T \
+             \"/srv/ts=/new/ts\" again"
+        );
     }
 
     #[test]

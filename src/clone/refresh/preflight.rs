@@ -18,6 +18,7 @@ use crate::clone::refresh::marker::{Marker, MARKER};
 use crate::conn::server::ServerFacts;
 use crate::conn::Connection;
 use crate::error::Error;
+use crate::options::tablespace::TablespaceMapping;
 use crate::refresh::{
     manifest_at, parse_history, resume, BackupLabel, ControlError, ControlFile, ReferencePoint,
     Resume,
@@ -116,6 +117,14 @@ fn check_no_postmaster(dir: &Path) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// A resumed clone's tablespaces must go where the clone put them (`-T` as then).
+pub fn check_resume_tablespaces(local: &Local, mapping: &TablespaceMapping) -> Result<(), Error> {
+    match local {
+        Local::Resume(r) => r.check_tablespaces(|l| mapping.map(l)).map_err(refused),
+        _ => Ok(()),
+    }
 }
 
 /// The server-side checks, in order; returns the marker a refresh from here writes (the
