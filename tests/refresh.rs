@@ -5,7 +5,9 @@
 //! rows, passes pg_verifybackup, and the refresh received far less than the full clone. Also
 //! refusals (another cluster, `summarize_wal` off, a live postmaster.pid, not a data directory),
 //! each leaving the directory byte for byte as it was, and a refresh killed mid-way: the
-//! directory refuses to start, and `--refresh` again completes it.
+//! directory refuses to start, and `--refresh` again completes it. Also: a mapped tablespace
+//! with `pg_wal` linked to a WAL directory, and a failover: a standby of the old primary is
+//! refreshed from the promoted one (timeline 2), the old primary that wrote on is refused.
 
 mod support;
 
@@ -244,6 +246,27 @@ fn stale_standby_is_refreshed(major: u32) {
         received * 4 < full,
         "the refresh received {received} bytes, the full clone holds {full}"
     );
+    // The standby settings come out as a fresh `pgclone -R` clone's.
+    let fresh = work.join("fresh");
+    pgclone(&p, &fresh, &["-R", "-X", "none", "--no-verify-checksums"]).assert_ok();
+    for name in ["postgresql.auto.conf", "standby.signal"] {
+        assert_eq!(
+            fs::read(dir.join(name)).expect("refreshed"),
+            fs::read(fresh.join(name)).expect("fresh"),
+            "{name}"
+        );
+    }
+    for name in [
+        "postmaster.pid",
+        "postmaster.opts",
+        "recovery.signal",
+        "tablespace_map",
+    ] {
+        assert!(
+            !dir.join(name).exists(),
+            "{name} left in the refreshed directory"
+        );
+    }
     assert_refreshed(&p, major, &dir);
 }
 
@@ -355,4 +378,103 @@ fn pg18_interrupted_refresh_does_not_start_and_completes_when_run_again() {
     run.assert_ok();
     assert!(run.stderr.contains("unfinished refresh"), "{}", run.stderr);
     assert_refreshed(&p, 18, &dir);
+}
+
+#[test]
+fn pg17_refresh_with_a_mapped_tablespace_and_a_wal_directory_link() {
+    let p = summarizing_primary(17);
+    let work = TestDir::new("refresh-ts");
+    let t = support::create_table_t(&p, &work, true, "");
+    p.psql("VACUUM (FREEZE)");
+    p.psql("CREATE TABLE gone (x int) TABLESPACE ts; INSERT INTO gone VALUES (1)");
+    let mapping = t.mapping.expect("mapping");
+    let dir = work.join("standby");
+    let waldir = work.join("waldir");
+    let waldir_arg = waldir.to_str().expect("UTF-8").to_owned();
+    pgclone(&p, &dir, &["-R", "-T", &mapping, "--waldir", &waldir_arg]).assert_ok();
+    let mut standby = Cluster::start_existing(17, &dir, &[]);
+    standby.wait_for_replay(&p.current_lsn());
+    standby.stop();
+
+    p.psql(
+        "UPDATE t SET v = 'changed' WHERE id BETWEEN 10 AND 20; DROP TABLE gone; \
+         CREATE TABLE t3 TABLESPACE ts AS SELECT generate_series(1, 100) AS x",
+    );
+    let run = pgclone(&p, &dir, &["--refresh", "-R", "-v", "-T", &mapping]);
+    run.assert_ok();
+    received_bytes(&run.stderr);
+    if let Err(e) = support::verify_backup(17, &dir) {
+        panic!("pg_verifybackup of the refreshed directory: {e}");
+    }
+    let link = fs::read_link(
+        fs::read_dir(dir.join("pg_tblspc"))
+            .expect("pg_tblspc")
+            .next()
+            .expect("one link")
+            .expect("entry")
+            .path(),
+    )
+    .expect("a link");
+    assert_eq!(link, t.ts_copy);
+    assert_eq!(
+        fs::read_link(dir.join("pg_wal")).expect("pg_wal link"),
+        waldir
+    );
+    assert!(
+        fs::read_dir(&waldir)
+            .expect("waldir")
+            .any(|e| e.expect("entry").file_name().len() == 24),
+        "no streamed segment in the WAL directory"
+    );
+    let standby = Cluster::start_existing(17, &dir, &[]);
+    standby.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
+    standby.wait_for_replay(&p.current_lsn());
+    let sql = "SELECT count(*) || ' ' || md5(string_agg(id || v, ',' ORDER BY id)) FROM t \
+               UNION ALL SELECT count(*)::text FROM t3";
+    assert_eq!(standby.psql(sql), p.psql(sql));
+}
+
+#[test]
+fn pg18_after_a_failover_a_standby_is_refreshed_and_the_old_primary_refused() {
+    let mut p = summarizing_primary(18);
+    let work = TestDir::new("refresh-failover");
+    p.psql("CREATE TABLE a (id int PRIMARY KEY, v text)");
+    p.psql("INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 5000) g");
+    let (s1_dir, s2_dir) = (work.join("s1"), work.join("s2"));
+    pgclone(&p, &s1_dir, &["-R"]).assert_ok();
+    pgclone(&p, &s2_dir, &["-R"]).assert_ok();
+    let s1 = Cluster::start_existing(18, &s1_dir, &[]);
+    let mut s2 = Cluster::start_existing(18, &s2_dir, &[]);
+    // Not at a segment boundary (where the clone's backup left it): a timeline that begins
+    // exactly there is summarized from its first record on, and the server then finds the
+    // summaries of the new timeline incomplete (seen on 18.4).
+    p.psql("INSERT INTO a VALUES (0, 'before the failover')");
+    let lsn = p.current_lsn();
+    s1.wait_for_replay(&lsn);
+    s2.wait_for_replay(&lsn);
+    s2.stop();
+
+    // s1 becomes the primary on timeline 2; the old primary writes on, then stops: diverged.
+    assert_eq!(s1.psql("SELECT pg_promote()"), "t");
+    s1.wait_for("SELECT pg_is_in_recovery()", "f", WAIT);
+    p.psql("INSERT INTO a VALUES (-5, 'only on the old primary')");
+    p.psql("CHECKPOINT");
+    p.stop();
+    s1.psql("UPDATE a SET v = 'after failover' WHERE id <= 100");
+    s1.psql("CHECKPOINT");
+
+    refused(&s1, &p.data, "pg_rewind");
+
+    let run = pgclone(&s1, &s2_dir, &["--refresh", "-R", "-v"]);
+    run.assert_ok();
+    received_bytes(&run.stderr);
+    let s2 = Cluster::start_existing(18, &s2_dir, &[]);
+    s2.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
+    s2.wait_for_replay(&s1.current_lsn());
+    let sql = "SELECT count(*) || ' ' || md5(string_agg(id || v, ',' ORDER BY id)) FROM a";
+    assert_eq!(s2.psql(sql), s1.psql(sql));
+    assert_eq!(
+        s2.psql("SELECT received_tli FROM pg_stat_wal_receiver"),
+        "2"
+    );
 }

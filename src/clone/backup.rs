@@ -1,7 +1,9 @@
 //! The backup task: sends BASE_BACKUP on the main connection, decodes the response, prepares
 //! the tablespace directories once the server lists them, and writes the archives: itself,
 //! batch by batch, or (server-compressed archives) through a bounded channel to a
-//! decompressing thread. Either way a slow disk slows the socket, not our memory.
+//! decompressing thread. Either way a slow disk slows the socket, not our memory. For
+//! `--refresh` the archives are applied in place onto the existing directory
+//! ([`Sink::InPlace`]), after a step the caller gives ([`OnStarted`]) has run.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

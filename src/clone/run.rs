@@ -57,15 +57,7 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
         None => None,
     };
 
-    // A slot made with -C exists before the backup starts, so its restart_lsn protects the
-    // WAL from before the checkpoint; it is dropped again if the clone fails.
-    let created_slot = match (&cfg.slot, cfg.create_slot) {
-        (Some(name), true) => {
-            create_permanent_slot(&mut conn, name).await?;
-            Some(name.clone())
-        }
-        _ => None,
-    };
+    let created_slot = create_slot_if_asked(&cfg, &mut conn).await?;
 
     let mut cleanup = Cleanup::new();
     let abort = interrupt.child_token();
@@ -103,14 +95,7 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
             if partial {
                 keep_partial(&cfg);
             }
-            if let (Some(name), false) = (&created_slot, cfg.no_clean) {
-                if let Err(e) = drop_slot(&params, name).await {
-                    tracing::warn!(
-                        "could not drop replication slot \"{name}\": {}",
-                        crate::error::chain(&e)
-                    );
-                }
-            }
+            drop_created_slot(&cfg, &params, created_slot.as_deref()).await;
         }
     }
     conn.close().await;
@@ -172,15 +157,7 @@ async fn clone_into(
         .waldir
         .clone()
         .unwrap_or_else(|| cfg.dest.join("pg_wal"));
-    let prepared = if cfg.wal_method == WalMethod::Stream {
-        let wal_cfg = wal_config(cfg, params, facts, &wal_dir);
-        tokio::select! {
-            r = wal::prepare(wal_cfg) => Some(r?),
-            () = abort.cancelled() => return Err(Error::Cancelled),
-        }
-    } else {
-        None
-    };
+    let prepared = prepare_wal(cfg, params, facts, &wal_dir, abort).await?;
 
     let primary = recovery::primary_conninfo(conn.info(), params);
     let sink = choose_sink(cfg, facts, cleanup, &primary, prepared.is_some(), &wal_dir)?;
@@ -210,13 +187,27 @@ async fn clone_into(
     Ok(outcome)
 }
 
-/// What the WAL task needs for `-X stream`.
-pub(crate) fn wal_config(
+/// `-X stream`: the WAL connection opened (and its temporary slot made) before the backup
+/// starts; `None` for the other methods.
+pub(crate) async fn prepare_wal(
     cfg: &Config,
     params: &ConnParams,
     facts: &ServerFacts,
     wal_dir: &Path,
-) -> WalConfig {
+    abort: &CancellationToken,
+) -> Result<Option<wal::Prepared>, Error> {
+    if cfg.wal_method != WalMethod::Stream {
+        return Ok(None);
+    }
+    let wal_cfg = wal_config(cfg, params, facts, wal_dir);
+    tokio::select! {
+        r = wal::prepare(wal_cfg) => Ok(Some(r?)),
+        () = abort.cancelled() => Err(Error::Cancelled),
+    }
+}
+
+/// What the WAL task needs for `-X stream`.
+fn wal_config(cfg: &Config, params: &ConnParams, facts: &ServerFacts, wal_dir: &Path) -> WalConfig {
     let slot = match (&cfg.slot, cfg.no_slot) {
         (Some(name), _) => Slot::Named(name.clone()),
         (None, true) => Slot::None,
@@ -468,8 +459,36 @@ async fn finish(cfg: &Config, outcome: &Outcome) -> Result<(), Error> {
     .map_err(|e| Error::Internal(format!("sync task failed: {e}")))?
 }
 
+/// `-C`: creates the slot `-S` names before the backup starts, so that its restart_lsn
+/// protects the WAL from before the checkpoint; returns its name (to drop it again if the run
+/// fails, [`drop_created_slot`]).
+pub(crate) async fn create_slot_if_asked(
+    cfg: &Config,
+    conn: &mut Connection,
+) -> Result<Option<String>, Error> {
+    match (&cfg.slot, cfg.create_slot) {
+        (Some(name), true) => {
+            create_permanent_slot(conn, name).await?;
+            Ok(Some(name.clone()))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A failed run drops the slot it created, unless `--no-clean`; a failure to drop is a warning.
+pub(crate) async fn drop_created_slot(cfg: &Config, params: &ConnParams, created: Option<&str>) {
+    if let (Some(name), false) = (created, cfg.no_clean) {
+        if let Err(e) = drop_slot(params, name).await {
+            tracing::warn!(
+                "could not drop replication slot \"{name}\": {}",
+                crate::error::chain(&e)
+            );
+        }
+    }
+}
+
 /// Creates the permanent slot `name` (`-C`), reserving WAL from now on.
-pub(crate) async fn create_permanent_slot(conn: &mut Connection, name: &str) -> Result<(), Error> {
+async fn create_permanent_slot(conn: &mut Connection, name: &str) -> Result<(), Error> {
     let cmd = Command::CreatePhysicalSlot {
         name,
         temporary: false,
@@ -484,7 +503,7 @@ pub(crate) async fn create_permanent_slot(conn: &mut Connection, name: &str) -> 
 /// Drops a slot pgclone created, on a fresh connection, waiting briefly for the WAL
 /// connection's walsender to let go of it (while it holds the slot the server answers
 /// SQLSTATE 55006, "replication slot ... is active for PID ...").
-pub(crate) async fn drop_slot(params: &ConnParams, name: &str) -> Result<(), Error> {
+async fn drop_slot(params: &ConnParams, name: &str) -> Result<(), Error> {
     tracing::info!("dropping replication slot \"{name}\"");
     let mut params = params.clone();
     params.prompt = Prompt::Never;

@@ -1,5 +1,6 @@
 //! What pgclone checks and reads on the main connection before the backup: the server
-//! version, `integer_datetimes`, `data_directory_mode`, `wal_segment_size`, IDENTIFY_SYSTEM.
+//! version, `integer_datetimes`, `data_directory_mode`, `wal_segment_size`, IDENTIFY_SYSTEM;
+//! TIMELINE_HISTORY (either connection).
 
 use std::time::Duration;
 
@@ -115,6 +116,38 @@ pub async fn identify_system(conn: &mut Connection) -> Result<System, Error> {
             timeline: set.required_text(what, 0, 1)?.parse()?,
             xlogpos: set.required_text(what, 0, 2)?.parse()?,
         })
+    };
+    parse().map_err(Error::protocol(what))
+}
+
+/// Runs TIMELINE_HISTORY for `timeline`: the history file's name and content, the name
+/// checked against the one the timeline has.
+pub async fn timeline_history(
+    conn: &mut Connection,
+    timeline: TimelineId,
+) -> Result<(String, bytes::Bytes), Error> {
+    let cmd = Command::TimelineHistory(timeline);
+    let what = cmd.name();
+    let sets = conn
+        .simple_query(what, &cmd.text(conn.info().version))
+        .await?;
+    let parse = || -> Result<(String, bytes::Bytes), ProtocolError> {
+        let set = sets
+            .first()
+            .ok_or(ProtocolError::Truncated("TIMELINE_HISTORY result"))?;
+        set.expect_shape(what, Some(1), 2)?;
+        let got = set.required_text(what, 0, 0)?.to_owned();
+        let content = set
+            .bytes(what, 0, 1)?
+            .cloned()
+            .ok_or(ProtocolError::Truncated("history file content"))?;
+        if got != timeline.history_file_name() {
+            return Err(ProtocolError::BadValue {
+                what: "history file name",
+                value: got.chars().take(64).collect(),
+            });
+        }
+        Ok((got, content))
     };
     parse().map_err(Error::protocol(what))
 }

@@ -624,11 +624,11 @@ pub fn parse_max_rate(src: &str) -> Result<u32, Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::options::cli::{parse, Parsed};
 
-    fn config(argv: &[&str]) -> Result<Config, Error> {
+    pub(crate) fn config(argv: &[&str]) -> Result<Config, Error> {
         let Parsed::Run(args) = parse(std::iter::once("pgclone").chain(argv.iter().copied()))
         else {
             panic!("parse failed for {argv:?}")
@@ -636,7 +636,7 @@ mod tests {
         Config::from_args(&args, &|_| None)
     }
 
-    fn usage_message(argv: &[&str]) -> String {
+    pub(crate) fn usage_message(argv: &[&str]) -> String {
         match config(argv) {
             Err(Error::Usage(m)) => m,
             other => panic!("{argv:?}: expected a usage error, got {other:?}"),

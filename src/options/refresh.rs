@@ -66,24 +66,7 @@ pub fn check(args: &Args) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
-    use crate::error::Error;
-    use crate::options::cli::{parse, Parsed};
-    use crate::options::Config;
-
-    fn config(argv: &[&str]) -> Result<Config, Error> {
-        let Parsed::Run(args) = parse(std::iter::once("pgclone").chain(argv.iter().copied()))
-        else {
-            panic!("parse failed for {argv:?}")
-        };
-        Config::from_args(&args, &|_| None)
-    }
-
-    fn usage_message(argv: &[&str]) -> String {
-        match config(argv) {
-            Err(Error::Usage(m)) => m,
-            other => panic!("{argv:?}: expected a usage error, got {other:?}"),
-        }
-    }
+    use crate::options::config::tests::{config, usage_message};
 
     #[test]
     fn refresh_refuses_what_it_cannot_do() {

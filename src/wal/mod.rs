@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use pgclone_proto::command::Command;
 use pgclone_proto::replication::{pg_epoch_micros, ReceiverConfig, WalReceiver};
-use pgclone_proto::{Lsn, ProtocolError, TimelineId, WalSegSize};
+use pgclone_proto::{Lsn, TimelineId, WalSegSize};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -412,39 +412,13 @@ async fn fetch_history(
     timeline: TimelineId,
     sink: &mut dyn WalSink,
 ) -> Result<(), Error> {
-    let cmd = Command::TimelineHistory(timeline);
-    let what = cmd.name();
     let name = timeline.history_file_name();
     if let WalOutput::Dir(dir) = &cfg.output {
         if dir.join(&name).exists() {
             return Ok(());
         }
     }
-    let sets = conn
-        .simple_query(what, &cmd.text(conn.info().version))
-        .await?;
-    let parse = || -> Result<(String, bytes::Bytes), ProtocolError> {
-        let set = sets
-            .first()
-            .ok_or(ProtocolError::Truncated("TIMELINE_HISTORY result"))?;
-        set.expect_shape(what, Some(1), 2)?;
-        let got = set.required_text(what, 0, 0)?.to_owned();
-        let content = set
-            .bytes(what, 0, 1)?
-            .cloned()
-            .ok_or(ProtocolError::Truncated("history file content"))?;
-        Ok((got, content))
-    };
-    let (got, content) = parse().map_err(Error::protocol(what))?;
-    if got != name {
-        return Err(Error::Protocol {
-            phase: what,
-            source: ProtocolError::BadValue {
-                what: "history file name",
-                value: got.chars().take(64).collect(),
-            },
-        });
-    }
+    let (name, content) = crate::conn::server::timeline_history(conn, timeline).await?;
     tracing::info!("fetched timeline history file {name}");
     tokio::task::block_in_place(|| sink.write_history(&name, &content))
 }

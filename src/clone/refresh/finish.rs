@@ -195,4 +195,51 @@ mod tests {
             "START WAL LOCATION: 0/5000028 (file 000000010000000000000005)\nSTART TIMELINE: 1\n"
         );
     }
+
+    #[test]
+    fn the_manifest_lists_rebuilt_files_with_their_new_checksums() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        fs::create_dir_all(d.join("base/5")).expect("mkdir");
+        fs::write(d.join("base/5/16384"), vec![7u8; 16384]).expect("write");
+        fs::write(d.join(BACKUP_LABEL), "START TIMELINE: 1\n").expect("write");
+        let mut server = ManifestWriter::new(42);
+        let entry = |path: &str, size| ManifestFile {
+            path: path.as_bytes().to_vec(),
+            size,
+            algorithm: crate::manifest::ChecksumAlgorithm::Crc32c,
+            checksum: Some("00000000".into()),
+        };
+        server.add_file(&entry("base/5/INCREMENTAL.16384", 8204), None);
+        server.add_file(&entry("backup_label", 99), None);
+        server.add_file(&entry("PG_VERSION", 3), None);
+        let range = crate::manifest::WalRange {
+            timeline: pgclone_proto::TimelineId(1),
+            start: pgclone_proto::Lsn(0x100),
+            end: pgclone_proto::Lsn(0x200),
+        };
+        let server = Manifest::parse(&server.finish(&[range])).expect("parse");
+        let ours = directory_manifest(d, &server).expect("manifest");
+        Manifest::check_own_checksum(&ours).expect("own checksum");
+        let m = Manifest::parse(&ours).expect("parse");
+        assert_eq!(m.system_identifier, Some(42));
+        assert_eq!(m.wal_ranges, vec![range]);
+        let sum = |bytes: &[u8]| {
+            let mut c = Checksum::with_algorithm(crate::manifest::ChecksumAlgorithm::Crc32c);
+            c.update(bytes);
+            c.finish()
+        };
+        let rel = m.file(b"base/5/16384").expect("rebuilt file listed");
+        assert_eq!(
+            (rel.size, rel.checksum.clone()),
+            (16384, sum(&[7u8; 16384]))
+        );
+        let label = m.file(b"backup_label").expect("label");
+        assert_eq!(
+            (label.size, label.checksum.clone()),
+            (18, sum(b"START TIMELINE: 1\n"))
+        );
+        let kept = m.file(b"PG_VERSION").expect("whole file");
+        assert_eq!((kept.size, kept.checksum.as_deref()), (3, Some("00000000")));
+    }
 }

@@ -33,18 +33,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clone::backup::{Job, OnStarted, Sink};
 use crate::clone::run::{
-    backup_and_stream, backup_options, connect_and_inspect, create_permanent_slot, drop_slot,
-    wait_for_first_data, wal_config,
+    backup_and_stream, backup_options, connect_and_inspect, create_slot_if_asked,
+    drop_created_slot, prepare_wal, wait_for_first_data,
 };
 use crate::clone::upload;
 use crate::conn::server::ServerFacts;
 use crate::conn::{ConnParams, Connection};
 use crate::error::Error;
-use crate::options::config::{Config, WalMethod};
+use crate::options::config::Config;
 use crate::recovery;
 use crate::sink::dest::Cleanup;
 use crate::sink::inplace::{self, clear_wal};
-use crate::wal;
 
 use finish::Ending;
 use marker::{Marker, MARKER};
@@ -62,13 +61,7 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
     let (marker, reference) = preflight::check_server(&mut conn, &facts, &cfg.dest, &local).await?;
     // TODO(limits): helper K's `refresh::limits::fetch(&params, ...)` goes here, its `Limits`
     // into the in-place layout built in `refresh_into`.
-    let created_slot = match (&cfg.slot, cfg.create_slot) {
-        (Some(name), true) => {
-            create_permanent_slot(&mut conn, name).await?;
-            Some(name.clone())
-        }
-        _ => None,
-    };
+    let created_slot = create_slot_if_asked(&cfg, &mut conn).await?;
     let abort = interrupt.child_token();
     let result = refresh_into(&cfg, &mut conn, &params, &facts, marker, reference, &abort).await;
     if let Err(e) = &result {
@@ -79,14 +72,7 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
                 cfg.dest.display()
             );
         }
-        if let (Some(name), false) = (&created_slot, cfg.no_clean) {
-            if let Err(e) = drop_slot(&params, name).await {
-                tracing::warn!(
-                    "could not drop replication slot \"{name}\": {}",
-                    crate::error::chain(&e)
-                );
-            }
-        }
+        drop_created_slot(&cfg, &params, created_slot.as_deref()).await;
     }
     conn.close().await;
     result
@@ -103,15 +89,7 @@ async fn refresh_into(
     reference: Vec<u8>,
     abort: &CancellationToken,
 ) -> Result<(), Error> {
-    let prepared = if cfg.wal_method == WalMethod::Stream {
-        let wal_cfg = wal_config(cfg, params, facts, &cfg.dest.join("pg_wal"));
-        tokio::select! {
-            r = wal::prepare(wal_cfg) => Some(r?),
-            () = abort.cancelled() => return Err(Error::Cancelled),
-        }
-    } else {
-        None
-    };
+    let prepared = prepare_wal(cfg, params, facts, &cfg.dest.join("pg_wal"), abort).await?;
     let primary = recovery::primary_conninfo(conn.info(), params);
     let job = Job {
         options: backup_options(cfg),

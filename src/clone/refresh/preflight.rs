@@ -11,11 +11,10 @@ use std::io;
 use std::path::Path;
 
 use pgclone_proto::basebackup::MIN_MAJOR_INCREMENTAL;
-use pgclone_proto::command::Command;
-use pgclone_proto::{ProtocolError, TimelineId};
+use pgclone_proto::TimelineId;
 
 use crate::clone::refresh::marker::{Marker, MARKER};
-use crate::conn::server::ServerFacts;
+use crate::conn::server::{timeline_history, ServerFacts};
 use crate::conn::Connection;
 use crate::error::Error;
 use crate::options::tablespace::TablespaceMapping;
@@ -239,7 +238,7 @@ async fn check_timeline(
     point: &ReferencePoint,
 ) -> Result<(), Error> {
     let entries = if server.0 > 1 {
-        let content = timeline_history(conn, server).await?;
+        let (_, content) = timeline_history(conn, server).await?;
         parse_history(server, &content).map_err(refused)?
     } else {
         Vec::new()
@@ -251,24 +250,53 @@ async fn check_timeline(
     })
 }
 
-/// The content of the server's history file of `timeline`.
-async fn timeline_history(conn: &mut Connection, timeline: TimelineId) -> Result<Vec<u8>, Error> {
-    let cmd = Command::TimelineHistory(timeline);
-    let what = cmd.name();
-    let sets = conn
-        .simple_query(what, &cmd.text(conn.info().version))
-        .await?;
-    let set = sets
-        .first()
-        .ok_or(ProtocolError::Truncated("TIMELINE_HISTORY result"))
-        .map_err(Error::protocol(what))?;
-    set.expect_shape(what, Some(1), 2)
-        .map_err(Error::protocol(what))?;
-    let content = set
-        .bytes(what, 0, 1)
-        .map_err(Error::protocol(what))?
-        .cloned()
-        .ok_or(ProtocolError::Truncated("history file content"))
-        .map_err(Error::protocol(what))?;
-    Ok(content.to_vec())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::refresh::control::sample;
+
+    fn refusal(r: Result<Local, Error>) -> String {
+        match r {
+            Err(Error::Refused(m)) => m,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_directory_is_checked_without_a_server() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        assert!(refusal(check_directory(d)).contains("is not a data directory"));
+
+        fs::create_dir(d.join("global")).expect("mkdir");
+        fs::write(d.join("global/pg_control"), sample(1800).encode()).expect("write");
+        assert!(matches!(check_directory(d), Ok(Local::Control(_, None))));
+
+        // Our own pid is alive; a pid far above pid_max is not.
+        fs::write(
+            d.join("postmaster.pid"),
+            format!("{}\n", std::process::id()),
+        )
+        .expect("pid");
+        assert!(refusal(check_directory(d)).contains("a server is running on"));
+        fs::write(d.join("postmaster.pid"), "2147483000\n").expect("pid");
+        assert!(check_directory(d).is_ok());
+
+        fs::remove_file(d.join("global/pg_control")).expect("rm");
+        let marker = Marker {
+            point: ReferencePoint {
+                system_identifier: 1,
+                timeline: TimelineId(1),
+                start: pgclone_proto::Lsn(0x100),
+                end: pgclone_proto::Lsn(0x200),
+            },
+            major: 18,
+            block_size: 8192,
+        };
+        marker.write(d, false).expect("marker");
+        match check_directory(d) {
+            Ok(Local::Unfinished(m)) => assert_eq!(m, marker),
+            other => panic!("{other:?}"),
+        }
+    }
 }
