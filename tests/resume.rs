@@ -92,26 +92,6 @@ fn contents(c: &Cluster) -> Vec<String> {
         .collect()
 }
 
-/// Bytes of the regular files under `dir`, `pg_wal` left out.
-fn data_size(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d)
-            .expect("read_dir")
-            .map(|e| e.expect("entry"))
-        {
-            let kind = entry.file_type().expect("type");
-            if kind.is_dir() && entry.file_name() != "pg_wal" {
-                stack.push(entry.path());
-            } else if kind.is_file() {
-                total += entry.metadata().expect("stat").len();
-            }
-        }
-    }
-    total
-}
-
 /// N, W and I of `refresh complete: N bytes received (W files whole, I incremental)`.
 fn refresh_figures(stderr: &str) -> [u64; 3] {
     let line = stderr
@@ -196,20 +176,6 @@ fn refused_without_mapping(p: &Cluster, dest: &Path) {
     assert_eq!(fs::read(dest.join(JOURNAL_FILE)).expect("journal"), journal);
 }
 
-/// The pid of the one child process of `pid` (pgclone under runuser), or `pid` itself.
-fn innermost(pid: u32) -> u32 {
-    let children =
-        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    match children
-        .split_whitespace()
-        .next()
-        .and_then(|c| c.parse().ok())
-    {
-        Some(child) => innermost(child),
-        None => pid,
-    }
-}
-
 /// A throttled `--keep-partial` clone into `dest`, killed with SIGKILL part-way.
 fn killed_clone(primary: &Primary, dest: &Path) {
     let mut child = primary
@@ -229,7 +195,7 @@ fn killed_clone(primary: &Primary, dest: &Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(3000));
-    let pid = innermost(child.id());
+    let pid = support::innermost(child.id());
     // SAFETY: kill has no memory-safety preconditions; the pid is our live (grand)child.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     let _ = child.wait();
@@ -245,7 +211,7 @@ fn interrupted_clones_are_resumed(major: u32) {
     let p = &primary.p;
     let full_dir = work.join("full");
     primary.pgclone(p.port, &full_dir, &[]).run().assert_ok();
-    let full = data_size(&full_dir) + data_size(&primary.ts_copy);
+    let full = support::data_size(&full_dir) + support::data_size(&primary.ts_copy);
     primary.remove(&full_dir);
     eprintln!("PostgreSQL {major}: a full clone holds {full} bytes");
 

@@ -298,5 +298,17 @@ mod tests {
             Ok(Local::Unfinished(m)) => assert_eq!(m, marker),
             other => panic!("{other:?}"),
         }
+
+        // A journal wins over the marker and over pg_control (which a clone writes last).
+        fs::write(d.join("global/pg_control"), sample(1800).encode()).expect("write");
+        let journal = concat!(
+            "{\"header\":{\"format\":1,\"system_identifier\":\"42\",\"timeline\":1,",
+            "\"major\":18,\"start_lsn\":\"0/2000028\",\"tablespaces\":[]}}\n"
+        );
+        fs::write(d.join(crate::sink::journal::JOURNAL_FILE), journal).expect("journal");
+        match check_directory(d) {
+            Ok(Local::Resume(r)) => assert_eq!(r.point.system_identifier, 42),
+            other => panic!("{other:?}"),
+        }
     }
 }
