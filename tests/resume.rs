@@ -5,7 +5,7 @@
 //! primary wrote more (and a clone cut after `pg_control` arrived, in the WAL that `-X fetch`
 //! appends, which is resumed from its journal too): the result starts as a streaming replica, sees a row written after it
 //! started, holds the primary's rows (md5 of the ordered rows), and the resume received fewer
-//! bytes than a full clone holds. The primary has a table in a tablespace (relocated with
+//! bytes than a full clone holds; the resume of the 60 % cut is itself killed once first. The primary has a table in a tablespace (relocated with
 //! `-T`; a resume without it is refused). One primary serves all the cut points of a major.
 
 mod support;
@@ -164,6 +164,33 @@ fn resume_and_check(primary: &Primary, dest: &Path, what: &str) -> u64 {
     received
 }
 
+/// A throttled resume of `dest` killed with SIGKILL once it applies: the journal and the
+/// marker stay, `pg_control` is gone; the next resume goes by the journal again.
+fn killed_resume(primary: &Primary, dest: &Path) {
+    let mut child = primary
+        .pgclone(primary.p.port, dest, &["--refresh", "-R", "-r", "64k"])
+        .spawn();
+    let deadline = Instant::now() + WAIT;
+    while !dest.join("pgclone_refresh").exists() || dest.join("global/pg_control").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the resume never started applying"
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "pgclone ended early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = support::innermost(child.id());
+    // SAFETY: kill has no memory-safety preconditions; the pid is our live (grand)child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let _ = child.wait();
+    assert!(dest.join(JOURNAL_FILE).exists(), "journal gone");
+    assert!(dest.join("pgclone_refresh").exists(), "marker gone");
+}
+
 /// A resume without the clone's `-T` is refused before anything changes.
 fn refused_without_mapping(p: &Cluster, dest: &Path) {
     let journal = fs::read(dest.join(JOURNAL_FILE)).expect("journal");
@@ -226,8 +253,10 @@ fn interrupted_clones_are_resumed(major: u32) {
         drop(proxy);
         write_more(p, round as u32);
         let what = format!("cut at {percent} %");
-        if round == 0 {
-            refused_without_mapping(p, &dest);
+        match round {
+            0 => refused_without_mapping(p, &dest),
+            1 => killed_resume(&primary, &dest),
+            _ => {}
         }
         let received = resume_and_check(&primary, &dest, &what);
         // Most of what arrived before the cut is not sent again.
