@@ -304,23 +304,14 @@ fn pg18_interrupted_refresh_does_not_start_and_completes_when_run_again() {
         .dest(&dir)
         .args(["-c", "fast", "--refresh", "-R", "-r", "64k"])
         .spawn();
-    let deadline = Instant::now() + WAIT;
-    while !dir.join("pgclone_refresh").exists() || dir.join("global/pg_control").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the refresh never started applying"
-        );
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "pgclone ended early"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let pid = support::innermost(child.id());
-    // SAFETY: kill has no memory-safety preconditions; the pid is our live (grand)child.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    let _ = child.wait();
+    let applying =
+        || dir.join("pgclone_refresh").exists() && !dir.join("global/pg_control").exists();
+    support::sigkill_when(
+        &mut child,
+        "the refresh applies",
+        applying,
+        Duration::from_millis(500),
+    );
     assert!(dir.join("pgclone_refresh").exists(), "marker gone");
 
     let log = work.join("killed.log");

@@ -12,7 +12,7 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgclone::sink::journal::JOURNAL_FILE;
 use support::proxy::{Fault, Proxy};
@@ -170,23 +170,14 @@ fn killed_resume(primary: &Primary, dest: &Path) {
     let mut child = primary
         .pgclone(primary.p.port, dest, &["--refresh", "-R", "-r", "64k"])
         .spawn();
-    let deadline = Instant::now() + WAIT;
-    while !dest.join("pgclone_refresh").exists() || dest.join("global/pg_control").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the resume never started applying"
-        );
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "pgclone ended early"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let pid = support::innermost(child.id());
-    // SAFETY: kill has no memory-safety preconditions; the pid is our live (grand)child.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    let _ = child.wait();
+    let applying =
+        || dest.join("pgclone_refresh").exists() && !dest.join("global/pg_control").exists();
+    support::sigkill_when(
+        &mut child,
+        "the resume applies",
+        applying,
+        Duration::from_millis(500),
+    );
     assert!(dest.join(JOURNAL_FILE).exists(), "journal gone");
     assert!(dest.join("pgclone_refresh").exists(), "marker gone");
 }
@@ -208,24 +199,8 @@ fn killed_clone(primary: &Primary, dest: &Path) {
     let mut child = primary
         .pgclone(primary.p.port, dest, &["-r", "4M", "--keep-partial"])
         .spawn();
-    let deadline = Instant::now() + WAIT;
-    while !dest.join(JOURNAL_FILE).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "no journal in {}",
-            dest.display()
-        );
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "pgclone ended early"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(3000));
-    let pid = support::innermost(child.id());
-    // SAFETY: kill has no memory-safety preconditions; the pid is our live (grand)child.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    let _ = child.wait();
+    let journal = || dest.join(JOURNAL_FILE).exists();
+    support::sigkill_when(&mut child, "a journal", journal, Duration::from_secs(3));
     assert!(
         !dest.join("global/pg_control").exists(),
         "the kill should land before the end"

@@ -823,3 +823,28 @@ pub fn innermost(pid: u32) -> u32 {
         None => pid,
     }
 }
+
+/// Waits (up to a minute) until `ready()` while the spawned pgclone `child` still runs, lets it
+/// go on for `settle`, then kills pgclone itself (under runuser: [`innermost`]) with SIGKILL
+/// and reaps it. `what` names the awaited state in the failure message.
+pub fn sigkill_when(
+    child: &mut std::process::Child,
+    what: &str,
+    ready: impl Fn() -> bool,
+    settle: Duration,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(Instant::now() < deadline, "never reached: {what}");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "pgclone ended before: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(settle);
+    let pid = innermost(child.id());
+    // SAFETY: kill has no memory-safety preconditions; the pid is our live (grand)child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let _ = child.wait();
+}
