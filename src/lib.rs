@@ -13,7 +13,7 @@
 //! - `refresh/`: `--refresh`'s reference side: a stopped standby's `pg_control` (`control`),
 //!   `backup_label` (`label`), its files as a base backup lists them (`walk`), the synthesized
 //!   reference manifest (`reference`), the check against the primary's timeline history
-//!   (`history`)
+//!   (`history`), the WAL summaries' limit blocks over an SQL connection (`limits`)
 //! - `wal/`: the WAL task of `-X stream`, segment files (`segment`), `pg_wal.tar` (`tarwal`)
 //! - `recovery.rs`: everything `-R` writes
 //! - `sink/`: where archive bytes land: the plain writer (`plain`, with its path policy), the tar

@@ -35,32 +35,15 @@ use pgclone_proto::incremental::{
 use pgclone_proto::tar::MemberKind;
 use pgclone_proto::testutil;
 use pgclone_proto::Oid;
-use support::{as_pg_user, checked_output, tools_bin, Cluster, ClusterOptions, TestDir};
+use support::{
+    as_pg_user, checked_output, pg_basebackup, tools_bin, Cluster, ClusterOptions, TestDir,
+};
 
 fn primary(major: u32) -> Cluster {
     let mut opts = ClusterOptions::new(major);
     opts.checksums = true;
     opts.conf = vec!["summarize_wal = on".into()];
     Cluster::start(&opts)
-}
-
-/// The real pg_basebackup of `major` into `dest`, with `extra` arguments.
-fn pg_basebackup(p: &Cluster, dest: &Path, extra: &[&str]) {
-    let mut cmd = as_pg_user(tools_bin(p.major).join("pg_basebackup"));
-    cmd.arg("-h")
-        .arg(&p.socket_dir)
-        .args([
-            "-p",
-            &p.port.to_string(),
-            "-U",
-            "postgres",
-            "-c",
-            "fast",
-            "-D",
-        ])
-        .arg(dest)
-        .args(extra);
-    checked_output(&mut cmd, "pg_basebackup");
 }
 
 /// What a path is.

@@ -39,6 +39,10 @@
 //!   case unless no block of the result would come from the prior file (every block below the
 //!   truncation block length was sent), in which case the result does not depend on it.
 //!
+//! [`Header::plan_limited`] narrows the prior blocks that stand to those below the segment's
+//! limit block from the WAL summaries ([`crate::relfile::Limits`]), where `pg_combinebackup`
+//! would take stale blocks of a fork truncated and re-extended without WAL in the range.
+//!
 //! Nothing here touches files: `pgclone`'s in-place writer carries out the plan.
 
 use std::collections::VecDeque;
@@ -113,25 +117,45 @@ impl Header {
     /// Whether any block of the result comes from the prior file: some block below the
     /// truncation block length was not sent.
     pub fn needs_prior(&self) -> bool {
-        let sent_below = self
-            .blocks
-            .iter()
-            .take_while(|&&b| b < self.truncation_block_length)
-            .count();
-        sent_below < self.truncation_block_length as usize
+        self.needs_prior_below(self.truncation_block_length)
+    }
+
+    /// Whether some block below `end` was not sent.
+    fn needs_prior_below(&self, end: u32) -> bool {
+        let sent_below = self.blocks.iter().take_while(|&&b| b < end).count();
+        sent_below < end as usize
     }
 
     /// How to turn the prior file (`prior_len` bytes, `None` when it does not exist) into the
-    /// reconstructed one in place; see the module docs for the rule.
+    /// reconstructed one in place, by `pg_combinebackup`'s rule (see the module docs).
     pub fn plan(&self, prior_len: Option<u64>) -> Result<Plan, IncrementalError> {
+        self.plan_limited(prior_len, None)
+    }
+
+    /// [`Self::plan`], with the segment's limit block from the WAL summaries when there is
+    /// one (`limit_block`, relative to the segment): prior blocks are then kept only below
+    /// `min(limit_block, truncation_block_length)`, and unsent blocks from there on are zeros.
+    ///
+    /// This is what the server's own comment on the truncation block length intends, and
+    /// where it differs from `pg_combinebackup`: a fork truncated in the range and extended
+    /// again without WAL (bulk extension leaves zero pages that no record touches) gets a
+    /// truncation block length above the limit, and `pg_combinebackup` refills those blocks
+    /// from the prior copy, bringing deleted rows back. With `None` the result is
+    /// `pg_combinebackup`'s, byte for byte.
+    pub fn plan_limited(
+        &self,
+        prior_len: Option<u64>,
+        limit_block: Option<u32>,
+    ) -> Result<Plan, IncrementalError> {
+        let stands = self
+            .truncation_block_length
+            .min(limit_block.unwrap_or(u32::MAX));
         let keep_prior_blocks = match prior_len {
             Some(len) => {
                 let whole = len / BLCKSZ as u64;
-                u32::try_from(whole)
-                    .unwrap_or(u32::MAX)
-                    .min(self.truncation_block_length)
+                u32::try_from(whole).unwrap_or(u32::MAX).min(stands)
             }
-            None if self.needs_prior() => {
+            None if self.needs_prior_below(stands) => {
                 return Err(IncrementalError::NoPriorFile {
                     truncation_block_length: self.truncation_block_length,
                 })
@@ -715,6 +739,43 @@ mod tests {
                 final_len: 4 * BLCKSZ as u64
             })
         );
+    }
+
+    #[test]
+    fn a_limit_block_narrows_the_prior_blocks_that_stand() {
+        let b = BLCKSZ as u64;
+        // Truncated to 3 in the range, re-extended to 10 blocks, block 8 written since.
+        let h = header(10, &[8]);
+        assert_eq!(
+            h.plan_limited(Some(20 * b), Some(3)),
+            Ok(Plan {
+                keep_prior_blocks: 3,
+                final_len: 10 * b
+            })
+        );
+        // Without a limit: pg_combinebackup's rule, prior blocks up to 10 stand.
+        assert_eq!(h.plan_limited(Some(20 * b), None), h.plan(Some(20 * b)));
+        assert_eq!(h.plan(Some(20 * b)).map(|p| p.keep_prior_blocks), Ok(10));
+        // A limit above the truncation block length or the prior length changes nothing.
+        assert_eq!(h.plan_limited(Some(20 * b), Some(15)), h.plan(Some(20 * b)));
+        assert_eq!(h.plan_limited(Some(2 * b), Some(3)), h.plan(Some(2 * b)));
+        // Limit 0: nothing of the prior file stands, so it need not exist.
+        assert_eq!(
+            h.plan_limited(None, Some(0)),
+            Ok(Plan {
+                keep_prior_blocks: 0,
+                final_len: 10 * b
+            })
+        );
+        // Every block below the limit was sent: no prior file is needed either.
+        assert_eq!(
+            header(10, &[0, 1, 8]).plan_limited(None, Some(2)),
+            Ok(Plan {
+                keep_prior_blocks: 0,
+                final_len: 10 * b
+            })
+        );
+        assert!(header(10, &[0, 8]).plan_limited(None, Some(2)).is_err());
     }
 
     #[test]

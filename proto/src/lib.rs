@@ -15,7 +15,8 @@
 //! - name the SQLSTATEs pgclone acts on ([`sqlstate`]);
 //! - split the tar archives inside it into members ([`tar`]);
 //! - decode the `INCREMENTAL.` members of an incremental backup (17+) and state how they
-//!   rebuild a file ([`incremental`]);
+//!   rebuild a file ([`incremental`]); name relation segment files and map the WAL summaries'
+//!   limit blocks onto them ([`relfile`]);
 //! - WAL positions, timelines and segment names ([`lsn`]).
 //!
 //! What it does not do: TLS, connection strings, files, paths, policy about what a member may
@@ -35,6 +36,7 @@
 //! - `sqlstate.rs`: SQLSTATE constants
 //! - `tar.rs`: `TarSplitter`
 //! - `incremental.rs`: `IncrementalDecoder`, `Header`, `Plan` (incremental members, 17+)
+//! - `relfile.rs`: `SegmentFile` (relation file paths), `Limits` (WAL summaries' limit blocks)
 //! - `replication.rs`: `parse_copy_both`, `WalReceiver` (physical WAL streaming)
 
 #![warn(missing_docs)]
@@ -50,6 +52,7 @@ pub mod incremental;
 pub mod lsn;
 pub mod query;
 mod reader;
+pub mod relfile;
 pub mod replication;
 pub mod sqlstate;
 pub mod startup;

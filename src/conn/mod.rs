@@ -1,5 +1,6 @@
-//! Replication connections: exchanging messages on an open one. Opening one (hosts, TLS,
-//! startup, authentication, the password prompt) is [`connect`], in `open.rs`.
+//! Replication connections (and, for `--refresh`'s WAL summaries, ordinary SQL sessions:
+//! [`ConnMode`]): exchanging messages on an open one. Opening one (hosts, TLS, startup,
+//! authentication, the password prompt) is [`connect`], in `open.rs`.
 //!
 //! [`Connection::read_message`] prints server notices as they arrive (the libpq way) and keeps
 //! ParameterStatus updates, so callers only see the messages they act on.
@@ -24,7 +25,7 @@ use pgclone_proto::{frontend, ServerVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use open::connect;
-pub use params::{ConnFlags, ConnParams, Host, Keepalives, Prompt, Secret, Target};
+pub use params::{ConnFlags, ConnMode, ConnParams, Host, Keepalives, Prompt, Secret, Target};
 pub use tls::{ChannelBinding, RootCert, SslMode, TlsSettings};
 use transport::Transport;
 
@@ -57,7 +58,7 @@ pub struct ServerInfo {
     pub tls: bool,
 }
 
-/// An open, authenticated replication connection.
+/// An open, authenticated connection (a replication one unless opened with [`ConnMode::Sql`]).
 #[derive(Debug)]
 pub struct Connection {
     io: Transport,

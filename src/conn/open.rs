@@ -1,4 +1,4 @@
-//! Opening a replication connection: `--wait` retries, the password prompt, each host in turn
+//! Opening a replication connection (or, as [`ConnParams::mode`] says, an SQL session): `--wait` retries, the password prompt, each host in turn
 //! (a Unix socket, or every address of a TCP host), TLS as `sslmode` says, then the startup
 //! exchange and authentication.
 //!
@@ -19,13 +19,14 @@ use tokio::net::{TcpStream, UnixStream};
 
 use super::transport::Transport;
 use super::{
-    read_raw, tls, ChannelBinding, ConnParams, Connection, Host, Keepalives, Limit, Prompt, Secret,
-    ServerInfo, SslMode, Target, TlsSettings,
+    read_raw, tls, ChannelBinding, ConnMode, ConnParams, Connection, Host, Keepalives, Limit,
+    Prompt, Secret, ServerInfo, SslMode, Target, TlsSettings,
 };
 use crate::error::{os_text, Error};
 use crate::output;
 
-/// Opens a replication connection, trying each host in turn. Prompts for a password when the
+/// Opens a replication connection (an SQL session when `params.mode` says so), trying each
+/// host in turn. Prompts for a password when the
 /// server wants one and `params.prompt` allows it; the password is then kept in `params` for
 /// later connections.
 pub async fn connect(params: &mut ConnParams) -> Result<Connection, Error> {
@@ -450,14 +451,17 @@ async fn startup(
     })
 }
 
-/// The startup message's parameters: a physical replication connection as `user`, with
-/// `options` if set, and `application_name`.
+/// The startup message's parameters: a physical replication connection (or an SQL session in
+/// its database, as `params.mode` says) as `user`, with `options` if set, and
+/// `application_name`.
 fn startup_params(params: &ConnParams) -> Vec<(&'static str, &str)> {
     let mut startup_params = vec![
         ("user", params.user.as_str()),
-        ("database", "replication"),
-        ("replication", "true"),
+        ("database", params.mode.database()),
     ];
+    if params.mode == ConnMode::Replication {
+        startup_params.push(("replication", "true"));
+    }
     if let Some(o) = &params.options {
         startup_params.push(("options", o.as_str()));
     }

@@ -77,7 +77,29 @@ impl Host {
     }
 }
 
-/// Everything needed to open a replication connection.
+/// The session a connection asks for at startup.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ConnMode {
+    /// A physical replication connection (`replication=true`); pg_hba.conf and the passfile
+    /// see the database `replication`.
+    #[default]
+    Replication,
+    /// An ordinary SQL session in this database (what `--refresh` reads the WAL summaries'
+    /// limit blocks over).
+    Sql(String),
+}
+
+impl ConnMode {
+    /// The database name sent at startup and looked up in the passfile.
+    pub fn database(&self) -> &str {
+        match self {
+            Self::Replication => "replication",
+            Self::Sql(db) => db,
+        }
+    }
+}
+
+/// Everything needed to open a connection (a replication one unless `mode` says otherwise).
 #[derive(Debug, Clone)]
 pub struct ConnParams {
     /// Hosts to try, in order, each with its port.
@@ -110,6 +132,8 @@ pub struct ConnParams {
     pub tls: super::tls::TlsSettings,
     /// `--wait`: keep retrying connection failures that can heal for this long.
     pub wait: Option<std::time::Duration>,
+    /// Replication (what [`ConnParams::resolve`] gives) or an ordinary SQL session.
+    pub mode: ConnMode,
 }
 
 /// What the command line said about connecting.
@@ -268,11 +292,13 @@ impl ConnParams {
             keepalives,
             tls,
             wait: None,
+            mode: ConnMode::Replication,
         })
     }
 
     /// Looks the password up in the passfile for `target` (libpq's rules: a socket connection
-    /// is `localhost`, the database is `replication`), unless one is already known. A passfile
+    /// is `localhost`; the database is `replication`, or the SQL session's), unless one is
+    /// already known. A passfile
     /// that is unsafe or unreadable is ignored after a warning, worded as libpq's and logged
     /// as it is (no `pgclone:` prefix).
     pub fn password_for(&self, target: &Target) -> Option<Secret> {
@@ -288,7 +314,7 @@ impl ConnParams {
             path,
             &host,
             &target.port.to_string(),
-            "replication",
+            self.mode.database(),
             &self.user,
         ) {
             Ok(found) => found.map(Secret::new),

@@ -11,12 +11,15 @@
 //! - `history`: whether that point lies on the primary's timeline history
 //! - `resume`: the reference of an interrupted clone, from its resume journal ([`Resume`]);
 //!   a journal wins over everything else in the directory (its module doc says why)
+//! - `limits`: the WAL summaries' limit blocks of the range, over an ordinary SQL connection
+//!   ([`limits::fetch`]), for the in-place applier's safeguard against stale blocks
 //!
-//! Nothing here connects to a server or changes the directory.
+//! Only `limits` connects to a server; nothing here changes the directory.
 
 pub mod control;
 pub mod history;
 pub mod label;
+pub mod limits;
 pub mod reference;
 pub mod resume;
 pub mod walk;
@@ -24,6 +27,7 @@ pub mod walk;
 pub use control::{ControlError, ControlFile, DbState};
 pub use history::{parse_history, HistoryEntry, HistoryError};
 pub use label::{BackupLabel, LabelError};
+pub use limits::{required_ranges, Limits, TimelineRange};
 pub use reference::{manifest_at, synthesize, Reference, ReferenceError, ReferencePoint};
 pub use resume::{Resume, ResumeError};
 pub use walk::{list_data_files, DataFile, WalkError};

@@ -775,6 +775,26 @@ pub fn verify_backup(major: u32, dir: &Path) -> Result<String, String> {
     }
 }
 
+/// The real pg_basebackup of the cluster's major into `dest` as `postgres` with a fast
+/// checkpoint, with `extra` arguments; panics on failure.
+pub fn pg_basebackup(c: &Cluster, dest: &Path, extra: &[&str]) {
+    let mut cmd = as_pg_user(tools_bin(c.major).join("pg_basebackup"));
+    cmd.arg("-h")
+        .arg(&c.socket_dir)
+        .args([
+            "-p",
+            &c.port.to_string(),
+            "-U",
+            "postgres",
+            "-c",
+            "fast",
+            "-D",
+        ])
+        .arg(dest)
+        .args(extra);
+    checked_output(&mut cmd, "pg_basebackup");
+}
+
 /// A command's stdout followed by its stderr, as text.
 pub fn output_text(out: &Output) -> String {
     format!(

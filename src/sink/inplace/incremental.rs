@@ -1,6 +1,7 @@
 //! One `INCREMENTAL.<relfile>` member applied to `<relfile>` in place, following the
-//! [`Plan`] its header gives: cut the prior file to the blocks that stay, write each sent block
-//! at its offset, set the reconstructed length. Applying the same member again gives the same
+//! [`Plan`] its header gives (narrowed by the segment's limit block from the WAL summaries,
+//! when there is one): cut the prior file to the blocks that stay, write each sent block at its
+//! offset, set the reconstructed length. Applying the same member again gives the same
 //! file, so an interrupted apply can be repeated.
 
 use std::fs::{self, File};
@@ -29,18 +30,27 @@ pub(super) struct IncrementalFile {
     /// The file it rebuilds.
     target: PathBuf,
     mode: u32,
+    /// The segment's limit block from the WAL summaries, relative to the segment.
+    limit: Option<u32>,
     decoder: IncrementalDecoder,
     open: Option<Open>,
 }
 
 impl IncrementalFile {
-    /// A member of `size` bytes at `member` that rebuilds `target` (nothing is opened until
-    /// its header has arrived).
-    pub(super) fn new(member: PathBuf, target: PathBuf, mode: u32, size: u64) -> Self {
+    /// A member of `size` bytes at `member` that rebuilds `target`, keeping no prior block at
+    /// or beyond `limit` (nothing is opened until its header has arrived).
+    pub(super) fn new(
+        member: PathBuf,
+        target: PathBuf,
+        mode: u32,
+        size: u64,
+        limit: Option<u32>,
+    ) -> Self {
         Self {
             member,
             target,
             mode,
+            limit,
             decoder: IncrementalDecoder::with_member_size(size),
             open: None,
         }
@@ -77,7 +87,9 @@ impl IncrementalFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::fs("stat", &self.target)(e)),
         };
-        let plan = h.plan(prior_len).map_err(self.refuse())?;
+        let plan = h
+            .plan_limited(prior_len, self.limit)
+            .map_err(self.refuse())?;
         let file = open(&self.target, Existing::Keep).map_err(Error::fs("open", &self.target))?;
         file.set_permissions(fs::Permissions::from_mode(self.mode))
             .map_err(Error::fs("set permissions of file", &self.target))?;

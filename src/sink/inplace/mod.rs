@@ -8,7 +8,10 @@
 //!   ([`pgclone_proto::incremental`]): cut to the prior blocks that stay, each sent block
 //!   written at `number * 8192`, the length set to the reconstructed one. A missing `<relfile>`
 //!   is created only when no block of the result would come from it; otherwise the member is
-//!   refused (`pg_combinebackup` fails there too).
+//!   refused (`pg_combinebackup` fails there too). Given the WAL summaries' limit blocks
+//!   ([`Applier::with_limits`]), prior blocks at or beyond a segment's limit are not kept
+//!   either but read as zeros unless sent (where `pg_combinebackup` would bring back stale
+//!   blocks of a fork truncated and re-extended without WAL: [`Header::plan_limited`]).
 //! - any other regular file replaces the old one: written to `<name>`[`TEMP_SUFFIX`] beside it,
 //!   renamed over it when complete. A file is thus always a complete old or a complete new
 //!   version, never half of each (what a later `--refresh` relies on when it takes the files
@@ -49,6 +52,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use pgclone_proto::incremental::{relation_file_name, INCREMENTAL_PREFIX};
+use pgclone_proto::relfile::Limits;
 use pgclone_proto::tar::{Member, MemberKind, TarEvent};
 use pgclone_proto::Oid;
 
@@ -97,6 +101,8 @@ pub struct ApplyStats {
 struct RootRecord {
     root: PathBuf,
     base: bool,
+    /// The tablespace's oid, for a tablespace archive.
+    tablespace: Option<Oid>,
     paths: HashSet<PathBuf>,
 }
 
@@ -150,6 +156,7 @@ pub struct Applier {
     touched: Touched,
     stats: ApplyStats,
     manifest: ManifestOut,
+    limits: Limits,
 }
 
 impl Applier {
@@ -176,7 +183,26 @@ impl Applier {
             touched: Touched::default(),
             stats: ApplyStats::default(),
             manifest: ManifestOut::new(None),
+            limits: Limits::new(),
         })
+    }
+
+    /// Rebuilds `INCREMENTAL.` members with the WAL summaries' limit blocks of the backup's
+    /// range (the reference start to the backup's start): a prior block at or beyond its
+    /// segment's limit is not kept ([`Header::plan_limited`]). Without it (or with empty
+    /// limits) members are rebuilt exactly as `pg_combinebackup` rebuilds them.
+    ///
+    /// [`Header::plan_limited`]: pgclone_proto::incremental::Header::plan_limited
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.set_limits(limits);
+        self
+    }
+
+    /// [`Self::with_limits`] on an open applier: for a caller that learns the backup's start
+    /// LSN (the end of the limits' range) only after opening it. Members that began before the
+    /// call keep the limits they began with.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// Applies one chunk.
@@ -222,14 +248,16 @@ impl Applier {
                 "the server sent the compressed archive {name}, which cannot be applied in place"
             )));
         }
-        let (root, base) = match root {
-            ArchiveRoot::Base => (self.layout.dest.clone(), true),
-            ArchiveRoot::Tablespace { dir, .. } => (dir, false),
+        let (root, tablespace) = match root {
+            ArchiveRoot::Base => (self.layout.dest.clone(), None),
+            ArchiveRoot::Tablespace { dir, oid } => (dir, Some(oid)),
         };
+        let base = tablespace.is_none();
         self.saw_base |= base;
         self.records.push(RootRecord {
             root,
             base,
+            tablespace,
             paths: HashSet::new(),
         });
         self.archive = Some(Archive {
@@ -316,6 +344,7 @@ impl Applier {
             return Err(Error::Internal("archive without a record".into()));
         };
         let base = rec.base;
+        let tablespace = rec.tablespace;
         if base && beneath_tablespace_link(&rel) {
             return Err(refuse("it lies beneath a tablespace link in pg_tblspc"));
         }
@@ -342,7 +371,16 @@ impl Applier {
                     .insert(path.parent().unwrap_or(&path).into());
                 rel
             }
-            MemberKind::File => self.begin_file(rel, path, mode, m.size, base, &refuse)?,
+            MemberKind::File => {
+                let file = NewFile {
+                    rel,
+                    path,
+                    mode,
+                    size: m.size,
+                    tablespace,
+                };
+                self.begin_file(file, &refuse)?
+            }
             MemberKind::Other(t) => {
                 return Err(refuse(&format!(
                     "unsupported member type '{}'",
@@ -360,20 +398,25 @@ impl Applier {
     /// Returns the path it stands for, relative to the archive root.
     fn begin_file(
         &mut self,
-        rel: PathBuf,
-        path: PathBuf,
-        mode: u32,
-        size: u64,
-        base: bool,
+        file: NewFile,
         refuse: &dyn Fn(&str) -> Error,
     ) -> Result<PathBuf, Error> {
+        let NewFile {
+            rel,
+            path,
+            mode,
+            size,
+            tablespace,
+        } = file;
+        let base = tablespace.is_none();
         let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if name.starts_with(INCREMENTAL_PREFIX) && incremental_dir(&rel, base) {
             let bare = relation_file_name(name)
                 .ok_or_else(|| refuse("an INCREMENTAL. member that is not a relation file"))?;
             let target = rel.with_file_name(bare);
+            let limit = self.segment_limit(&target, tablespace);
             let target_path = path.with_file_name(bare);
-            let file = incremental::IncrementalFile::new(path, target_path, mode, size);
+            let file = incremental::IncrementalFile::new(path, target_path, mode, size, limit);
             self.current = Some(Current::Incremental(Box::new(file)));
             return Ok(target);
         }
@@ -390,6 +433,31 @@ impl Applier {
         self.current = Some(Current::Whole(whole::WholeFile::create(path, mode, size)?));
         Ok(rel)
     }
+
+    /// The limit block of the relation segment file `rel` (relative to its archive's root,
+    /// `tablespace`'s for a tablespace archive), as the data directory names it.
+    fn segment_limit(&self, rel: &Path, tablespace: Option<Oid>) -> Option<u32> {
+        if self.limits.is_empty() {
+            return None;
+        }
+        let rel = rel.to_str()?;
+        match tablespace {
+            None => self.limits.path_limit(rel),
+            Some(oid) => self.limits.path_limit(&format!("pg_tblspc/{oid}/{rel}")),
+        }
+    }
+}
+
+/// A regular file member about to be written.
+struct NewFile {
+    /// Its path relative to the archive's root.
+    rel: PathBuf,
+    /// Where it goes.
+    path: PathBuf,
+    mode: u32,
+    size: u64,
+    /// The archive's tablespace (`None`: the base archive).
+    tablespace: Option<Oid>,
 }
 
 /// Whether an `INCREMENTAL.` name in the directory of `rel` is an incremental member, as

@@ -148,6 +148,79 @@ fn rebuilds_files_as_pg_combinebackup_does() {
     }
 }
 
+/// `n` blocks, block `i` being `prior`'s block `i` if `i < keep`, `sent`'s if sent, else zeros.
+fn expected_blocks(prior: &[u8], keep: usize, n: usize, sent: &[(u32, Vec<u8>)]) -> Vec<u8> {
+    (0..n)
+        .flat_map(|b| match sent.iter().find(|(s, _)| *s as usize == b) {
+            Some((_, data)) => data.clone(),
+            None if b < keep => prior[b * BLCKSZ..(b + 1) * BLCKSZ].to_vec(),
+            None => block(0),
+        })
+        .collect()
+}
+
+#[test]
+fn limit_blocks_void_the_prior_blocks_at_and_beyond_them() {
+    use pgclone_proto::relfile::{Fork, Limits, RelFork};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dest = tmp.path().join("d");
+    let ts = tmp.path().join("ts");
+    fs::create_dir_all(dest.join("base/5")).expect("mkdir");
+    fs::create_dir(dest.join("global")).expect("mkdir");
+    fs::create_dir_all(ts.join("PG_18_202506291/5")).expect("mkdir");
+    // The prior copy: 12 blocks before the primary truncated the table to 3 (VACUUM) and
+    // re-extended it to 10 without WAL; only block 8 was written (logged) since.
+    let prior = blocks(12, 1);
+    let sent = vec![(8u32, block(0xe8))];
+    let member = incremental_member(10, &sent);
+    for path in [
+        dest.join("base/5/16400"),
+        dest.join("base/5/16401"),
+        ts.join("PG_18_202506291/5/16400"),
+    ] {
+        fs::write(path, &prior).expect("prior");
+    }
+    let rel = |tablespace, relfilenode| RelFork {
+        tablespace,
+        database: 5,
+        relfilenode,
+        fork: Fork::Main,
+    };
+    let mut limits = Limits::new();
+    limits.record(rel(1663, 16400), 3);
+    limits.record(rel(16390, 16400), 0);
+    let mut a = Applier::open(layout(&dest, &[]))
+        .expect("open")
+        .with_limits(limits);
+    let ts_members: &[TarMember<'_>] = &[(
+        "PG_18_202506291/5/INCREMENTAL.16400",
+        MemberKind::File,
+        &member,
+        None,
+    )];
+    let root = ArchiveRoot::Tablespace {
+        oid: Oid(16390),
+        dir: ts.clone(),
+    };
+    feed(&mut a, "16390.tar", root, &testutil::tar(ts_members, 0o600)).expect("tablespace");
+    let base: &[TarMember<'_>] = &[
+        ("base/5/INCREMENTAL.16400", MemberKind::File, &member, None),
+        ("base/5/INCREMENTAL.16401", MemberKind::File, &member, None),
+        CONTROL,
+    ];
+    let archive = testutil::tar(base, 0o600);
+    feed(&mut a, "base.tar", ArchiveRoot::Base, &archive).expect("base");
+    a.finish().expect("finish");
+    let read = |p: &Path| fs::read(p).expect("read");
+    // Limited to 3: blocks 3..10 unsent are zeros, not the prior copy's stale ones.
+    assert!(read(&dest.join("base/5/16400")) == expected_blocks(&prior, 3, 10, &sent));
+    // Limit 0 in the tablespace: nothing of the prior file stands.
+    assert!(read(&ts.join("PG_18_202506291/5/16400")) == expected_blocks(&prior, 0, 10, &sent));
+    // No limit: pg_combinebackup's rule, the prior blocks below 10 stand.
+    assert!(read(&dest.join("base/5/16401")) == reconstruct(Some(&prior), 10, &sent));
+    assert!(reconstruct(Some(&prior), 10, &sent) == expected_blocks(&prior, 10, 10, &sent));
+}
+
 #[test]
 fn refuses_a_missing_file_it_would_need_blocks_from() {
     let tmp = tempfile::tempdir().expect("tmp");
