@@ -61,24 +61,6 @@ fn contents(c: &Cluster) -> Vec<String> {
         .collect()
 }
 
-/// Total size of the regular files under `dir`, `pg_wal` left out.
-fn data_size(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).expect("read_dir") {
-            let entry = entry.expect("entry");
-            let kind = entry.file_type().expect("type");
-            if kind.is_dir() && entry.file_name() != "pg_wal" {
-                stack.push(entry.path());
-            } else if kind.is_file() {
-                total += entry.metadata().expect("stat").len();
-            }
-        }
-    }
-    total
-}
-
 /// Every entry under `dir` (not following links): path → (kind, size, hash of the content).
 fn snapshot(dir: &Path) -> BTreeMap<String, (String, u64, u64)> {
     let mut out = BTreeMap::new();
@@ -203,7 +185,7 @@ fn stale_standby(major: u32, work: &TestDir) -> (Cluster, std::path::PathBuf, u6
     p.psql("CHECKPOINT");
     let dir = work.join("standby");
     pgclone(&p, &dir, &["-R"]).assert_ok();
-    let full = data_size(&dir);
+    let full = support::data_size(&dir);
     let mut standby = Cluster::start_existing(major, &dir, &[]);
     standby.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming", WAIT);
     standby.wait_for_replay(&p.current_lsn());
@@ -313,20 +295,6 @@ fn pg18_refusals_leave_the_directory_as_it_was() {
     refused(&p, &empty, "is not a data directory");
 }
 
-/// The pid of the one child process of `pid` (pgclone under runuser), or `pid` itself.
-fn innermost(pid: u32) -> u32 {
-    let children =
-        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    match children
-        .split_whitespace()
-        .next()
-        .and_then(|c| c.parse().ok())
-    {
-        Some(child) => innermost(child),
-        None => pid,
-    }
-}
-
 #[test]
 fn pg18_interrupted_refresh_does_not_start_and_completes_when_run_again() {
     let work = TestDir::new("refresh-killed");
@@ -336,23 +304,14 @@ fn pg18_interrupted_refresh_does_not_start_and_completes_when_run_again() {
         .dest(&dir)
         .args(["-c", "fast", "--refresh", "-R", "-r", "64k"])
         .spawn();
-    let deadline = Instant::now() + WAIT;
-    while !dir.join("pgclone_refresh").exists() || dir.join("global/pg_control").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the refresh never started applying"
-        );
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "pgclone ended early"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let pid = innermost(child.id());
-    // SAFETY: kill has no memory-safety preconditions; the pid is our live (grand)child.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    let _ = child.wait();
+    let applying =
+        || dir.join("pgclone_refresh").exists() && !dir.join("global/pg_control").exists();
+    support::sigkill_when(
+        &mut child,
+        "the refresh applies",
+        applying,
+        Duration::from_millis(500),
+    );
     assert!(dir.join("pgclone_refresh").exists(), "marker gone");
 
     let log = work.join("killed.log");

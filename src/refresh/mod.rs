@@ -9,6 +9,8 @@
 //!   the newest WAL any page may reflect) and the synthesized manifest ([`synthesize`]); its
 //!   module doc gives the reasoning checked against the server and what is refused
 //! - `history`: whether that point lies on the primary's timeline history
+//! - `resume`: the reference of an interrupted clone, from its resume journal ([`Resume`]);
+//!   a journal wins over everything else in the directory (its module doc says why)
 //! - `limits`: the WAL summaries' limit blocks of the range, over an ordinary SQL connection
 //!   ([`limits::fetch`]), for the in-place applier's safeguard against stale blocks
 //!
@@ -19,6 +21,7 @@ pub mod history;
 pub mod label;
 pub mod limits;
 pub mod reference;
+pub mod resume;
 pub mod walk;
 
 pub use control::{ControlError, ControlFile, DbState};
@@ -26,4 +29,5 @@ pub use history::{parse_history, HistoryEntry, HistoryError};
 pub use label::{BackupLabel, LabelError};
 pub use limits::{required_ranges, Limits, TimelineRange};
 pub use reference::{manifest_at, synthesize, Reference, ReferenceError, ReferencePoint};
+pub use resume::{Resume, ResumeError};
 pub use walk::{list_data_files, DataFile, WalkError};

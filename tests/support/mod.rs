@@ -809,3 +809,62 @@ pub mod proxy;
 
 /// Every major the tests cover.
 pub const MAJORS: [u32; 9] = [10, 11, 12, 13, 14, 15, 16, 17, 18];
+
+/// Bytes of the regular files under `dir`, `pg_wal` left out.
+pub fn data_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d)
+            .expect("read_dir")
+            .map(|e| e.expect("entry"))
+        {
+            let kind = entry.file_type().expect("type");
+            if kind.is_dir() && entry.file_name() != "pg_wal" {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                total += entry.metadata().expect("stat").len();
+            }
+        }
+    }
+    total
+}
+
+/// The pid of the one child process of `pid` (pgclone under runuser), or `pid` itself.
+pub fn innermost(pid: u32) -> u32 {
+    let children =
+        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    match children
+        .split_whitespace()
+        .next()
+        .and_then(|c| c.parse().ok())
+    {
+        Some(child) => innermost(child),
+        None => pid,
+    }
+}
+
+/// Waits (up to a minute) until `ready()` while the spawned pgclone `child` still runs, lets it
+/// go on for `settle`, then kills pgclone itself (under runuser: [`innermost`]) with SIGKILL
+/// and reaps it. `what` names the awaited state in the failure message.
+pub fn sigkill_when(
+    child: &mut std::process::Child,
+    what: &str,
+    ready: impl Fn() -> bool,
+    settle: Duration,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(Instant::now() < deadline, "never reached: {what}");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "pgclone ended before: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(settle);
+    let pid = innermost(child.id());
+    // SAFETY: kill has no memory-safety preconditions; the pid is our live (grand)child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let _ = child.wait();
+}

@@ -14,6 +14,7 @@ use crate::recovery::{self, PrimaryConnInfo};
 use crate::refresh::label::BACKUP_LABEL;
 use crate::sink::durable;
 use crate::sink::inplace::{Applied, KeepEntry, KeepList};
+use crate::sink::journal;
 use crate::sink::MANIFEST_TMP;
 use pgclone_proto::incremental::INCREMENTAL_PREFIX;
 use pgclone_proto::ServerVersion;
@@ -41,6 +42,7 @@ pub fn complete(mut applied: Applied, ending: &Ending) -> Result<(), Error> {
         KeepEntry::File("backup_manifest".into()),
         KeepEntry::File(MANIFEST_TMP.into()),
         KeepEntry::File(MARKER.into()),
+        KeepEntry::File(journal::JOURNAL_FILE.into()),
     ]);
     let removed = applied.remove_stale(&keep)?;
     tracing::info!(
@@ -84,6 +86,9 @@ pub fn complete(mut applied: Applied, ending: &Ending) -> Result<(), Error> {
     }
     durable::durable_rename(&tmp, &dest.join("backup_manifest"), ending.sync)?;
     applied.write_control(ending.sync)?;
+    // The journal of a resumed clone goes before the marker: a directory left with the
+    // marker alone is complete (pg_control is written), which the marker's reference covers.
+    journal::remove(dest)?;
     Marker::remove(dest, ending.sync)
 }
 

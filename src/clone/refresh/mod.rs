@@ -58,6 +58,7 @@ use preflight::Checked;
 /// directory is then left as step 2 of the module doc says.
 pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error> {
     let local = tokio::task::block_in_place(|| preflight::check_directory(&cfg.dest))?;
+    preflight::check_resume_tablespaces(&local, &cfg.tablespace_mapping)?;
     let mut params = cfg.conn.clone();
     let (mut conn, facts) = tokio::select! {
         r = connect_and_inspect(&mut params) => r?,

@@ -1,5 +1,6 @@
 //! The checks of `--refresh` before anything in the directory changes, in this order: the
-//! directory is a data directory (or an unfinished refresh, [`Marker`]); no postmaster runs on
+//! directory is a data directory (or an interrupted clone with its journal, which wins over the
+//! rest, [`Resume`]; or an unfinished refresh, [`Marker`]); no postmaster runs on
 //! it; the server is 17 or later and of the directory's major version; it is the same cluster;
 //! the server summarizes WAL; the directory's timeline is on the server's history; and the
 //! reference manifest can be built. Each refusal is an [`Error::Refused`] saying why and what
@@ -16,9 +17,10 @@ use crate::clone::refresh::marker::{Marker, MARKER};
 use crate::conn::server::{timeline_history, ServerFacts};
 use crate::conn::Connection;
 use crate::error::Error;
+use crate::options::tablespace::TablespaceMapping;
 use crate::refresh::{
-    manifest_at, parse_history, BackupLabel, ControlError, ControlFile, HistoryEntry,
-    ReferencePoint,
+    manifest_at, parse_history, resume, BackupLabel, ControlError, ControlFile, HistoryEntry,
+    ReferencePoint, Resume,
 };
 
 /// What the directory says about itself, read before connecting.
@@ -28,6 +30,8 @@ pub enum Local {
     Control(Box<ControlFile>, Option<BackupLabel>),
     /// A refresh that did not finish.
     Unfinished(Marker),
+    /// A clone that did not finish, with its resume journal (or a refresh of it that did not).
+    Resume(Box<Resume>),
     /// A control file of a version pgclone does not read (below 17): refused after the
     /// server's version, which is usually the reason to give.
     Unsupported(String),
@@ -39,6 +43,7 @@ impl Local {
         match self {
             Self::Control(c, _) => c.system_identifier,
             Self::Unfinished(m) => m.point.system_identifier,
+            Self::Resume(r) => r.point.system_identifier,
             Self::Unsupported(_) => 0,
         }
     }
@@ -47,7 +52,14 @@ impl Local {
 /// The directory's checks that need no server: a data directory (or an unfinished refresh)
 /// on which no postmaster runs.
 pub fn check_directory(dir: &Path) -> Result<Local, Error> {
-    let local = if let Some(marker) = Marker::read(dir)? {
+    let local = if let Some(r) = resume::read(dir).map_err(refused)? {
+        tracing::info!(
+            "\"{}\" holds an interrupted clone (its journal lists {} complete files): resuming it",
+            dir.display(),
+            r.journal.files.len()
+        );
+        Local::Resume(Box::new(r))
+    } else if let Some(marker) = Marker::read(dir)? {
         tracing::info!(
             "\"{}\" holds an unfinished refresh ({MARKER}): completing it",
             dir.display()
@@ -118,6 +130,14 @@ pub struct Checked {
     pub history: Vec<HistoryEntry>,
 }
 
+/// A resumed clone's tablespaces must go where the clone put them (`-T` as then).
+pub fn check_resume_tablespaces(local: &Local, mapping: &TablespaceMapping) -> Result<(), Error> {
+    match local {
+        Local::Resume(r) => r.check_tablespaces(|l| mapping.map(l)).map_err(refused),
+        _ => Ok(()),
+    }
+}
+
 /// The server-side checks, in order; returns the marker a refresh from here writes (the
 /// reference point) and the reference manifest.
 pub async fn check_server(
@@ -151,11 +171,14 @@ pub async fn check_server(
             c.block_size,
         ),
         Local::Unfinished(m) => (m.point, m.block_size),
+        Local::Resume(r) => (r.point, server_block_size(conn).await?),
         Local::Unsupported(why) => return Err(refused(why)),
     };
     let history = check_timeline(conn, facts.timeline, &point).await?;
-    let (manifest, files) =
-        tokio::task::block_in_place(|| manifest_at(dir, &point, block_size)).map_err(refused)?;
+    let (manifest, files) = tokio::task::block_in_place(|| match local {
+        Local::Resume(r) => r.manifest(dir).map_err(refused),
+        _ => manifest_at(dir, &point, block_size).map_err(refused),
+    })?;
     tracing::info!(
         "reference: {files} files as of {} on timeline {} (up to {})",
         point.start,
@@ -178,6 +201,7 @@ pub async fn check_server(
 fn check_major(dir: &Path, local: &Local, server: u32) -> Result<(), Error> {
     let ours = match local {
         Local::Unfinished(m) => m.major,
+        Local::Resume(r) => r.major,
         Local::Control(..) | Local::Unsupported(_) => {
             let path = dir.join("PG_VERSION");
             let text = fs::read_to_string(&path).map_err(Error::fs("read file", &path))?;
@@ -197,6 +221,16 @@ fn check_major(dir: &Path, local: &Local, server: u32) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// The server's block size (`SHOW block_size`), which a journal does not record: the marker
+/// of a refresh from a journal keeps it.
+async fn server_block_size(conn: &mut Connection) -> Result<u32, Error> {
+    let value = conn.show("block_size").await?;
+    value
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| Error::IncompatibleServer(format!("the server's block_size is \"{value}\"")))
 }
 
 /// `SHOW summarize_wal` must say `on`.
@@ -279,6 +313,18 @@ mod tests {
         marker.write(d, false).expect("marker");
         match check_directory(d) {
             Ok(Local::Unfinished(m)) => assert_eq!(m, marker),
+            other => panic!("{other:?}"),
+        }
+
+        // A journal wins over the marker and over pg_control (which a clone writes last).
+        fs::write(d.join("global/pg_control"), sample(1800).encode()).expect("write");
+        let journal = concat!(
+            "{\"header\":{\"format\":1,\"system_identifier\":\"42\",\"timeline\":1,",
+            "\"major\":18,\"start_lsn\":\"0/2000028\",\"tablespaces\":[]}}\n"
+        );
+        fs::write(d.join(crate::sink::journal::JOURNAL_FILE), journal).expect("journal");
+        match check_directory(d) {
+            Ok(Local::Resume(r)) => assert_eq!(r.point.system_identifier, 42),
             other => panic!("{other:?}"),
         }
     }
