@@ -18,20 +18,12 @@ use support::{
 
 /// A primary that keeps WAL summaries, with data checksums.
 fn summarizing_primary(major: u32) -> Cluster {
-    let mut opts = ClusterOptions::new(major);
-    opts.checksums = true;
-    opts.conf = vec!["summarize_wal = on".into()];
-    Cluster::start(&opts)
+    Cluster::start(&support::summarizing(major, &[]))
 }
 
 /// A plain clone of `p` into `dest` with a fast checkpoint, plus `extra` flags.
 fn clone(p: &Cluster, dest: &Path, extra: &[&str]) -> support::Run {
-    pgclone_cmd()
-        .server(p.port, "postgres")
-        .dest(dest)
-        .args(["-c", "fast"])
-        .args(extra)
-        .run()
+    support::fast_clone(p, dest, extra)
 }
 
 /// A test path as an argument (temporary directories have UTF-8 names).

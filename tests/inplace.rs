@@ -36,14 +36,10 @@ use pgclone_proto::relfile::Limits;
 use pgclone_proto::tar::MemberKind;
 use pgclone_proto::testutil;
 use pgclone_proto::Oid;
-use support::{
-    as_pg_user, checked_output, pg_basebackup, tools_bin, Cluster, ClusterOptions, TestDir,
-};
+use support::{as_pg_user, checked_output, pg_basebackup, tools_bin, Cluster, TestDir};
 
 fn primary(major: u32) -> Cluster {
-    let mut opts = ClusterOptions::new(major);
-    opts.checksums = true;
-    opts.conf = vec!["summarize_wal = on".into()];
+    let opts = support::summarizing(major, &[]);
     Cluster::start(&opts)
 }
 

@@ -26,14 +26,10 @@ use pgclone::sink::{ArchiveRoot, Chunk};
 use pgclone_proto::incremental::BLCKSZ;
 use pgclone_proto::tar::MemberKind;
 use pgclone_proto::{testutil, Lsn, TimelineId};
-use support::{
-    as_pg_user, checked_output, pg_basebackup, tools_bin, Cluster, ClusterOptions, TestDir,
-};
+use support::{as_pg_user, checked_output, pg_basebackup, tools_bin, Cluster, TestDir};
 
 fn primary(major: u32) -> Cluster {
-    let mut opts = ClusterOptions::new(major);
-    opts.checksums = true;
-    opts.conf = vec!["summarize_wal = on".into(), "autovacuum = off".into()];
+    let mut opts = support::summarizing(major, &["autovacuum = off"]);
     opts.hba = vec![
         "local replication onlyrepl trust".into(),
         "local all onlyrepl reject".into(),

@@ -18,31 +18,25 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{pgclone_cmd, Cluster, ClusterOptions, TestDir};
+use support::{pgclone_cmd, Cluster, TestDir};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A primary that keeps WAL summaries and no extra WAL, with data checksums.
 fn summarizing_primary(major: u32) -> Cluster {
-    let mut opts = ClusterOptions::new(major);
-    opts.checksums = true;
-    opts.conf = vec![
-        "summarize_wal = on".into(),
-        "wal_keep_size = 0".into(),
-        "min_wal_size = 32MB".into(),
-        "max_wal_size = 64MB".into(),
-    ];
-    Cluster::start(&opts)
+    Cluster::start(&support::summarizing(
+        major,
+        &[
+            "wal_keep_size = 0",
+            "min_wal_size = 32MB",
+            "max_wal_size = 64MB",
+        ],
+    ))
 }
 
 /// pgclone against `p` into `dest` with a fast checkpoint, plus `extra` flags.
 fn pgclone(p: &Cluster, dest: &Path, extra: &[&str]) -> support::Run {
-    pgclone_cmd()
-        .server(p.port, "postgres")
-        .dest(dest)
-        .args(["-c", "fast"])
-        .args(extra)
-        .run()
+    support::fast_clone(p, dest, extra)
 }
 
 /// The tables the test compares.

@@ -76,13 +76,7 @@ fn mapping(old: &Path, new: &Path) -> String {
 
 /// A plain pgclone clone of `p` into `dest` with a fast checkpoint, plus `extra` flags.
 fn clone(p: &Cluster, dest: &Path, extra: &[&str]) {
-    pgclone_cmd()
-        .server(p.port, "postgres")
-        .dest(dest)
-        .args(["-c", "fast"])
-        .args(extra)
-        .run()
-        .assert_ok();
+    support::fast_clone(p, dest, extra).assert_ok();
 }
 
 /// `pgclone --refresh -D <dir>` against `p` with a fast checkpoint, plus `extra` flags.

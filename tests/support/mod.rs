@@ -576,6 +576,27 @@ pub struct Pgclone {
     direct: bool,
 }
 
+/// A plain pgclone clone of `p` (as `postgres`) into `dest` with a fast checkpoint, plus
+/// `extra` flags.
+pub fn fast_clone(p: &Cluster, dest: &Path, extra: &[&str]) -> Run {
+    pgclone_cmd()
+        .server(p.port, "postgres")
+        .dest(dest)
+        .args(["-c", "fast"])
+        .args(extra)
+        .run()
+}
+
+/// Options of a 17+ primary that keeps WAL summaries, with data checksums, plus `extra`
+/// settings.
+pub fn summarizing(major: u32, extra: &[&str]) -> ClusterOptions {
+    let mut opts = ClusterOptions::new(major);
+    opts.checksums = true;
+    opts.conf = vec!["summarize_wal = on".into()];
+    opts.conf.extend(extra.iter().map(|s| (*s).to_owned()));
+    opts
+}
+
 /// A pgclone command with no arguments yet, run as the unprivileged account.
 pub fn pgclone_cmd() -> Pgclone {
     Pgclone {
