@@ -1038,6 +1038,19 @@ fn demo(major: u32) {
         .find_map(|l| l.split(", working in ").nth(1))
         .unwrap_or_else(|| panic!("no work directory:\n{output}"));
     assert!(!Path::new(work.trim()).exists(), "{work} left behind");
+    // 17+: the stale replica cannot resume, is refreshed, and streams again.
+    let refresh = [
+        "replica: stopped; its last restartpoint's WAL file is ",
+        "master:  summarize_wal = on, wal_keep_size = 0, no replication slot",
+        "--refresh -R -v -c fast",
+        "pgclone: refresh complete: ",
+        "replica: WAL receiver streaming; SELECT code FROM test -> after, r5; bulk: 100000 rows",
+        "first clone: ",
+        "refresh:     ",
+    ];
+    for line in refresh {
+        assert_eq!(output.contains(line), major >= 17, "{line:?} in:\n{output}");
+    }
     if major >= 12 {
         assert!(output.contains("(and standby.signal)"), "{output}");
     } else {
