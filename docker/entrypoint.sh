@@ -7,14 +7,20 @@
 #   pgclone-entrypoint.sh COMMAND [ARGS...]      run anything else as it is (bash, psql, ...)
 #
 # Every server starts with the lines of $PGCLONE_CONF_DIR/postgresql.conf as `-c name=value`
-# options, adapted to its major version (wal_keep_segments up to 12, wal_keep_size from 13 on),
-# and with hba_file = $PGCLONE_CONF_DIR/pg_hba.conf.
+# options, adapted to its major version (wal_keep_segments up to 12, wal_keep_size from 13 on,
+# summarize_wal from 17 on), and with hba_file = $PGCLONE_CONF_DIR/pg_hba.conf.
 #
 # PGCLONE_ROLE=replica: when $PGDATA is empty, wait (at most $MASTER_WAIT seconds) for the
 # master to accept connections, seed $PGDATA with
 #   pgclone --host $MASTER_HOST --port $MASTER_PORT -U $REPLICATION_USER --dest $PGDATA -R
 # and start it: it comes up as a streaming standby of the master. A data directory that is not
-# empty starts as it is.
+# empty starts as it is, except a standby (standby.signal) on 17+: the entrypoint cannot tell
+# beforehand whether the master still has the WAL it needs (the replication role may not list
+# the master's pg_wal), so it brings it up to date first with
+#   pgclone --refresh ... --dest $PGDATA -R
+# (only the blocks changed since its last restartpoint), and when pgclone refuses (its error
+# line says why: summarize_wal off, summaries gone, another cluster...), it empties $PGDATA and
+# seeds it again. A directory a refresh left half-way (pgclone_refresh) is refreshed again.
 #
 # PGCLONE_ROLE=master, SYNCHRONOUS_REPLICA=on: once a replica streams from this server, set
 # synchronous_standby_names = '*' (ALTER SYSTEM, then reload), as the seed's postgresql.conf
@@ -31,7 +37,7 @@
 #   MASTER_HOST, MASTER_PORT                                        (master, 5432)
 #   REPLICATION_USER, REPLICATION_PASSWORD                          (replication, replication)
 #   MASTER_WAIT           seconds to wait for the master            (300)
-#   PGCLONE_ARGS          more pgclone flags, e.g. "-C -S replica"  (none)
+#   PGCLONE_ARGS          more pgclone flags for a seed (not for a refresh), e.g. "-C -S replica" (none)
 #   PROMOTE_TRIGGER_FILE  the seed's trigger_file, 10-15 only       (/tmp/is_master)
 #   SYNCHRONOUS_REPLICA   on | off                                  (off)
 #   SYNCHRONOUS_WAIT      seconds the master waits for a replica    (3600)
@@ -105,6 +111,8 @@ settings() {
       name=wal_keep_segments
       value=$(size_mb "$value")
       value=$(( value / 16 ))
+    elif [ "$name" = summarize_wal ] && [ "$major" -lt 17 ]; then
+      continue
     fi
     printf '%s=%s\n' "$name" "$value"
   done < "$PGCLONE_CONF_DIR/postgresql.conf"
@@ -120,39 +128,49 @@ tcp_open() {
   timeout 5 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" 2>/dev/null
 }
 
-# PGCLONE_ROLE=replica: an empty $PGDATA becomes a standby of the master.
-seed_replica() {
-  local major=$1
-  if [ -d "$PGDATA" ] && [ -n "$(ls -A "$PGDATA")" ]; then
-    if [ ! -s "$PGDATA/PG_VERSION" ] || [ ! -s "$PGDATA/global/pg_control" ]; then
-      die "$PGDATA is neither empty nor a complete data directory (an interrupted seed?): empty it to seed it again"
+# Waits (until $deadline, in SECONDS) for the master to accept TCP connections.
+wait_for_master() {
+  local deadline=$1 next_note=0
+  [ "${MASTER_HOST:0:1}" != / ] || return 0
+  until tcp_open "$MASTER_HOST" "$MASTER_PORT"; do
+    (( SECONDS < deadline )) || die "$MASTER_HOST:$MASTER_PORT accepted no connection within ${MASTER_WAIT}s"
+    if (( SECONDS >= next_note )); then
+      log "replica: waiting for $MASTER_HOST:$MASTER_PORT to accept connections ($(( deadline - SECONDS ))s left)"
+      next_note=$(( SECONDS + 10 ))
     fi
-    log "replica: $PGDATA holds a data directory: starting it as it is"
-    return 0
-  fi
-  mkdir -p "$PGDATA"
-  if is_root; then chown postgres:postgres "$PGDATA"; fi
-  chmod 700 "$PGDATA"
+    sleep 1
+  done
+}
 
-  local deadline=$(( SECONDS + MASTER_WAIT )) next_note=0
-  log "replica: $PGDATA is empty: seeding it from $MASTER_HOST:$MASTER_PORT with pgclone (waiting up to ${MASTER_WAIT}s for the master)"
-  if [ "${MASTER_HOST:0:1}" != / ]; then
-    until tcp_open "$MASTER_HOST" "$MASTER_PORT"; do
-      (( SECONDS < deadline )) || die "$MASTER_HOST:$MASTER_PORT accepted no connection within ${MASTER_WAIT}s"
-      if (( SECONDS >= next_note )); then
-        log "replica: waiting for $MASTER_HOST:$MASTER_PORT to accept connections ($(( deadline - SECONDS ))s left)"
-        next_note=$(( SECONDS + 10 ))
-      fi
-      sleep 1
-    done
-  fi
-
-  local extra=() start=$SECONDS
-  read -r -a extra <<<"${PGCLONE_ARGS:-}"
+# pgclone against the master as the replication role, with the flags given, as postgres.
+run_pgclone() {
   local cmd=("$PGCLONE_BIN" --host "$MASTER_HOST" --port "$MASTER_PORT" -U "$REPLICATION_USER"
-             --dest "$PGDATA" -R -w -c fast -P "${extra[@]}")
+             --dest "$PGDATA" -R -w -c fast "$@")
+  log "replica: running ${cmd[*]}"
+  as_postgres env PGPASSWORD="$REPLICATION_PASSWORD" "${cmd[@]}"
+}
+
+# 17+: brings the stopped standby in $PGDATA up to date in place; fails when pgclone refuses.
+refresh_replica() {
+  local start=$SECONDS status=0
+  log "replica: $PGDATA holds a standby of PostgreSQL $1: refreshing it from $MASTER_HOST:$MASTER_PORT with pgclone --refresh (waiting up to ${MASTER_WAIT}s for the master)"
+  wait_for_master $(( SECONDS + MASTER_WAIT ))
+  run_pgclone --refresh -v || status=$?
+  if [ "$status" -ne 0 ]; then
+    log "replica: pgclone --refresh failed (exit $status; its error line above says why)"
+    return 1
+  fi
+  log "replica: refreshed in $(( SECONDS - start ))s"
+}
+
+# Seeds the empty $PGDATA from the master with a full clone.
+clone_replica() {
+  local major=$1 deadline=$(( SECONDS + MASTER_WAIT )) start=$SECONDS extra=()
+  log "replica: $PGDATA is empty: seeding it from $MASTER_HOST:$MASTER_PORT with pgclone (waiting up to ${MASTER_WAIT}s for the master)"
+  wait_for_master "$deadline"
+  read -r -a extra <<<"${PGCLONE_ARGS:-}"
   # The master may still be setting up (its roles come from init.sh): retry until the deadline.
-  until log "replica: running ${cmd[*]}" && as_postgres env PGPASSWORD="$REPLICATION_PASSWORD" "${cmd[@]}"; do
+  until run_pgclone -P "${extra[@]}"; do
     (( SECONDS < deadline )) || die "could not seed $PGDATA from $MASTER_HOST:$MASTER_PORT within ${MASTER_WAIT}s"
     log "replica: pgclone failed; trying again in 2s ($(( deadline - SECONDS ))s left)"
     sleep 2
@@ -162,6 +180,33 @@ seed_replica() {
   if [ "$major" -le 11 ] && [ -n "$PROMOTE_TRIGGER_FILE" ]; then
     printf "trigger_file = '%s'\n" "$PROMOTE_TRIGGER_FILE" | as_postgres tee -a "$PGDATA/recovery.conf" >/dev/null
   fi
+}
+
+# PGCLONE_ROLE=replica: an empty $PGDATA becomes a standby of the master; on 17+ a standby's
+# data directory is refreshed (or, refused, seeded again); anything else starts as it is.
+seed_replica() {
+  local major=$1
+  if [ -d "$PGDATA" ] && [ -n "$(ls -A "$PGDATA")" ]; then
+    local interrupted=0
+    if [ "$major" -ge 17 ] && [ -s "$PGDATA/PG_VERSION" ] && [ -f "$PGDATA/pgclone_refresh" ]; then
+      interrupted=1
+    elif [ ! -s "$PGDATA/PG_VERSION" ] || [ ! -s "$PGDATA/global/pg_control" ]; then
+      die "$PGDATA is neither empty nor a complete data directory (an interrupted seed?): empty it to seed it again"
+    fi
+    if [ "$major" -lt 17 ] || { [ "$interrupted" = 0 ] && [ ! -f "$PGDATA/standby.signal" ]; }; then
+      log "replica: $PGDATA holds a data directory: starting it as it is"
+      return 0
+    fi
+    if refresh_replica "$major"; then
+      return 0
+    fi
+    log "replica: emptying $PGDATA to seed it again with a full clone"
+    find "$PGDATA" -mindepth 1 -delete
+  fi
+  mkdir -p "$PGDATA"
+  if is_root; then chown postgres:postgres "$PGDATA"; fi
+  chmod 700 "$PGDATA"
+  clone_replica "$major"
 }
 
 # PGCLONE_ROLE=master, SYNCHRONOUS_REPLICA=on: runs in the background next to the server.

@@ -709,17 +709,7 @@ fn entrypoint_synchronous_replica_18() {
     let major = 18;
     let dir = TestDir::new("docker-entrypoint-18");
     // docker/'s files, with loopback replication logging in by password (md5) first.
-    let conf = dir.mkdir("conf");
-    fs::copy(docker_file("postgresql.conf"), conf.join("postgresql.conf")).expect("copy");
-    fs::write(
-        conf.join("pg_hba.conf"),
-        format!(
-            "host replication replication 127.0.0.1/32 md5\n{}",
-            read(&docker_file("pg_hba.conf"))
-        ),
-    )
-    .expect("pg_hba.conf");
-    chown_to_pg_user(&conf);
+    let conf = conf_with_md5_loopback(&dir);
     let master_data = dir.join("master");
     initdb(major, &master_data);
     let (master_port, replica_port) = (free_port(), free_port());
@@ -822,6 +812,120 @@ fn entrypoint_synchronous_replica_18() {
         "{}",
         text(&out)
     );
+    master.stop();
+}
+
+/// docker/'s conf files in `dir`/conf, with loopback logging in by password (md5) first for
+/// the replication role, as it does over the demo network (replication and the refresh's SQL).
+fn conf_with_md5_loopback(dir: &TestDir) -> PathBuf {
+    let conf = dir.mkdir("conf");
+    fs::copy(docker_file("postgresql.conf"), conf.join("postgresql.conf")).expect("copy");
+    fs::write(
+        conf.join("pg_hba.conf"),
+        format!(
+            "host replication replication 127.0.0.1/32 md5\n\
+             host postgres replication 127.0.0.1/32 md5\n{}",
+            read(&docker_file("pg_hba.conf"))
+        ),
+    )
+    .expect("pg_hba.conf");
+    chown_to_pg_user(&conf);
+    conf
+}
+
+/// On 17+, a replica restarted after the master recycled the WAL it needs is refreshed with
+/// `pgclone --refresh` and streams again; when the refresh is refused (the WAL summaries
+/// gone), the entrypoint empties the directory and seeds it again.
+#[test]
+fn entrypoint_refreshes_a_stale_replica_17() {
+    let major = 17;
+    let dir = TestDir::new("docker-entrypoint-refresh");
+    let conf = conf_with_md5_loopback(&dir);
+    let settings = read(&conf.join("postgresql.conf"))
+        .replace("\nwal_keep_segments = 64\n", "\nwal_keep_size = 0\n");
+    assert!(settings.contains("\nwal_keep_size = 0\n"), "{settings}");
+    fs::write(conf.join("postgresql.conf"), settings).expect("postgresql.conf");
+    let master_data = dir.join("master");
+    initdb(major, &master_data);
+    let (master_port, replica_port) = (free_port(), free_port());
+    let mut master = Entrypoint::spawn(
+        major,
+        master_port,
+        master_data,
+        dir.path(),
+        dir.join("master.log"),
+        &[
+            ("PGCLONE_ROLE", Path::new("master")),
+            ("PGCLONE_CONF_DIR", &conf),
+        ],
+    );
+    master.wait_for("postgres", "SELECT 1", "1", LONG);
+    assert_eq!(master.psql("postgres", "SHOW summarize_wal"), "on");
+    run_init_sh(&master);
+    master.psql(
+        "application",
+        "CREATE TABLE test(code char(5)); INSERT INTO test VALUES ('abcd')",
+    );
+
+    let mut env = replica_env(master_port, &dir.join("is_master"));
+    env.push(("PGCLONE_CONF_DIR", conf.clone()));
+    let start = |name: &str| {
+        let mut replica = Entrypoint::spawn(
+            major,
+            replica_port,
+            dir.join("replica"),
+            dir.path(),
+            dir.join(name),
+            &env_refs(&env),
+        );
+        replica.wait_for("postgres", STREAMING, "streaming", LONG);
+        replica
+    };
+    let mut replica = start("seed.log");
+    replica.wait_for("application", "SELECT code FROM test", "abcd", LONG);
+    replica.stop();
+
+    // The WAL the stopped replica needs goes away (wal_keep_size = 0 in the conf file: the
+    // entrypoint's -c options outrank ALTER SYSTEM).
+    for round in 1..=5 {
+        master.psql("application", &format!("UPDATE test SET code = 'r{round}'"));
+        master.psql("postgres", "SELECT pg_switch_wal()");
+        master.psql("postgres", "CHECKPOINT");
+    }
+    let mut replica = start("refresh.log");
+    replica.wait_for("application", "SELECT code FROM test", "r5", LONG);
+    let log = replica.log();
+    assert!(log.contains("refreshing it from 127.0.0.1"), "{log}");
+    assert!(log.contains("refresh complete: "), "{log}");
+    assert!(log.contains("replica: refreshed in "), "{log}");
+    assert!(!log.contains("emptying"), "{log}");
+    replica.stop();
+
+    // Refused: the summaries since its restartpoint are gone (as after wal_summary_keep_time).
+    let switched = master.psql(
+        "postgres",
+        "SELECT pg_current_wal_lsn() FROM pg_switch_wal()",
+    );
+    master.psql("postgres", "CHECKPOINT");
+    master.wait_for(
+        "postgres",
+        &format!("SELECT summarized_lsn >= '{switched}' FROM pg_get_wal_summarizer_state()"),
+        "t",
+        Duration::from_secs(60),
+    );
+    let summaries = master.data.join("pg_wal/summaries");
+    for entry in fs::read_dir(&summaries).expect("pg_wal/summaries") {
+        fs::remove_file(entry.expect("entry").path()).expect("remove a summary");
+    }
+    master.psql("application", "INSERT INTO test VALUES ('efgh')");
+    let mut replica = start("reseed.log");
+    replica.wait_for("application", "SELECT count(*) FROM test", "2", LONG);
+    let log = replica.log();
+    assert!(log.contains("pgclone --refresh failed"), "{log}");
+    assert!(log.contains("pgclone: error: "), "{log}");
+    assert!(log.contains("emptying"), "{log}");
+    assert!(log.contains("replica: seeded "), "{log}");
+    replica.stop();
     master.stop();
 }
 
@@ -934,6 +1038,19 @@ fn demo(major: u32) {
         .find_map(|l| l.split(", working in ").nth(1))
         .unwrap_or_else(|| panic!("no work directory:\n{output}"));
     assert!(!Path::new(work.trim()).exists(), "{work} left behind");
+    // 17+: the stale replica cannot resume, is refreshed, and streams again.
+    let refresh = [
+        "replica: stopped; its last restartpoint's WAL file is ",
+        "master:  summarize_wal = on, wal_keep_size = 0, no replication slot",
+        "--refresh -R -v -c fast",
+        "pgclone: refresh complete: ",
+        "replica: WAL receiver streaming; SELECT code FROM test -> after, r5; bulk: 100000 rows",
+        "first clone: ",
+        "refresh:     ",
+    ];
+    for line in refresh {
+        assert_eq!(output.contains(line), major >= 17, "{line:?} in:\n{output}");
+    }
     if major >= 12 {
         assert!(output.contains("(and standby.signal)"), "{output}");
     } else {
