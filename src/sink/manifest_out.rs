@@ -7,9 +7,22 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 
+use bytes::Bytes;
+
 use crate::error::Error;
 use crate::manifest::check::WriteCheck;
 use crate::sink::{fs, MANIFEST_TMP};
+
+/// A part of the manifest as the backup task hands it over.
+#[derive(Debug)]
+pub enum ManifestPart {
+    /// The manifest starts.
+    Start,
+    /// Manifest bytes.
+    Data(Bytes),
+    /// The manifest is complete.
+    End,
+}
 
 /// Where the manifest goes, and the part of it received so far.
 pub struct ManifestOut {
@@ -42,6 +55,19 @@ impl ManifestOut {
             None => Target::Memory(Vec::new()),
         });
         Ok(())
+    }
+
+    /// One part of the manifest: [`Self::start`], [`Self::data`] or [`Self::end`].
+    pub fn handle(
+        &mut self,
+        part: ManifestPart,
+        check: Option<&mut WriteCheck>,
+    ) -> Result<(), Error> {
+        match part {
+            ManifestPart::Start => self.start(),
+            ManifestPart::Data(data) => self.data(&data, check),
+            ManifestPart::End => self.end(check),
+        }
     }
 
     /// Manifest bytes: to the check, then to the file or buffer.

@@ -24,6 +24,9 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use pgclone_proto::Oid;
 
+use crate::error::Error;
+use manifest_out::ManifestPart;
+
 /// Name of the manifest while it is being written; renamed once the backup is synced.
 pub const MANIFEST_TMP: &str = "backup_manifest.tmp";
 
@@ -51,6 +54,32 @@ pub enum Chunk {
     ManifestData(Bytes),
     /// The manifest is complete.
     ManifestEnd,
+}
+
+/// A writer that takes the archives member by member (the plain and the in-place one): its
+/// step for each kind of [`Chunk`]; [`ArchiveSteps::route`] sends a chunk to its step.
+pub(crate) trait ArchiveSteps {
+    /// An archive starts.
+    fn start_archive(&mut self, name: String, root: ArchiveRoot) -> Result<(), Error>;
+    /// Bytes of the current archive.
+    fn archive_data(&mut self, pieces: impl IntoIterator<Item = Bytes>) -> Result<(), Error>;
+    /// The current archive is complete.
+    fn end_archive(&mut self) -> Result<(), Error>;
+    /// A part of the manifest.
+    fn manifest(&mut self, part: ManifestPart) -> Result<(), Error>;
+
+    /// Sends `chunk` to its step.
+    fn route(&mut self, chunk: Chunk) -> Result<(), Error> {
+        match chunk {
+            Chunk::ArchiveStart { name, root, .. } => self.start_archive(name, root),
+            Chunk::Data(data) => self.archive_data(std::iter::once(data)),
+            Chunk::Batch(pieces) => self.archive_data(pieces),
+            Chunk::ArchiveEnd => self.end_archive(),
+            Chunk::ManifestStart => self.manifest(ManifestPart::Start),
+            Chunk::ManifestData(data) => self.manifest(ManifestPart::Data(data)),
+            Chunk::ManifestEnd => self.manifest(ManifestPart::End),
+        }
+    }
 }
 
 /// Which archive this is: the base one or a tablespace's.

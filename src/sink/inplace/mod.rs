@@ -59,10 +59,10 @@ use pgclone_proto::Oid;
 use crate::error::Error;
 use crate::sink::codec::Method;
 use crate::sink::durable;
-use crate::sink::manifest_out::ManifestOut;
+use crate::sink::manifest_out::{ManifestOut, ManifestPart};
 use crate::sink::plain::{make_dir, path};
 use crate::sink::split::{self, ArchiveSplitter};
-use crate::sink::{ArchiveRoot, Chunk};
+use crate::sink::{ArchiveRoot, ArchiveSteps, Chunk};
 
 pub use stale::{clear_wal, KeepEntry, KeepList, Removed};
 pub use whole::TEMP_SUFFIX;
@@ -197,16 +197,7 @@ impl Applier {
 
     /// Applies one chunk.
     pub fn handle(&mut self, chunk: Chunk) -> Result<(), Error> {
-        match chunk {
-            Chunk::ArchiveStart { name, root, .. } => self.start_archive(name, root)?,
-            Chunk::Data(data) => self.archive_data(std::iter::once(data))?,
-            Chunk::Batch(pieces) => self.archive_data(pieces)?,
-            Chunk::ArchiveEnd => self.end_archive()?,
-            Chunk::ManifestStart => self.manifest.start()?,
-            Chunk::ManifestData(data) => self.manifest.data(&data, None)?,
-            Chunk::ManifestEnd => self.manifest.end(None)?,
-        }
-        Ok(())
+        self.route(chunk)
     }
 
     /// Checks that the last archive ended and that the base archive held `pg_control`.
@@ -230,47 +221,6 @@ impl Applier {
             stats: self.stats,
             server_manifest: self.manifest.take_memory(),
         })
-    }
-
-    fn start_archive(&mut self, name: String, root: ArchiveRoot) -> Result<(), Error> {
-        if Method::from_archive_name(&name) != Method::None {
-            return Err(Error::IncompatibleServer(format!(
-                "the server sent the compressed archive {name}, which cannot be applied in place"
-            )));
-        }
-        let (root, tablespace) = match root {
-            ArchiveRoot::Base => (self.layout.dest.clone(), None),
-            ArchiveRoot::Tablespace { dir, oid } => (dir, Some(oid)),
-        };
-        let base = tablespace.is_none();
-        self.saw_base |= base;
-        self.records.push(RootRecord {
-            root,
-            base,
-            tablespace,
-            paths: HashSet::new(),
-        });
-        self.archive = Some(Archive {
-            split: ArchiveSplitter::new(name),
-            record: self.records.len() - 1,
-        });
-        Ok(())
-    }
-
-    fn end_archive(&mut self) -> Result<(), Error> {
-        split::end(self.archive.take().map(|a| a.split))
-    }
-
-    fn archive_data(&mut self, pieces: impl IntoIterator<Item = Bytes>) -> Result<(), Error> {
-        split::feed(self.archive.as_mut().map(|a| &mut a.split), pieces)?;
-        while let Some(event) = self.archive.as_mut().and_then(|a| a.split.poll_event()) {
-            match event {
-                TarEvent::Member(m) => self.begin_member(&m)?,
-                TarEvent::Data(data) => self.member_data(data)?,
-                TarEvent::MemberEnd => self.end_member()?,
-            }
-        }
-        Ok(())
     }
 
     /// Contents of the current member.
@@ -435,6 +385,53 @@ impl Applier {
             None => self.limits.path_limit(rel),
             Some(oid) => self.limits.path_limit(&format!("pg_tblspc/{oid}/{rel}")),
         }
+    }
+}
+
+impl ArchiveSteps for Applier {
+    fn start_archive(&mut self, name: String, root: ArchiveRoot) -> Result<(), Error> {
+        if Method::from_archive_name(&name) != Method::None {
+            return Err(Error::IncompatibleServer(format!(
+                "the server sent the compressed archive {name}, which cannot be applied in place"
+            )));
+        }
+        let (root, tablespace) = match root {
+            ArchiveRoot::Base => (self.layout.dest.clone(), None),
+            ArchiveRoot::Tablespace { dir, oid } => (dir, Some(oid)),
+        };
+        let base = tablespace.is_none();
+        self.saw_base |= base;
+        self.records.push(RootRecord {
+            root,
+            base,
+            tablespace,
+            paths: HashSet::new(),
+        });
+        self.archive = Some(Archive {
+            split: ArchiveSplitter::new(name),
+            record: self.records.len() - 1,
+        });
+        Ok(())
+    }
+
+    fn end_archive(&mut self) -> Result<(), Error> {
+        split::end(self.archive.take().map(|a| a.split))
+    }
+
+    fn archive_data(&mut self, pieces: impl IntoIterator<Item = Bytes>) -> Result<(), Error> {
+        split::feed(self.archive.as_mut().map(|a| &mut a.split), pieces)?;
+        while let Some(event) = self.archive.as_mut().and_then(|a| a.split.poll_event()) {
+            match event {
+                TarEvent::Member(m) => self.begin_member(&m)?,
+                TarEvent::Data(data) => self.member_data(data)?,
+                TarEvent::MemberEnd => self.end_member()?,
+            }
+        }
+        Ok(())
+    }
+
+    fn manifest(&mut self, part: ManifestPart) -> Result<(), Error> {
+        self.manifest.handle(part, None)
     }
 }
 

@@ -35,9 +35,10 @@ use crate::sink::codec::{self, Method};
 use crate::sink::fs::{create_new, preallocate};
 use crate::sink::journal::{self, JournalWriter};
 use crate::sink::manifest_out::ManifestOut;
+use crate::sink::manifest_out::ManifestPart;
 use crate::sink::split::{self, ArchiveSplitter};
 use crate::sink::writeback::{FileProgress, Writeback};
-use crate::sink::{ArchiveRoot, Chunk, Stats};
+use crate::sink::{ArchiveRoot, ArchiveSteps, Chunk, Stats};
 
 /// Where plain-format output goes, fixed before the first archive arrives.
 #[derive(Debug, Clone)]
@@ -273,56 +274,7 @@ impl Unpacker {
     }
 
     fn handle(&mut self, chunk: Chunk) -> Result<(), Error> {
-        match chunk {
-            Chunk::ArchiveStart { name, root, .. } => self.start_archive(name, root)?,
-            Chunk::Data(data) => self.archive_data(std::iter::once(data))?,
-            Chunk::Batch(pieces) => self.archive_data(pieces)?,
-            Chunk::ArchiveEnd => self.end_archive()?,
-            Chunk::ManifestStart => self.manifest.start()?,
-            Chunk::ManifestData(data) => self.manifest.data(&data, self.check.as_mut())?,
-            Chunk::ManifestEnd => self.manifest.end(self.check.as_mut())?,
-        }
-        Ok(())
-    }
-
-    /// An archive starts: its members go under the data directory or the tablespace's. The
-    /// journal, if one is asked for, is created before the first.
-    fn start_archive(&mut self, name: String, root: ArchiveRoot) -> Result<(), Error> {
-        if let Some(plan) = self.layout.journal.take() {
-            self.journal = Some(JournalWriter::create(
-                &self.layout.dest,
-                &plan.header,
-                plan.sync,
-            )?);
-        }
-        let (root, base, oid) = match root {
-            ArchiveRoot::Base => (self.layout.dest.clone(), true, None),
-            ArchiveRoot::Tablespace { dir, oid } => (dir, false, Some(oid)),
-        };
-        if let Some(v) = self.check.as_mut() {
-            v.start_archive(oid);
-        }
-        self.archive = Some(Archive {
-            split: ArchiveSplitter::new(name),
-            root,
-            base,
-            oid,
-        });
-        Ok(())
-    }
-
-    /// The archive ended: its tar stream must be complete; the journal lists its files.
-    fn end_archive(&mut self) -> Result<(), Error> {
-        split::end(self.archive.take().map(|a| a.split))?;
-        match self.journal.as_mut() {
-            Some(j) => j.commit(),
-            None => Ok(()),
-        }
-    }
-
-    fn archive_data(&mut self, pieces: impl IntoIterator<Item = Bytes>) -> Result<(), Error> {
-        split::feed(self.archive.as_mut().map(|a| &mut a.split), pieces)?;
-        self.drain()
+        self.route(chunk)
     }
 
     /// Applies the splitter's events; consecutive contents of a file go out in one `writev`.
@@ -498,6 +450,52 @@ impl Unpacker {
             }
         }
         Some(archive.root.join(rel))
+    }
+}
+
+impl ArchiveSteps for Unpacker {
+    /// An archive starts: its members go under the data directory or the tablespace's. The
+    /// journal, if one is asked for, is created before the first.
+    fn start_archive(&mut self, name: String, root: ArchiveRoot) -> Result<(), Error> {
+        if let Some(plan) = self.layout.journal.take() {
+            self.journal = Some(JournalWriter::create(
+                &self.layout.dest,
+                &plan.header,
+                plan.sync,
+            )?);
+        }
+        let (root, base, oid) = match root {
+            ArchiveRoot::Base => (self.layout.dest.clone(), true, None),
+            ArchiveRoot::Tablespace { dir, oid } => (dir, false, Some(oid)),
+        };
+        if let Some(v) = self.check.as_mut() {
+            v.start_archive(oid);
+        }
+        self.archive = Some(Archive {
+            split: ArchiveSplitter::new(name),
+            root,
+            base,
+            oid,
+        });
+        Ok(())
+    }
+
+    /// The archive ended: its tar stream must be complete; the journal lists its files.
+    fn end_archive(&mut self) -> Result<(), Error> {
+        split::end(self.archive.take().map(|a| a.split))?;
+        match self.journal.as_mut() {
+            Some(j) => j.commit(),
+            None => Ok(()),
+        }
+    }
+
+    fn archive_data(&mut self, pieces: impl IntoIterator<Item = Bytes>) -> Result<(), Error> {
+        split::feed(self.archive.as_mut().map(|a| &mut a.split), pieces)?;
+        self.drain()
+    }
+
+    fn manifest(&mut self, part: ManifestPart) -> Result<(), Error> {
+        self.manifest.handle(part, self.check.as_mut())
     }
 }
 
