@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::clone::refresh::marker::{Marker, MARKER};
 use crate::error::Error;
-use crate::manifest::{Checksum, Manifest, ManifestFile, ManifestWriter};
+use crate::manifest::{Checksum, ChecksumAlgorithm, Manifest, ManifestFile, ManifestWriter};
 use crate::recovery::{self, PrimaryConnInfo};
 use crate::refresh::label::BACKUP_LABEL;
 use crate::sink::durable;
@@ -110,10 +110,13 @@ fn strip_incremental_lines(path: &Path) -> Result<(), Error> {
 /// The `backup_manifest` of the refreshed directory, built from the server's manifest of the
 /// incremental backup: its System-Identifier and WAL-Ranges; every file it lists, with its
 /// size and checksum as the server sent it, except `INCREMENTAL.<name>` members, listed as
-/// `<name>` with the size and checksum of the file rebuilt in place, and `backup_label`
-/// (rewritten without its `INCREMENTAL FROM` lines), which are read back and checksummed
-/// again with the server manifest's algorithm. That costs one read of every rebuilt file
-/// (only the files the primary changed); `Last-Modified` is left out (no checker uses it).
+/// `<name>` with the size of the file rebuilt in place and no checksum, and `backup_label`
+/// (rewritten without its `INCREMENTAL FROM` lines), read back and checksummed again with the
+/// server manifest's algorithm. The server sends an `INCREMENTAL.` member for every relation
+/// file of the reference, changed or not, so checksumming the rebuilt files would read the
+/// whole database again (measured: 3 GB read for a 70 MB refresh, half of its time); without
+/// a checksum, `pgclone verify` and pg_verifybackup check their size, as for a backup taken
+/// with `--manifest-checksums=none`. `Last-Modified` is left out (no checker uses it).
 fn directory_manifest(dest: &Path, server: &Manifest) -> Result<Vec<u8>, Error> {
     let system_identifier = server.system_identifier.ok_or_else(|| {
         Error::IncompatibleServer("the server's manifest has no System-Identifier".into())
@@ -122,7 +125,7 @@ fn directory_manifest(dest: &Path, server: &Manifest) -> Result<Vec<u8>, Error> 
     for file in &server.files {
         let rebuilt = rebuilt_path(&file.path);
         let entry = match rebuilt {
-            Some(path) => checksummed(dest, path, file)?,
+            Some(path) => sized(dest, path)?,
             None if file.path == BACKUP_LABEL.as_bytes() => {
                 checksummed(dest, file.path.clone(), file)?
             }
@@ -139,6 +142,19 @@ fn rebuilt_path(path: &[u8]) -> Option<Vec<u8>> {
     let (dir, name) = path.split_at(cut);
     let bare = name.strip_prefix(INCREMENTAL_PREFIX.as_bytes())?;
     Some([dir, bare].concat())
+}
+
+/// The entry for `path` with its size on disk now and no checksum.
+fn sized(dest: &Path, path: Vec<u8>) -> Result<ManifestFile, Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let full = dest.join(std::ffi::OsStr::from_bytes(&path));
+    let meta = fs::metadata(&full).map_err(Error::fs("stat", &full))?;
+    Ok(ManifestFile {
+        path,
+        size: meta.len(),
+        algorithm: ChecksumAlgorithm::None,
+        checksum: None,
+    })
 }
 
 /// The entry for `path` as it is on disk now, checksummed like `like`.
@@ -197,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn the_manifest_lists_rebuilt_files_with_their_new_checksums() {
+    fn the_manifest_lists_rebuilt_files_by_size_and_the_label_with_its_new_checksum() {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         fs::create_dir_all(d.join("base/5")).expect("mkdir");
@@ -230,10 +246,7 @@ mod tests {
             c.finish()
         };
         let rel = m.file(b"base/5/16384").expect("rebuilt file listed");
-        assert_eq!(
-            (rel.size, rel.checksum.clone()),
-            (16384, sum(&[7u8; 16384]))
-        );
+        assert_eq!((rel.size, rel.checksum.clone()), (16384, None));
         let label = m.file(b"backup_label").expect("label");
         assert_eq!(
             (label.size, label.checksum.clone()),
