@@ -8,7 +8,6 @@ mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -229,19 +228,7 @@ fn file_size_limit_and_read_only_destination() {
     for extra in [&["-X", "stream"][..], &["-X", "fetch"][..]] {
         let dest = out.join("copy");
         let mut cmd = clone_cmd(p.port, &dest).args(extra).direct().command();
-        // SAFETY: only async-signal-safe setrlimit runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: 4 << 20,
-                    rlim_max: 4 << 20,
-                };
-                if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        support::limit_file_size(&mut cmd, 4 << 20);
         let run = run_cmd(cmd);
         run.assert_error("File too large");
         assert_clean(&p, &out, &run);

@@ -7,7 +7,6 @@ mod support;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -122,19 +121,7 @@ fn signals_and_a_full_disk_leave_a_journal_of_complete_files() {
         .args(["-c", "fast", "-X", "fetch", "--keep-partial"])
         .direct()
         .command();
-    // SAFETY: only async-signal-safe setrlimit runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 4 << 20,
-                rlim_max: 4 << 20,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    support::limit_file_size(&mut cmd, 4 << 20);
     support::run_cmd(cmd).assert_error("File too large");
     check_journal(&p, &dest);
 }

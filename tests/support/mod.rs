@@ -597,6 +597,25 @@ pub fn summarizing(major: u32, extra: &[&str]) -> ClusterOptions {
     opts
 }
 
+/// Makes `cmd` run under a file-size limit of `bytes` (`RLIMIT_FSIZE`): a write past it fails
+/// with EFBIG, as on a full disk (pgclone ignores SIGXFSZ).
+pub fn limit_file_size(cmd: &mut Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe setrlimit runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A pgclone command with no arguments yet, run as the unprivileged account.
 pub fn pgclone_cmd() -> Pgclone {
     Pgclone {
