@@ -47,18 +47,6 @@ impl ChecksumAlgorithm {
             Self::Sha512 => "SHA512",
         }
     }
-
-    /// Length of the digest in bytes (0 for NONE).
-    pub fn digest_len(self) -> usize {
-        match self {
-            Self::None => 0,
-            Self::Crc32c => 4,
-            Self::Sha224 => 28,
-            Self::Sha256 => 32,
-            Self::Sha384 => 48,
-            Self::Sha512 => 64,
-        }
-    }
 }
 
 impl fmt::Display for ChecksumAlgorithm {
