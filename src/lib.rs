@@ -26,7 +26,8 @@
 //!   one (`write`), `pgclone verify` (`verify`: the run, `files`, `wal`)
 //! - `conn/`: connection strings (`conninfo`), `.pgpass` (`pgpass`), TLS (`tls`), connecting and
 //!   messaging, the server's facts (`server`)
-//! - `error.rs`: the error type and exit codes; `output.rs`: stderr
+//! - `error.rs`: the error type and exit codes; `output.rs`: stderr; `program.rs`: the name run
+//!   under (`pgclone`, or `pg_basebackup` as a drop-in)
 
 pub mod clone;
 pub mod conn;
@@ -34,6 +35,7 @@ pub mod error;
 pub mod manifest;
 pub mod options;
 pub mod output;
+pub mod program;
 pub mod recovery;
 pub mod refresh;
 pub mod sink;
@@ -46,6 +48,8 @@ use options::Config;
 
 /// Runs pgclone with these arguments (including the program name) and returns its exit code.
 pub fn main_with_args(argv: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = argv.into_iter().collect();
+    program::init(argv.first().map(|a| a.as_os_str()));
     match cli::parse(argv) {
         Parsed::Exit => ExitCode::SUCCESS,
         Parsed::Usage { message, command } => {

@@ -6,6 +6,8 @@ use std::fmt;
 use std::io::Write;
 
 use pgclone_proto::ServerError;
+
+use crate::program;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -34,7 +36,7 @@ where
             ctx.field_format().format_fields(writer.by_ref(), event)?;
             return writeln!(writer);
         }
-        write!(writer, "pgclone: ")?;
+        write!(writer, "{}: ", program::name())?;
         match *event.metadata().level() {
             Level::WARN => write!(writer, "warning: ")?,
             Level::ERROR => write!(writer, "error: ")?,
@@ -69,7 +71,7 @@ pub fn notice(n: &ServerError) {
 
 /// Prints an error line (and the usage hint to `pgclone --help` when it is a usage error).
 pub fn error(message: &str, help_hint: bool) {
-    print_error(message, help_hint.then_some("pgclone"));
+    print_error(message, help_hint.then_some(program::name()));
 }
 
 /// Prints a usage error and the hint to `command --help` (`pgclone` or `pgclone verify`).
@@ -79,11 +81,12 @@ pub fn usage_error(message: &str, command: &str) {
 
 fn print_error(message: &str, hint_to: Option<&str>) {
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "pgclone: error: {message}");
+    let name = program::name();
+    let _ = writeln!(err, "{name}: error: {message}");
     if let Some(command) = hint_to {
         let _ = writeln!(
             err,
-            "pgclone: hint: Try \"{command} --help\" for more information."
+            "{name}: hint: Try \"{command} --help\" for more information."
         );
     }
 }

@@ -10,6 +10,7 @@ use clap::{ArgAction, Parser, Subcommand};
 
 use crate::manifest::verify::Options;
 use crate::options::verify::{self, VerifyArgs};
+use crate::program;
 
 /// pgclone: clone a running PostgreSQL server (10 and newer) into a data directory, or (`verify`)
 /// check a clone against its manifest.
@@ -214,8 +215,12 @@ where
         }) => Parsed::Verify(verify.into_options()),
         Ok(args) => Parsed::Run(Box::new(args)),
         Err(e) => match e.kind() {
-            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            ErrorKind::DisplayHelp => {
                 let _ = e.print();
+                Parsed::Exit
+            }
+            ErrorKind::DisplayVersion => {
+                println!("{}", program::current().version_line());
                 Parsed::Exit
             }
             // A subcommand must come first: any flag before it conflicts.
@@ -225,7 +230,7 @@ where
             },
             _ => Parsed::Usage {
                 message: top_level_message(&e),
-                command: "pgclone",
+                command: program::name(),
             },
         },
     }
