@@ -844,6 +844,7 @@ pub fn output_text(out: &Output) -> String {
     )
 }
 
+pub mod dropin;
 pub mod fake;
 pub mod proxy;
 
