@@ -205,6 +205,13 @@ fn dockerfile_builds_pgclone_and_adds_the_docker_files() {
         "{dockerfile}"
     );
     assert!(lines.contains(&"COPY --from=build /src/target/release/pgclone /usr/local/bin/pgclone"));
+    // pgclone stands in for the image's pg_basebackup (README "A drop-in for pg_basebackup").
+    assert!(
+        lines.contains(
+            &r#"RUN ln -sf /usr/local/bin/pgclone "/usr/lib/postgresql/$PG_MAJOR/bin/pg_basebackup""#
+        ),
+        "{dockerfile}"
+    );
     assert!(lines.contains(&r#"ENTRYPOINT ["pgclone-entrypoint.sh"]"#));
     assert!(lines.contains(&r#"CMD ["postgres"]"#));
     // Every file the runtime stage copies from docker/ exists, and every script is copied.
