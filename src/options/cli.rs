@@ -22,6 +22,7 @@ use crate::program;
     disable_version_flag = true,
     disable_help_subcommand = true,
     args_conflicts_with_subcommands = true,
+    args_override_self = true,
     about = "pgclone takes a base backup of a running PostgreSQL server (10 or newer), like pg_basebackup.",
     after_help = "Environment: PGHOST, PGPORT, PGUSER, PGPASSWORD, PGAPPNAME.\n\
                   Report bugs at the project's issue tracker."
@@ -303,6 +304,40 @@ mod tests {
         };
         assert_eq!(a.output.pgdata, Some(PathBuf::from("/x")));
         assert_eq!(a.output.incremental, Some(PathBuf::from("/m")));
+    }
+
+    /// As in pg_basebackup's getopt loop (and repmgr relies on it: its own `-l`, `-c` plus the
+    /// user's `pg_basebackup_options`), a repeated flag takes the last value; `-T` adds up.
+    #[test]
+    fn a_repeated_flag_takes_the_last_value() {
+        let Parsed::Run(a) = parse([
+            "pgclone",
+            "-D",
+            "/x",
+            "-p",
+            "2",
+            "-p",
+            "1",
+            "-l",
+            "a",
+            "--label=b",
+            "-c",
+            "spread",
+            "--checkpoint=fast",
+            "-T",
+            "/a=/b",
+            "-T",
+            "/c=/d",
+            "-v",
+            "-v",
+        ]) else {
+            panic!("should parse")
+        };
+        assert_eq!(a.connection.port.as_deref(), Some("1"));
+        assert_eq!(a.general.label.as_deref(), Some("b"));
+        assert_eq!(a.output.tablespace_mapping, ["/a=/b", "/c=/d"]);
+        assert_eq!(a.general.verbose, 2);
+        assert_eq!(a.general.checkpoint.as_deref(), Some("fast"));
     }
 
     #[test]
