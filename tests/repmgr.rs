@@ -1,13 +1,15 @@
-//! repmgr 5.3 (Debian's `postgresql-15-repmgr`) with Debian's PostgreSQL 15 seeds a standby
+//! repmgr 5.3 (Debian's `postgresql-15-repmgr`) with Debian's PostgreSQL 15 seeds standbys
 //! through pgclone installed as `pg_basebackup` in its `pg_bindir`, unchanged otherwise.
 //!
-//! `repmgr standby clone` runs `<pg_bindir>/pg_basebackup -l "repmgr base backup" -D <data>
-//! -h <host> -p <port> -U repmgr -c fast -X stream -S repmgr_slot_2` through the shell (the slot,
-//! created beforehand by repmgr, because of `use_replication_slots=true`; `-c fast` because of
-//! `--fast-checkpoint`), then `--verify-backup` runs PostgreSQL 15's own `pg_verifybackup` on
-//! what pgclone wrote. The standby must start in recovery, register, show as a running standby
-//! attached to node1 in `repmgr cluster show`, stream through repmgr's slot and see a row
-//! written on the primary after the clone. With `PGCLONE_STAND_IN=/bin/false` the clone fails.
+//! `repmgr standby clone` runs, through the shell, `<pg_bindir>/pg_basebackup -l "repmgr base
+//! backup" -D <data>`, then either `-h <host> -p <port> -U repmgr` (source given as options) or
+//! `-d '<conninfo>'` (source given as a conninfo string), then `-c fast -X stream -S
+//! repmgr_slot_<id>` (`-c fast` for `--fast-checkpoint`; the slot, created beforehand by repmgr,
+//! for `use_replication_slots=true`). repmgr checks only its exit status (no version check on the
+//! local pg_basebackup); `--verify-backup` then runs PostgreSQL 15's own `pg_verifybackup` on what
+//! pgclone wrote. Each standby must start in recovery, register, show as a running standby of
+//! node1 in `repmgr cluster show`, stream through repmgr's slot and see a row written on the
+//! primary after the clones. With `PGCLONE_STAND_IN=/bin/false` the first clone fails.
 
 mod support;
 
@@ -15,7 +17,6 @@ use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{as_pg_user, chown_to_pg_user, dropin, free_port, initdb_cmd, pg_ctl, TestDir};
@@ -97,7 +98,11 @@ impl Node {
     /// Runs `sql` as `postgres`; panics with the server log on failure.
     fn psql(&self, sql: &str) -> String {
         self.try_psql("postgres", sql).unwrap_or_else(|e| {
-            panic!("psql on {}: {e}\nSQL: {sql}\n{}", self.name, self.log_tail())
+            panic!(
+                "psql on {}: {e}\nSQL: {sql}\n{}",
+                self.name,
+                self.log_tail()
+            )
         })
     }
 
@@ -187,6 +192,7 @@ fn start_primary(work: &TestDir) -> Node {
     node
 }
 
+/// Appends `text` to the file at `path`.
 fn append(path: &Path, text: &str) {
     let mut f = fs::OpenOptions::new()
         .append(true)
@@ -205,115 +211,136 @@ fn write_pgpass(work: &TestDir) -> PathBuf {
     path
 }
 
-/// Runs repmgr as the unprivileged account in `work` with `PGPASSFILE`; panics with its output
-/// and the servers' log tails unless it exits 0. Returns stdout followed by stderr.
-fn repmgr(work: &TestDir, pgpass: &Path, nodes: &[&Node], args: &[&str]) -> String {
-    let mut cmd: Command = as_pg_user(PG15.to_owned() + "/repmgr");
-    cmd.current_dir(work.path())
-        .env("PGPASSFILE", pgpass)
-        .args(args);
-    let out = cmd.output().expect("run repmgr");
-    let text = support::output_text(&out);
-    if !out.status.success() {
-        let mut msg = format!("repmgr {args:?} failed ({}):\n{text}\n", out.status);
-        for node in nodes {
-            let _ = writeln!(msg, "{}", node.log_tail());
+/// What every repmgr run shares: the work directory, the .pgpass and `pg_bindir`.
+struct Setup {
+    work: TestDir,
+    pgpass: PathBuf,
+    bin: PathBuf,
+}
+
+impl Setup {
+    /// Runs `repmgr -f <node's repmgr.conf> <args>` as the unprivileged account in the work
+    /// directory with `PGPASSFILE`; panics with its output and the log tails of `nodes` unless
+    /// it exits 0. Returns stdout followed by stderr.
+    fn repmgr(&self, node: &Node, nodes: &[&Node], args: &[&str]) -> String {
+        let mut cmd = as_pg_user(Path::new(PG15).join("repmgr"));
+        cmd.current_dir(self.work.path())
+            .env("PGPASSFILE", &self.pgpass)
+            .arg("-f")
+            .arg(&node.conf)
+            .args(args);
+        let out = cmd.output().expect("run repmgr");
+        let text = support::output_text(&out);
+        if !out.status.success() {
+            let mut msg = format!("repmgr {args:?} failed ({}):\n{text}\n", out.status);
+            for node in nodes {
+                let _ = writeln!(msg, "{}", node.log_tail());
+            }
+            panic!("{msg}");
         }
-        panic!("{msg}");
+        text
     }
-    text
+
+    /// `repmgr standby clone --fast-checkpoint --verify-backup` of `standby` from the server
+    /// `source` names, which must run pgclone as `pg_basebackup` with `-c fast` and repmgr's
+    /// slot; then the standby starts, streams, and `repmgr standby register` records it.
+    fn clone_start_register(&self, primary: &Node, standby: &mut Node, source: &[&str]) {
+        standby.write_repmgr_conf(&self.bin, &self.pgpass);
+        let mut args = source.to_vec();
+        args.extend(["standby", "clone", "--fast-checkpoint", "--verify-backup"]);
+        let clone = self.repmgr(standby, &[primary], &args);
+        let ran = format!("{}/pg_basebackup ", self.bin.display());
+        let slot = format!(" -S repmgr_slot_{}", standby.id);
+        assert!(
+            clone.contains(&ran) && clone.contains(&slot) && clone.contains(" -c fast"),
+            "repmgr did not run {ran} with -c fast{slot}:\n{clone}"
+        );
+        let label = fs::read_to_string(standby.data.join("backup_label")).unwrap_or_default();
+        assert!(
+            label.contains("LABEL: repmgr base backup\n"),
+            "the clone's backup_label lacks repmgr's label:\n{label}\n{clone}"
+        );
+        standby.start();
+        standby.write_repmgr_conf(&self.bin, &self.pgpass);
+        standby.wait_for("SELECT pg_is_in_recovery()", "t");
+        standby.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming");
+        self.repmgr(standby, &[primary, standby], &["standby", "register"]);
+    }
 }
 
 /// The `repmgr cluster show` row of `name`, split on `|` and trimmed.
 fn cluster_row(show: &str, name: &str) -> Vec<String> {
     show.lines()
-        .map(|l| l.split('|').map(|c| c.trim().to_owned()).collect::<Vec<_>>())
+        .map(|l| {
+            l.split('|')
+                .map(|c| c.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
         .find(|cols| cols.len() > 4 && cols[1] == name)
         .unwrap_or_else(|| panic!("no row for {name} in cluster show:\n{show}"))
 }
 
-/// `repmgr standby clone --fast-checkpoint --verify-backup` with `use_replication_slots`, through
-/// pgclone as `pg_basebackup`; then the standby starts, registers, and streams from node1.
+/// repmgr clones two standbys through pgclone as `pg_basebackup`: node2 with the source given
+/// as `-h -p -U -d` (repmgr passes them on as `-h -p -U`), node3 with a conninfo string
+/// (passed on as `-d '<conninfo>'`), both with `--fast-checkpoint`, `--verify-backup` and a
+/// replication slot. Both register, show as running standbys of node1, stream through their
+/// slots and see a row written on the primary after the clones.
 #[test]
 fn repmgr_standby_clone_through_pgclone() {
-    let Some(_repmgr) = dropin::system_tool(&format!("{PG15}/repmgr"), "postgresql-15-repmgr")
-    else {
+    if dropin::system_tool(&format!("{PG15}/repmgr"), "postgresql-15-repmgr").is_none() {
         return;
-    };
+    }
     let started = Instant::now();
     let work = TestDir::new("repmgr");
-    let bin = dropin::bin_dir(&work, "bin", &[Path::new(PG15)]);
-    let pgpass = write_pgpass(&work);
-    let primary = start_primary(&work);
-    primary.write_repmgr_conf(&bin, &pgpass);
-    let mut standby = Node::new(&work, 2, "node2");
-    standby.write_repmgr_conf(&bin, &pgpass);
-
-    let node1_conf = primary.conf.to_str().expect("utf8 path").to_owned();
-    let node2_conf = standby.conf.to_str().expect("utf8 path").to_owned();
-    repmgr(&work, &pgpass, &[&primary], &["-f", &node1_conf, "primary", "register"]);
+    let setup = Setup {
+        bin: dropin::bin_dir(&work, "bin", &[Path::new(PG15)]),
+        pgpass: write_pgpass(&work),
+        work,
+    };
+    let primary = start_primary(&setup.work);
+    primary.write_repmgr_conf(&setup.bin, &setup.pgpass);
+    setup.repmgr(&primary, &[&primary], &["primary", "register"]);
 
     let port = primary.port.to_string();
-    let clone = repmgr(
-        &work,
-        &pgpass,
-        &[&primary],
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "repmgr",
-            "-d",
-            "repmgr",
-            "-f",
-            &node2_conf,
-            "standby",
-            "clone",
-            "--fast-checkpoint",
-            "--verify-backup",
-        ],
-    );
-    let ran = format!("{}/pg_basebackup ", bin.display());
-    assert!(
-        clone.contains(&ran) && clone.contains(" -S repmgr_slot_2") && clone.contains(" -c fast"),
-        "repmgr did not run {ran} with -c fast -S repmgr_slot_2:\n{clone}"
-    );
+    let mut node2 = Node::new(&setup.work, 2, "node2");
+    let by_options = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-U",
+        "repmgr",
+        "-d",
+        "repmgr",
+    ];
+    setup.clone_start_register(&primary, &mut node2, &by_options);
+    let mut node3 = Node::new(&setup.work, 3, "node3");
+    let conninfo = format!("host=127.0.0.1 port={port} user=repmgr dbname=repmgr");
+    setup.clone_start_register(&primary, &mut node3, &["-d", &conninfo]);
 
-    standby.start();
-    standby.write_repmgr_conf(&bin, &pgpass);
-    standby.wait_for("SELECT pg_is_in_recovery()", "t");
-    standby.wait_for("SELECT status FROM pg_stat_wal_receiver", "streaming");
-    repmgr(
-        &work,
-        &pgpass,
-        &[&primary, &standby],
-        &["-f", &node2_conf, "standby", "register"],
-    );
-
-    let show = repmgr(
-        &work,
-        &pgpass,
-        &[&primary, &standby],
-        &["-f", &node1_conf, "cluster", "show"],
-    );
-    let row = cluster_row(&show, "node2");
+    let all = [&primary, &node2, &node3];
+    let show = setup.repmgr(&primary, &all, &["cluster", "show"]);
+    for standby in [&node2, &node3] {
+        let row = cluster_row(&show, standby.name);
+        assert_eq!(
+            (row[2].as_str(), row[3].as_str(), row[4].as_str()),
+            ("standby", "running", "node1"),
+            "{} is not a running standby of node1:\n{show}",
+            standby.name
+        );
+    }
     assert_eq!(
-        (row[2].as_str(), row[3].as_str(), row[4].as_str()),
-        ("standby", "running", "node1"),
-        "node2 is not a running standby of node1:\n{show}"
-    );
-    assert_eq!(
-        primary.psql("SELECT active FROM pg_replication_slots WHERE slot_name = 'repmgr_slot_2'"),
-        "t",
-        "node2 does not stream through repmgr's slot"
+        primary.psql("SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots WHERE active"),
+        "repmgr_slot_2,repmgr_slot_3",
+        "the standbys do not stream through repmgr's slots"
     );
 
     primary.psql("CREATE TABLE after_clone(v text); INSERT INTO after_clone VALUES ('seen')");
-    standby.wait_for(
-        "SELECT coalesce((SELECT v FROM after_clone), 'missing') WHERE pg_is_in_recovery()",
-        "seen",
-    );
-    eprintln!("{clone}\n{show}\nrepmgr scenario took {:?}", started.elapsed());
+    for standby in [&node2, &node3] {
+        standby.wait_for(
+            "SELECT v FROM after_clone WHERE pg_is_in_recovery()",
+            "seen",
+        );
+    }
+    eprintln!("repmgr scenario took {:?}", started.elapsed());
 }
