@@ -5,11 +5,12 @@
 //! backup" -D <data>`, then either `-h <host> -p <port> -U repmgr` (source given as options) or
 //! `-d '<conninfo>'` (source given as a conninfo string), then `-c fast -X stream -S
 //! repmgr_slot_<id>` (`-c fast` for `--fast-checkpoint`; the slot, created beforehand by repmgr,
-//! for `use_replication_slots=true`). repmgr checks only its exit status (no version check on the
-//! local pg_basebackup); `--verify-backup` then runs PostgreSQL 15's own `pg_verifybackup` on what
-//! pgclone wrote. Each standby must start in recovery, register, show as a running standby of
-//! node1 in `repmgr cluster show`, stream through repmgr's slot and see a row written on the
-//! primary after the clones. With `PGCLONE_STAND_IN=/bin/false` the first clone fails.
+//! for `use_replication_slots=true`), then repmgr.conf's `pg_basebackup_options`. repmgr checks
+//! only its exit status (no version check on the local pg_basebackup); `--verify-backup` then
+//! runs PostgreSQL 15's own `pg_verifybackup` on what pgclone wrote. Each standby must start in
+//! recovery, register, show as a running standby of node1 in `repmgr cluster show`, stream
+//! through repmgr's slot and see a row written on the primary after the clones. With
+//! `PGCLONE_STAND_IN=/bin/false` the first clone fails.
 
 mod support;
 
@@ -35,6 +36,8 @@ struct Node {
     socket_dir: PathBuf,
     log: PathBuf,
     conf: PathBuf,
+    /// repmgr.conf's `pg_basebackup_options`: flags repmgr appends to its own.
+    pg_basebackup_options: String,
     running: bool,
 }
 
@@ -49,6 +52,7 @@ impl Node {
             socket_dir: work.mkdir(&format!("{name}-socket")),
             log: work.join(&format!("{name}.log")),
             conf: work.join(&format!("{name}.conf")),
+            pg_basebackup_options: String::new(),
             running: false,
         }
     }
@@ -142,13 +146,14 @@ impl Node {
             "node_id={}\nnode_name='{}'\n\
              conninfo='host=127.0.0.1 port={} user=repmgr dbname=repmgr connect_timeout=5'\n\
              data_directory='{}'\npg_bindir='{}'\npassfile='{}'\n\
-             use_replication_slots=true\nlog_level=INFO\n",
+             use_replication_slots=true\nlog_level=INFO\npg_basebackup_options='{}'\n",
             self.id,
             self.name,
             self.port,
             self.data.display(),
             bin.display(),
-            pgpass.display()
+            pgpass.display(),
+            self.pg_basebackup_options
         );
         fs::write(&self.conf, conf).expect("write repmgr.conf");
         chown_to_pg_user(&self.conf);
@@ -250,10 +255,13 @@ impl Setup {
         args.extend(["standby", "clone", "--fast-checkpoint", "--verify-backup"]);
         let clone = self.repmgr(standby, &[primary], &args);
         let ran = format!("{}/pg_basebackup ", self.bin.display());
-        let slot = format!(" -S repmgr_slot_{}", standby.id);
+        let flags = format!(
+            " -c fast -X stream -S repmgr_slot_{} {}",
+            standby.id, standby.pg_basebackup_options
+        );
         assert!(
-            clone.contains(&ran) && clone.contains(&slot) && clone.contains(" -c fast"),
-            "repmgr did not run {ran} with -c fast{slot}:\n{clone}"
+            clone.contains(&ran) && clone.contains(&flags),
+            "repmgr did not run {ran} with{flags}:\n{clone}"
         );
         let label = fs::read_to_string(standby.data.join("backup_label")).unwrap_or_default();
         assert!(
@@ -282,8 +290,9 @@ fn cluster_row(show: &str, name: &str) -> Vec<String> {
 
 /// repmgr clones two standbys through pgclone as `pg_basebackup`: node2 with the source given
 /// as `-h -p -U -d` (repmgr passes them on as `-h -p -U`), node3 with a conninfo string
-/// (passed on as `-d '<conninfo>'`), both with `--fast-checkpoint`, `--verify-backup` and a
-/// replication slot. Both register, show as running standbys of node1, stream through their
+/// (passed on as `-d '<conninfo>'`) and flags users set in `pg_basebackup_options` (`--waldir`,
+/// `--max-rate`, `--manifest-checksums`, `--no-verify-checksums`, `--verbose`, `--progress`),
+/// both with `--fast-checkpoint`, `--verify-backup` and a replication slot. Both register, show as running standbys of node1, stream through their
 /// slots and see a row written on the primary after the clones.
 #[test]
 fn repmgr_standby_clone_through_pgclone() {
@@ -315,8 +324,19 @@ fn repmgr_standby_clone_through_pgclone() {
     ];
     setup.clone_start_register(&primary, &mut node2, &by_options);
     let mut node3 = Node::new(&setup.work, 3, "node3");
+    let node3_wal = setup.work.join("node3-wal");
+    node3.pg_basebackup_options = format!(
+        "--waldir={} --max-rate=100M --manifest-checksums=SHA256 --no-verify-checksums --verbose --progress",
+        node3_wal.display()
+    );
     let conninfo = format!("host=127.0.0.1 port={port} user=repmgr dbname=repmgr");
     setup.clone_start_register(&primary, &mut node3, &["-d", &conninfo]);
+
+    assert_eq!(
+        fs::read_link(node3.data.join("pg_wal")).ok(),
+        Some(node3_wal),
+        "node3's pg_wal is not a link to its --waldir"
+    );
 
     let all = [&primary, &node2, &node3];
     let show = setup.repmgr(&primary, &all, &["cluster", "show"]);
