@@ -263,10 +263,14 @@ impl Setup {
             clone.contains(&ran) && clone.contains(&flags),
             "repmgr did not run {ran} with{flags}:\n{clone}"
         );
+        // A flag repeated in pg_basebackup_options overrides repmgr's, as with pg_basebackup.
+        let want = (standby.pg_basebackup_options.split_whitespace())
+            .find_map(|w| w.strip_prefix("--label="))
+            .unwrap_or("repmgr base backup");
         let label = fs::read_to_string(standby.data.join("backup_label")).unwrap_or_default();
         assert!(
-            label.contains("LABEL: repmgr base backup\n"),
-            "the clone's backup_label lacks repmgr's label:\n{label}\n{clone}"
+            label.contains(&format!("LABEL: {want}\n")),
+            "the clone's backup_label lacks the label {want:?}:\n{label}\n{clone}"
         );
         standby.start();
         standby.write_repmgr_conf(&self.bin, &self.pgpass);
@@ -291,8 +295,8 @@ fn cluster_row(show: &str, name: &str) -> Vec<String> {
 /// repmgr clones two standbys through pgclone as `pg_basebackup`: node2 with the source given
 /// as `-h -p -U -d` (repmgr passes them on as `-h -p -U`), node3 with a conninfo string
 /// (passed on as `-d '<conninfo>'`) and flags users set in `pg_basebackup_options` (`--waldir`,
-/// `--max-rate`, `--manifest-checksums`, `--no-verify-checksums`, `--verbose`, `--progress`),
-/// both with `--fast-checkpoint`, `--verify-backup` and a replication slot. Both register, show as running standbys of node1, stream through their
+/// `--max-rate`, `--manifest-checksums`, `--no-verify-checksums`, `--verbose`, `--progress`, and
+/// `--checkpoint`/`--label` again: the last value wins, as with pg_basebackup), both with `--fast-checkpoint`, `--verify-backup` and a replication slot. Both register, show as running standbys of node1, stream through their
 /// slots and see a row written on the primary after the clones.
 #[test]
 fn repmgr_standby_clone_through_pgclone() {
@@ -326,7 +330,8 @@ fn repmgr_standby_clone_through_pgclone() {
     let mut node3 = Node::new(&setup.work, 3, "node3");
     let node3_wal = setup.work.join("node3-wal");
     node3.pg_basebackup_options = format!(
-        "--waldir={} --max-rate=100M --manifest-checksums=SHA256 --no-verify-checksums --verbose --progress",
+        "--waldir={} --max-rate=100M --manifest-checksums=SHA256 --no-verify-checksums --verbose \
+         --progress --checkpoint=fast --label=node3",
         node3_wal.display()
     );
     let conninfo = format!("host=127.0.0.1 port={port} user=repmgr dbname=repmgr");
