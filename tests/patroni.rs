@@ -1,0 +1,501 @@
+//! Patroni 4.1 (etcd3 DCS, Debian's etcd 3.4) with pgclone installed as `pg_basebackup` in
+//! `postgresql.bin_dir`: a two-node cluster on loopback whose replica is created by Patroni's
+//! default `basebackup` method, that survives a switchover, and whose old leader is
+//! reinitialised (`patronictl reinit`) through pgclone too. Every step is proven with a row
+//! written on the leader and read on the replica.
+//!
+//! With `PGCLONE_STAND_IN=/bin/false` the replica is never created and the test fails with the
+//! Patroni log saying `pg_basebackup exited with code=1`.
+
+mod support;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use support::{as_pg_user, dropin, free_port, pg_ctl, psql_cmd, tools_bin, TestDir};
+
+const SCOPE: &str = "pgclone-patroni";
+const MAJOR: u32 = 17;
+const REPL_USER: &str = "replicator";
+const REPL_PASSWORD: &str = "rep-secret";
+const SUPER_PASSWORD: &str = "super-secret";
+/// How long one step (bootstrap, clone, switchover, reinit) may take.
+const STEP: Duration = Duration::from_secs(45);
+
+/// A process started in its own process group (so runuser and what it runs get the signal),
+/// stopped with SIGTERM, then SIGKILL after `grace`.
+struct Group {
+    child: Child,
+    grace: Duration,
+}
+
+impl Group {
+    fn spawn(mut cmd: Command, log: &Path, grace: Duration) -> Self {
+        let out = fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        cmd.stdout(out).stderr(err).process_group(0);
+        let child = cmd.spawn().expect("spawn");
+        Self { child, grace }
+    }
+
+    fn signal(&self, signo: i32) {
+        let pgid = self.child.id() as i32;
+        // SAFETY: signals the process group this test created (process_group(0)).
+        unsafe { libc::kill(-pgid, signo) };
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn stop(&mut self) {
+        if !self.running() {
+            return;
+        }
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + self.grace;
+        while self.running() && Instant::now() < deadline {
+            sleep(Duration::from_millis(100));
+        }
+        if self.running() {
+            self.signal(libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A one-member etcd on loopback, its data in the test directory, run as the server account.
+struct Etcd {
+    port: u16,
+    _process: Group,
+}
+
+impl Etcd {
+    fn start(etcd: &Path, work: &TestDir) -> Self {
+        let (port, peer) = (free_port(), free_port());
+        let data = work.mkdir("etcd");
+        let client = format!("http://127.0.0.1:{port}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let mut cmd = as_pg_user(etcd);
+        cmd.args(["--name", "default", "--data-dir"])
+            .arg(&data)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("default={peer_url}")]);
+        let log = work.join("etcd.log");
+        let process = Group::spawn(cmd, &log, Duration::from_secs(5));
+        let etcd = Self {
+            port,
+            _process: process,
+        };
+        wait_until("etcd answers /health", Duration::from_secs(20), || {
+            let health = http_get(port, "/health")?;
+            health.contains("\"health\":\"true\"").then_some(())
+        })
+        .unwrap_or_else(|| panic!("etcd did not start:\n{}", tail(&log, 30)));
+        etcd
+    }
+}
+
+/// The body of `GET path` on 127.0.0.1:port, or None when it does not answer.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// Calls `probe` every 300 ms until it gives a value or `timeout` passes.
+fn wait_until<T>(
+    _what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        sleep(Duration::from_millis(300));
+    }
+}
+
+/// The last `n` lines of a file (empty when missing).
+fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// What every node shares: the Patroni virtualenv, the bin directory where `pg_basebackup`
+/// is pgclone, etcd's port.
+struct Setup {
+    venv: PathBuf,
+    bin: PathBuf,
+    etcd_port: u16,
+}
+
+/// One Patroni member: its configuration, data directory, socket directory and logs.
+struct Node {
+    name: String,
+    yml: PathBuf,
+    data: PathBuf,
+    sock: PathBuf,
+    pg_port: u16,
+    log: PathBuf,
+    pg_log: PathBuf,
+    bin: PathBuf,
+    process: Option<Group>,
+}
+
+impl Node {
+    /// Writes `<name>.yml` in `work` (extra YAML under `postgresql:` in `pg_extra`).
+    fn new(work: &TestDir, setup: &Setup, name: &str, pg_extra: &str) -> Self {
+        let sock = work.mkdir(&format!("{name}-sock"));
+        let pg_log = work.mkdir(&format!("{name}-pglog"));
+        let data = work.join(&format!("{name}-data"));
+        let (pg_port, api_port) = (free_port(), free_port());
+        let yml = work.join(&format!("{name}.yml"));
+        let text = node_yaml(work, setup, name, pg_port, api_port, &sock, &pg_log, pg_extra);
+        fs::write(&yml, text).expect("write patroni yml");
+        support::chown_to_pg_user(&yml);
+        Self {
+            name: name.to_owned(),
+            log: work.join(&format!("{name}.log")),
+            yml,
+            data,
+            sock,
+            pg_port,
+            pg_log,
+            bin: setup.bin.clone(),
+            process: None,
+        }
+    }
+
+    fn start(&mut self, setup: &Setup) {
+        let mut cmd = as_pg_user(setup.venv.join("patroni"));
+        // The PyPI toolset's libpqwalreceiver.so looks for libpq in its build prefix
+        // (RUNPATH /opt/postgresql/lib) and else loads the system's libpq 15, which rejects
+        // the `sslnegotiation` Patroni 4.1 puts in primary_conninfo for 17+: give the server
+        // the toolset's own libpq.
+        let lib = tools_bin(MAJOR).join("../lib");
+        cmd.env("LD_LIBRARY_PATH", lib).arg(&self.yml);
+        self.process = Some(Group::spawn(cmd, &self.log, Duration::from_secs(30)));
+    }
+
+    /// psql 18 as `postgres` over the node's socket.
+    fn psql(&self, sql: &str) -> Result<String, String> {
+        let out = psql_cmd(&self.sock, self.pg_port, "postgres", sql)
+            .output()
+            .expect("run psql");
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// The tails of the Patroni log and of the newest PostgreSQL log.
+    fn logs(&self) -> String {
+        let mut pg_logs: Vec<PathBuf> = fs::read_dir(&self.pg_log)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        pg_logs.sort();
+        let pg = pg_logs.last().map(|p| tail(p, 25)).unwrap_or_default();
+        format!(
+            "--- {} patroni log ---\n{}\n--- {} postgres log ---\n{}\n",
+            self.name,
+            tail(&self.log, 40),
+            self.name,
+            pg
+        )
+    }
+
+    /// Stops Patroni (which stops its postgres), then any postgres left behind.
+    fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.stop();
+        }
+        if self.data.join("postmaster.pid").exists() {
+            let _ = pg_ctl(&self.bin, &self.data)
+                .args(["stop", "-m", "immediate", "-w"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The Patroni configuration of one node: etcd3, REST API and PostgreSQL on loopback, a
+/// replication user with a SCRAM password, the socket and logs in the test directory.
+#[allow(clippy::too_many_arguments)]
+fn node_yaml(
+    work: &TestDir,
+    setup: &Setup,
+    name: &str,
+    pg_port: u16,
+    api_port: u16,
+    sock: &Path,
+    pg_log: &Path,
+    pg_extra: &str,
+) -> String {
+    let data = work.join(&format!("{name}-data"));
+    let pgpass = work.join(&format!("{name}.pgpass"));
+    format!(
+        r#"scope: {SCOPE}
+name: {name}
+log:
+  level: DEBUG
+restapi:
+  listen: 127.0.0.1:{api_port}
+  connect_address: 127.0.0.1:{api_port}
+etcd3:
+  hosts: 127.0.0.1:{etcd}
+bootstrap:
+  dcs:
+    ttl: 20
+    loop_wait: 1
+    retry_timeout: 5
+    postgresql:
+      use_pg_rewind: true
+      parameters:
+        wal_level: replica
+        hot_standby: 'on'
+        summarize_wal: 'on'
+        wal_keep_size: 64MB
+  initdb:
+  - encoding: UTF8
+  - no-locale
+postgresql:
+  listen: 127.0.0.1:{pg_port}
+  connect_address: 127.0.0.1:{pg_port}
+  data_dir: {data}
+  bin_dir: {bin}
+  pgpass: {pgpass}
+  authentication:
+    superuser:
+      username: postgres
+      password: {SUPER_PASSWORD}
+    replication:
+      username: {REPL_USER}
+      password: {REPL_PASSWORD}
+  parameters:
+    unix_socket_directories: '{sock}'
+    password_encryption: scram-sha-256
+    logging_collector: 'on'
+    log_directory: '{pg_log}'
+    fsync: 'off'
+  pg_hba:
+  - local all all trust
+  - host replication {REPL_USER} 127.0.0.1/32 scram-sha-256
+  - host postgres {REPL_USER} 127.0.0.1/32 scram-sha-256
+  - host all postgres 127.0.0.1/32 scram-sha-256
+{pg_extra}"#,
+        etcd = setup.etcd_port,
+        data = data.display(),
+        bin = setup.bin.display(),
+        pgpass = pgpass.display(),
+        sock = sock.display(),
+        pg_log = pg_log.display(),
+    )
+}
+
+/// One row of `patronictl list --format json`.
+#[derive(Debug)]
+struct Member {
+    name: String,
+    role: String,
+    state: String,
+}
+
+/// The string value of `"key": "..."` in one JSON object of patronictl's output.
+fn json_field(object: &str, key: &str) -> String {
+    let needle = format!("\"{key}\": \"");
+    object
+        .find(&needle)
+        .map(|i| {
+            let rest = &object[i + needle.len()..];
+            rest[..rest.find('"').unwrap_or(rest.len())].to_owned()
+        })
+        .unwrap_or_default()
+}
+
+/// `patronictl -c <yml> <args>` as the server account: its stdout, or its stderr as the error.
+fn patronictl(setup: &Setup, yml: &Path, args: &[&str]) -> Result<String, String> {
+    let out = as_pg_user(setup.venv.join("patronictl"))
+        .arg("-c")
+        .arg(yml)
+        .args(args)
+        .output()
+        .expect("run patronictl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The members `patronictl list` shows.
+fn members(setup: &Setup, yml: &Path) -> Vec<Member> {
+    let Ok(out) = patronictl(setup, yml, &["list", "--format", "json"]) else {
+        return Vec::new();
+    };
+    out.split("{\"Cluster\"")
+        .skip(1)
+        .map(|obj| Member {
+            name: json_field(obj, "Member"),
+            role: json_field(obj, "Role"),
+            state: json_field(obj, "State"),
+        })
+        .collect()
+}
+
+/// Waits until `patronictl list` shows `name` with `role` and `state`; panics with every
+/// node's logs otherwise.
+fn wait_member(setup: &Setup, nodes: &[&Node], name: &str, role: &str, state: &str) {
+    let found = wait_until("member", STEP, || {
+        let list = members(setup, &nodes[0].yml);
+        list.iter()
+            .any(|m| m.name == name && m.role == role && m.state == state)
+            .then_some(())
+    });
+    if found.is_none() {
+        panic!(
+            "patronictl list never showed {name} as {role}/{state}; last list: {:?}\n{}",
+            members(setup, &nodes[0].yml),
+            all_logs(nodes)
+        );
+    }
+}
+
+fn all_logs(nodes: &[&Node]) -> String {
+    nodes.iter().map(|n| n.logs()).collect()
+}
+
+/// Writes `value` into table `t` on `leader` and waits until `replica` shows it.
+fn row_reaches(leader: &Node, replica: &Node, value: &str, nodes: &[&Node]) {
+    let sql = format!("CREATE TABLE IF NOT EXISTS t (v text); INSERT INTO t VALUES ('{value}')");
+    leader
+        .psql(&sql)
+        .unwrap_or_else(|e| panic!("write on {}: {e}\n{}", leader.name, all_logs(nodes)));
+    let query = format!("SELECT count(*) FROM t WHERE v = '{value}'");
+    let seen = wait_until("row", STEP, || {
+        (replica.psql(&query).ok()? == "1").then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "row {value} written on {} never reached {}: {:?}\n{}",
+        leader.name,
+        replica.name,
+        replica.psql(&query),
+        all_logs(nodes)
+    );
+    assert_eq!(
+        replica.psql("SELECT pg_is_in_recovery()").as_deref(),
+        Ok("t"),
+        "{} is not in recovery",
+        replica.name
+    );
+}
+
+/// How many times the node's Patroni log shows pg_basebackup (pgclone) being called.
+fn basebackup_calls(node: &Node) -> usize {
+    fs::read_to_string(&node.log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("calling: [") && l.contains("/pg_basebackup'"))
+        .count()
+}
+
+/// The tools the test needs, or None (a loud skip outside CI).
+fn setup(work: &TestDir) -> Option<(PathBuf, Setup)> {
+    let etcd = dropin::system_tool("/usr/bin/etcd", "etcd-server")?;
+    let venv = dropin::venv("patroni")?;
+    let bin = dropin::bin_dir(work, "bin", &[&tools_bin(MAJOR)]);
+    Some((
+        etcd,
+        Setup {
+            venv,
+            bin,
+            etcd_port: 0,
+        },
+    ))
+}
+
+/// Patroni's default `basebackup` method runs pgclone (as `pg_basebackup`) to create the
+/// replica and, after a switchover, to reinitialise the old leader; both stream and see rows
+/// written on the leader afterwards.
+#[test]
+fn patroni_basebackup_switchover_reinit() {
+    let work = TestDir::new("patroni");
+    let Some((etcd_exe, mut setup)) = setup(&work) else {
+        return;
+    };
+    let etcd = Etcd::start(&etcd_exe, &work);
+    setup.etcd_port = etcd.port;
+    let mut node1 = Node::new(&work, &setup, "node1", "");
+    let mut node2 = Node::new(&work, &setup, "node2", "");
+
+    node1.start(&setup);
+    wait_member(&setup, &[&node1], "node1", "Leader", "running");
+    node2.start(&setup);
+    let nodes = [&node1, &node2];
+    wait_member(&setup, &nodes, "node2", "Replica", "streaming");
+    assert_eq!(basebackup_calls(&node2), 1, "{}", node2.logs());
+    row_reaches(&node1, &node2, "before-switchover", &nodes);
+
+    let out = patronictl(
+        &setup,
+        &node1.yml,
+        &["switchover", "--leader", "node1", "--candidate", "node2", "--force"],
+    )
+    .unwrap_or_else(|e| panic!("switchover: {e}\n{}", all_logs(&nodes)));
+    eprintln!("{out}");
+    wait_member(&setup, &nodes, "node2", "Leader", "running");
+    wait_member(&setup, &nodes, "node1", "Replica", "streaming");
+
+    let out = patronictl(&setup, &node1.yml, &["reinit", SCOPE, "node1", "--force"])
+        .unwrap_or_else(|e| panic!("reinit: {e}\n{}", all_logs(&nodes)));
+    eprintln!("{out}");
+    let reinit = wait_until("reinit", STEP, || {
+        (basebackup_calls(&node1) == 1).then_some(())
+    });
+    assert!(reinit.is_some(), "reinit never called pg_basebackup\n{}", all_logs(&nodes));
+    wait_member(&setup, &nodes, "node1", "Replica", "streaming");
+    row_reaches(&node2, &node1, "after-reinit", &nodes);
+
+    node1.stop();
+    node2.stop();
+    drop(etcd);
+}
