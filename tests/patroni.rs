@@ -140,6 +140,17 @@ fn wait_until<T>(
     }
 }
 
+/// The last `n` lines of a Patroni log without its DEBUG chatter (DCS requests), keeping
+/// the `calling: [...]` lines that show the pg_basebackup command.
+fn patroni_tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains(" DEBUG: ") || l.contains("calling: ["))
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// The last `n` lines of a file (empty when missing).
 fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
@@ -226,7 +237,7 @@ impl Node {
         format!(
             "--- {} patroni log ---\n{}\n--- {} postgres log ---\n{}\n",
             self.name,
-            tail(&self.log, 40),
+            patroni_tail(&self.log, 30),
             self.name,
             pg
         )
@@ -312,6 +323,8 @@ postgresql:
     logging_collector: 'on'
     log_directory: '{pg_log}'
     fsync: 'off'
+  basebackup:
+    checkpoint: fast
   pg_hba:
   - local all all trust
   - host replication {REPL_USER} 127.0.0.1/32 scram-sha-256
@@ -429,13 +442,30 @@ fn row_reaches(leader: &Node, replica: &Node, value: &str, nodes: &[&Node]) {
     );
 }
 
-/// How many times the node's Patroni log shows pg_basebackup (pgclone) being called.
-fn basebackup_calls(node: &Node) -> usize {
+/// How many lines of the node's Patroni log (the script's and pgclone's messages included)
+/// contain every one of `needles`.
+fn log_lines(node: &Node, needles: &[&str]) -> Vec<String> {
     fs::read_to_string(&node.log)
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.contains("calling: [") && l.contains("/pg_basebackup'"))
-        .count()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the node's Patroni log says `replica has been created using <method>` `count`
+/// times; panics with every node's logs otherwise.
+fn wait_created(node: &Node, method: &str, count: usize, nodes: &[&Node]) {
+    let line = format!("replica has been created using {method}");
+    let done = wait_until("replica created", STEP, || {
+        (log_lines(node, &[&line]).len() >= count).then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "{}: never '{line}' ({count} times)\n{}",
+        node.name,
+        all_logs(nodes)
+    );
 }
 
 /// The tools the test needs, or None (a loud skip outside CI).
@@ -453,49 +483,120 @@ fn setup(work: &TestDir) -> Option<(PathBuf, Setup)> {
     ))
 }
 
-/// Patroni's default `basebackup` method runs pgclone (as `pg_basebackup`) to create the
-/// replica and, after a switchover, to reinitialise the old leader; both stream and see rows
-/// written on the leader afterwards.
-#[test]
-fn patroni_basebackup_switchover_reinit() {
+/// How a replica is made: the name Patroni logs (`replica has been created using <name>`) and
+/// the YAML added under `postgresql:`.
+struct Method {
+    name: &'static str,
+    yaml: String,
+}
+
+/// The scenario both tests run: node1 bootstraps and leads; node2 is created by `method`,
+/// streams and sees a row; switchover to node2; `patronictl reinit` of node1 by `method`;
+/// node1 streams and sees a row written on node2. `between` runs on the new leader before the
+/// reinit; `check` sees both nodes at the end.
+fn scenario(method: impl Fn(&TestDir, &Setup) -> Method, between: &str, check: impl Fn(&Node)) {
     let work = TestDir::new("patroni");
+    eprintln!("WORK {}", work.path().display());
     let Some((etcd_exe, mut setup)) = setup(&work) else {
         return;
     };
     let etcd = Etcd::start(&etcd_exe, &work);
     setup.etcd_port = etcd.port;
-    let mut node1 = Node::new(&work, &setup, "node1", "");
-    let mut node2 = Node::new(&work, &setup, "node2", "");
+    let method = method(&work, &setup);
+    let mut node1 = Node::new(&work, &setup, "node1", &method.yaml);
+    let mut node2 = Node::new(&work, &setup, "node2", &method.yaml);
 
     node1.start(&setup);
     wait_member(&setup, &[&node1], "node1", "Leader", "running");
+    node1
+        .psql("CREATE TABLE filler AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 40000) g")
+        .expect("filler table");
+    // Hint bits set now, not by the first scan after the switchover (wal_log_hints, which
+    // use_pg_rewind turns on, would log every page of the table again).
+    node1.psql("VACUUM (FREEZE) filler").expect("vacuum filler");
     node2.start(&setup);
     let nodes = [&node1, &node2];
+    wait_created(&node2, method.name, 1, &nodes);
     wait_member(&setup, &nodes, "node2", "Replica", "streaming");
-    assert_eq!(basebackup_calls(&node2), 1, "{}", node2.logs());
     row_reaches(&node1, &node2, "before-switchover", &nodes);
 
-    let out = patronictl(
+    patronictl(
         &setup,
         &node1.yml,
         &["switchover", "--leader", "node1", "--candidate", "node2", "--force"],
     )
     .unwrap_or_else(|e| panic!("switchover: {e}\n{}", all_logs(&nodes)));
-    eprintln!("{out}");
     wait_member(&setup, &nodes, "node2", "Leader", "running");
     wait_member(&setup, &nodes, "node1", "Replica", "streaming");
+    node2.psql(between).expect("write on the new leader");
 
-    let out = patronictl(&setup, &node1.yml, &["reinit", SCOPE, "node1", "--force"])
+    patronictl(&setup, &node1.yml, &["reinit", SCOPE, "node1", "--force"])
         .unwrap_or_else(|e| panic!("reinit: {e}\n{}", all_logs(&nodes)));
-    eprintln!("{out}");
-    let reinit = wait_until("reinit", STEP, || {
-        (basebackup_calls(&node1) == 1).then_some(())
-    });
-    assert!(reinit.is_some(), "reinit never called pg_basebackup\n{}", all_logs(&nodes));
+    wait_created(&node1, method.name, 1, &nodes);
     wait_member(&setup, &nodes, "node1", "Replica", "streaming");
     row_reaches(&node2, &node1, "after-reinit", &nodes);
+    check(&node1);
+    check(&node2);
 
     node1.stop();
     node2.stop();
     drop(etcd);
+}
+
+/// Patroni's default `basebackup` method runs pgclone (as `pg_basebackup`, with Patroni's
+/// own flags) to create the replica and, after a switchover, to reinitialise the old leader;
+/// both stream and see rows written on the leader afterwards.
+#[test]
+fn patroni_basebackup_switchover_reinit() {
+    let method = |_: &TestDir, _: &Setup| Method {
+        name: "basebackup",
+        yaml: String::new(),
+    };
+    scenario(method, "SELECT 1", |node| {
+        let calls = log_lines(node, &["calling: [", "/pg_basebackup'"]);
+        assert_eq!(calls.len(), 1, "{}", node.logs());
+    });
+}
+
+/// `scripts/patroni-pgclone` as a custom `create_replica_methods` entry with `keep_data`:
+/// the replica is cloned by pgclone, and `patronictl reinit` of the old leader (now a
+/// replica) refreshes its kept data directory in place (`pgclone --refresh`, 17+ with
+/// `summarize_wal`), receiving far fewer bytes than the directory holds.
+#[test]
+fn patroni_pgclone_method_refreshes_on_reinit() {
+    let method = |work: &TestDir, setup: &Setup| {
+        let script = work.join("patroni-pgclone");
+        fs::copy(support::repo().join("scripts/patroni-pgclone"), &script).expect("copy script");
+        support::chown_to_pg_user(&script);
+        Method {
+            name: "pgclone",
+            yaml: format!(
+                "  create_replica_methods: [pgclone, basebackup]\n  pgclone:\n    command: {}\n    keep_data: true\n    pgclone: {}\n",
+                script.display(),
+                setup.bin.join("pg_basebackup").display()
+            ),
+        }
+    };
+    let between = "UPDATE filler SET pad = 'changed' WHERE g % 1000 = 0";
+    scenario(method, between, |node| {
+        assert!(log_lines(node, &["calling: [", "/pg_basebackup'"]).is_empty());
+        if node.name == "node1" {
+            assert_refreshed(node);
+        }
+    });
+}
+
+/// node1's reinit was a refresh in place that received less than a quarter of its size.
+fn assert_refreshed(node: &Node) {
+    let done = log_lines(node, &["refresh complete:"]);
+    assert_eq!(done.len(), 1, "{}", node.logs());
+    let received: u64 = done[0]
+        .split("refresh complete: ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {:?}", done[0]));
+    let size = support::data_size(&node.data);
+    eprintln!("{}: {}; data directory {size} bytes", node.name, done[0]);
+    assert!(received * 4 < size, "refresh received {received} of {size} bytes");
 }
