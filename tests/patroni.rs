@@ -101,7 +101,7 @@ impl Etcd {
             port,
             _process: process,
         };
-        wait_until("etcd answers /health", Duration::from_secs(20), || {
+        wait_until(Duration::from_secs(20), || {
             let health = http_get(port, "/health")?;
             health.contains("\"health\":\"true\"").then_some(())
         })
@@ -123,11 +123,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 }
 
 /// Calls `probe` every 300 ms until it gives a value or `timeout` passes.
-fn wait_until<T>(
-    _what: &str,
-    timeout: Duration,
-    mut probe: impl FnMut() -> Option<T>,
-) -> Option<T> {
+fn wait_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = probe() {
@@ -187,7 +183,9 @@ impl Node {
         let data = work.join(&format!("{name}-data"));
         let (pg_port, api_port) = (free_port(), free_port());
         let yml = work.join(&format!("{name}.yml"));
-        let text = node_yaml(work, setup, name, pg_port, api_port, &sock, &pg_log, pg_extra);
+        let text = node_yaml(
+            work, setup, name, pg_port, api_port, &sock, &pg_log, pg_extra,
+        );
         fs::write(&yml, text).expect("write patroni yml");
         support::chown_to_pg_user(&yml);
         Self {
@@ -372,10 +370,7 @@ fn patronictl(setup: &Setup, yml: &Path, args: &[&str]) -> Result<String, String
     if out.status.success() {
         Ok(stdout)
     } else {
-        Err(format!(
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
+        Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
     }
 }
 
@@ -397,7 +392,7 @@ fn members(setup: &Setup, yml: &Path) -> Vec<Member> {
 /// Waits until `patronictl list` shows `name` with `role` and `state`; panics with every
 /// node's logs otherwise.
 fn wait_member(setup: &Setup, nodes: &[&Node], name: &str, role: &str, state: &str) {
-    let found = wait_until("member", STEP, || {
+    let found = wait_until(STEP, || {
         let list = members(setup, &nodes[0].yml);
         list.iter()
             .any(|m| m.name == name && m.role == role && m.state == state)
@@ -423,9 +418,7 @@ fn row_reaches(leader: &Node, replica: &Node, value: &str, nodes: &[&Node]) {
         .psql(&sql)
         .unwrap_or_else(|e| panic!("write on {}: {e}\n{}", leader.name, all_logs(nodes)));
     let query = format!("SELECT count(*) FROM t WHERE v = '{value}'");
-    let seen = wait_until("row", STEP, || {
-        (replica.psql(&query).ok()? == "1").then_some(())
-    });
+    let seen = wait_until(STEP, || (replica.psql(&query).ok()? == "1").then_some(()));
     assert!(
         seen.is_some(),
         "row {value} written on {} never reached {}: {:?}\n{}",
@@ -442,7 +435,7 @@ fn row_reaches(leader: &Node, replica: &Node, value: &str, nodes: &[&Node]) {
     );
 }
 
-/// How many lines of the node's Patroni log (the script's and pgclone's messages included)
+/// The lines of the node's Patroni log (the script's and pgclone's messages included) that
 /// contain every one of `needles`.
 fn log_lines(node: &Node, needles: &[&str]) -> Vec<String> {
     fs::read_to_string(&node.log)
@@ -457,7 +450,7 @@ fn log_lines(node: &Node, needles: &[&str]) -> Vec<String> {
 /// times; panics with every node's logs otherwise.
 fn wait_created(node: &Node, method: &str, count: usize, nodes: &[&Node]) {
     let line = format!("replica has been created using {method}");
-    let done = wait_until("replica created", STEP, || {
+    let done = wait_until(STEP, || {
         (log_lines(node, &[&line]).len() >= count).then_some(())
     });
     assert!(
@@ -468,19 +461,11 @@ fn wait_created(node: &Node, method: &str, count: usize, nodes: &[&Node]) {
     );
 }
 
-/// The tools the test needs, or None (a loud skip outside CI).
-fn setup(work: &TestDir) -> Option<(PathBuf, Setup)> {
+/// etcd and the Patroni virtualenv, or None (a loud skip outside CI).
+fn tools() -> Option<(PathBuf, PathBuf)> {
     let etcd = dropin::system_tool("/usr/bin/etcd", "etcd-server")?;
     let venv = dropin::venv("patroni")?;
-    let bin = dropin::bin_dir(work, "bin", &[&tools_bin(MAJOR)]);
-    Some((
-        etcd,
-        Setup {
-            venv,
-            bin,
-            etcd_port: 0,
-        },
-    ))
+    Some((etcd, venv))
 }
 
 /// How a replica is made: the name Patroni logs (`replica has been created using <name>`) and
@@ -495,13 +480,17 @@ struct Method {
 /// node1 streams and sees a row written on node2. `between` runs on the new leader before the
 /// reinit; `check` sees both nodes at the end.
 fn scenario(method: impl Fn(&TestDir, &Setup) -> Method, between: &str, check: impl Fn(&Node)) {
-    let work = TestDir::new("patroni");
-    eprintln!("WORK {}", work.path().display());
-    let Some((etcd_exe, mut setup)) = setup(&work) else {
+    let Some((etcd_exe, venv)) = tools() else {
         return;
     };
+    let work = TestDir::new("patroni");
+    eprintln!("test directory: {}", work.path().display());
     let etcd = Etcd::start(&etcd_exe, &work);
-    setup.etcd_port = etcd.port;
+    let setup = Setup {
+        venv,
+        bin: dropin::bin_dir(&work, "bin", &[&tools_bin(MAJOR)]),
+        etcd_port: etcd.port,
+    };
     let method = method(&work, &setup);
     let mut node1 = Node::new(&work, &setup, "node1", &method.yaml);
     let mut node2 = Node::new(&work, &setup, "node2", &method.yaml);
@@ -523,7 +512,14 @@ fn scenario(method: impl Fn(&TestDir, &Setup) -> Method, between: &str, check: i
     patronictl(
         &setup,
         &node1.yml,
-        &["switchover", "--leader", "node1", "--candidate", "node2", "--force"],
+        &[
+            "switchover",
+            "--leader",
+            "node1",
+            "--candidate",
+            "node2",
+            "--force",
+        ],
     )
     .unwrap_or_else(|e| panic!("switchover: {e}\n{}", all_logs(&nodes)));
     wait_member(&setup, &nodes, "node2", "Leader", "running");
@@ -598,5 +594,8 @@ fn assert_refreshed(node: &Node) {
         .unwrap_or_else(|| panic!("no byte count in {:?}", done[0]));
     let size = support::data_size(&node.data);
     eprintln!("{}: {}; data directory {size} bytes", node.name, done[0]);
-    assert!(received * 4 < size, "refresh received {received} of {size} bytes");
+    assert!(
+        received * 4 < size,
+        "refresh received {received} of {size} bytes"
+    );
 }
