@@ -475,11 +475,27 @@ struct Method {
     yaml: String,
 }
 
+/// `patronictl reinit` of `replica`: waits until its log says it was created by `method` for
+/// the `count`th time, it streams again and sees a row written on `leader` afterwards.
+fn reinit(setup: &Setup, replica: &Node, leader: &Node, method: &str, count: usize, row: &str) {
+    let nodes = [replica, leader];
+    let args = ["reinit", SCOPE, &replica.name, "--force"];
+    patronictl(setup, &replica.yml, &args)
+        .unwrap_or_else(|e| panic!("reinit: {e}\n{}", all_logs(&nodes)));
+    wait_created(replica, method, count, &nodes);
+    wait_member(setup, &nodes, &replica.name, "Replica", "streaming");
+    row_reaches(leader, replica, row, &nodes);
+}
+
 /// The scenario both tests run: node1 bootstraps and leads; node2 is created by `method`,
-/// streams and sees a row; switchover to node2; `patronictl reinit` of node1 by `method`;
-/// node1 streams and sees a row written on node2. `between` runs on the new leader before the
-/// reinit; `check` sees both nodes at the end.
-fn scenario(method: impl Fn(&TestDir, &Setup) -> Method, between: &str, check: impl Fn(&Node)) {
+/// streams and sees a row; switchover to node2; `between` runs on node2; `patronictl reinit`
+/// of node1 by `method`; node1 streams and sees a row written on node2. `finish` gets node1
+/// (now a replica) and node2 (the leader) at the end.
+fn scenario(
+    method: impl Fn(&TestDir, &Setup) -> Method,
+    between: &str,
+    finish: impl FnOnce(&Setup, &Node, &Node),
+) {
     let Some((etcd_exe, venv)) = tools() else {
         return;
     };
@@ -526,13 +542,8 @@ fn scenario(method: impl Fn(&TestDir, &Setup) -> Method, between: &str, check: i
     wait_member(&setup, &nodes, "node1", "Replica", "streaming");
     node2.psql(between).expect("write on the new leader");
 
-    patronictl(&setup, &node1.yml, &["reinit", SCOPE, "node1", "--force"])
-        .unwrap_or_else(|e| panic!("reinit: {e}\n{}", all_logs(&nodes)));
-    wait_created(&node1, method.name, 1, &nodes);
-    wait_member(&setup, &nodes, "node1", "Replica", "streaming");
-    row_reaches(&node2, &node1, "after-reinit", &nodes);
-    check(&node1);
-    check(&node2);
+    reinit(&setup, &node1, &node2, method.name, 1, "after-reinit");
+    finish(&setup, &node1, &node2);
 
     node1.stop();
     node2.stop();
@@ -548,16 +559,19 @@ fn patroni_basebackup_switchover_reinit() {
         name: "basebackup",
         yaml: String::new(),
     };
-    scenario(method, "SELECT 1", |node| {
-        let calls = log_lines(node, &["calling: [", "/pg_basebackup'"]);
-        assert_eq!(calls.len(), 1, "{}", node.logs());
+    scenario(method, "SELECT 1", |_, node1, node2| {
+        for node in [node1, node2] {
+            let calls = log_lines(node, &["calling: [", "/pg_basebackup'"]);
+            assert_eq!(calls.len(), 1, "{}", node.logs());
+        }
     });
 }
 
 /// `scripts/patroni-pgclone` as a custom `create_replica_methods` entry with `keep_data`:
 /// the replica is cloned by pgclone, and `patronictl reinit` of the old leader (now a
 /// replica) refreshes its kept data directory in place (`pgclone --refresh`, 17+ with
-/// `summarize_wal`), receiving far fewer bytes than the directory holds.
+/// `summarize_wal`), receiving far fewer bytes than the directory holds. Once the leader stops
+/// summarizing WAL, the refresh is refused and Patroni falls back to `basebackup` (pgclone).
 #[test]
 fn patroni_pgclone_method_refreshes_on_reinit() {
     let method = |work: &TestDir, setup: &Setup| {
@@ -574,11 +588,21 @@ fn patroni_pgclone_method_refreshes_on_reinit() {
         }
     };
     let between = "UPDATE filler SET pad = 'changed' WHERE g % 1000 = 0";
-    scenario(method, between, |node| {
-        assert!(log_lines(node, &["calling: [", "/pg_basebackup'"]).is_empty());
-        if node.name == "node1" {
-            assert_refreshed(node);
+    scenario(method, between, |setup, node1, node2| {
+        for node in [node1, node2] {
+            let calls = log_lines(node, &["calling: [", "/pg_basebackup'"]);
+            assert!(calls.is_empty(), "{}", node.logs());
         }
+        assert_refreshed(node1);
+
+        node2
+            .psql("ALTER SYSTEM SET summarize_wal = off")
+            .and_then(|_| node2.psql("SELECT pg_reload_conf()"))
+            .expect("summarize_wal off");
+        reinit(setup, node1, node2, "basebackup", 1, "after-fallback");
+        let refused = log_lines(node1, &["pg_basebackup: error:", "summarize_wal"]);
+        assert_eq!(refused.len(), 1, "{}", node1.logs());
+        eprintln!("{}: {}", node1.name, refused[0]);
     });
 }
 
