@@ -25,7 +25,7 @@ const REPL_USER: &str = "replicator";
 const REPL_PASSWORD: &str = "rep-secret";
 const SUPER_PASSWORD: &str = "super-secret";
 /// How long one step (bootstrap, clone, switchover, reinit) may take.
-const STEP: Duration = Duration::from_secs(45);
+const STEP: Duration = Duration::from_secs(60);
 
 /// A process started in its own process group (so runuser and what it runs get the signal),
 /// stopped with SIGTERM, then SIGKILL after `grace`.
