@@ -4,8 +4,15 @@
 //! reinitialised (`patronictl reinit`) through pgclone too. Every step is proven with a row
 //! written on the leader and read on the replica.
 //!
-//! With `PGCLONE_STAND_IN=/bin/false` the replica is never created and the test fails with the
-//! Patroni log saying `pg_basebackup exited with code=1`.
+//! The second test runs the same scenario with `scripts/patroni-pgclone` as a custom
+//! `create_replica_methods` entry: the reinit refreshes the kept data directory in place
+//! (`pgclone --refresh`) instead of copying it all, and falls back to `basebackup` when the
+//! leader refuses a refresh.
+//!
+//! Patroni and PostgreSQL 17 (the PyPI toolset) run as the unprivileged account; the
+//! replication user authenticates with SCRAM through the pgpass file Patroni writes.
+//! With `PGCLONE_STAND_IN=/bin/false` the replica is never created and both tests fail with
+//! the Patroni log saying `pg_basebackup exited with code=1`.
 
 mod support;
 
@@ -178,27 +185,21 @@ struct Node {
 impl Node {
     /// Writes `<name>.yml` in `work` (extra YAML under `postgresql:` in `pg_extra`).
     fn new(work: &TestDir, setup: &Setup, name: &str, pg_extra: &str) -> Self {
-        let sock = work.mkdir(&format!("{name}-sock"));
-        let pg_log = work.mkdir(&format!("{name}-pglog"));
-        let data = work.join(&format!("{name}-data"));
-        let (pg_port, api_port) = (free_port(), free_port());
-        let yml = work.join(&format!("{name}.yml"));
-        let text = node_yaml(
-            work, setup, name, pg_port, api_port, &sock, &pg_log, pg_extra,
-        );
-        fs::write(&yml, text).expect("write patroni yml");
-        support::chown_to_pg_user(&yml);
-        Self {
+        let node = Self {
             name: name.to_owned(),
+            yml: work.join(&format!("{name}.yml")),
+            data: work.join(&format!("{name}-data")),
+            sock: work.mkdir(&format!("{name}-sock")),
+            pg_port: free_port(),
             log: work.join(&format!("{name}.log")),
-            yml,
-            data,
-            sock,
-            pg_port,
-            pg_log,
+            pg_log: work.mkdir(&format!("{name}-pglog")),
             bin: setup.bin.clone(),
             process: None,
-        }
+        };
+        let text = node_yaml(&node, setup, free_port(), pg_extra);
+        fs::write(&node.yml, text).expect("write patroni yml");
+        support::chown_to_pg_user(&node.yml);
+        node
     }
 
     fn start(&mut self, setup: &Setup) {
@@ -262,21 +263,10 @@ impl Drop for Node {
     }
 }
 
-/// The Patroni configuration of one node: etcd3, REST API and PostgreSQL on loopback, a
-/// replication user with a SCRAM password, the socket and logs in the test directory.
-#[allow(clippy::too_many_arguments)]
-fn node_yaml(
-    work: &TestDir,
-    setup: &Setup,
-    name: &str,
-    pg_port: u16,
-    api_port: u16,
-    sock: &Path,
-    pg_log: &Path,
-    pg_extra: &str,
-) -> String {
-    let data = work.join(&format!("{name}-data"));
-    let pgpass = work.join(&format!("{name}.pgpass"));
+/// The Patroni configuration of `node`: etcd3, REST API (on `api_port`) and PostgreSQL on
+/// loopback, a replication user with a SCRAM password, the socket and logs in the test
+/// directory, `pg_extra` added under `postgresql:`.
+fn node_yaml(node: &Node, setup: &Setup, api_port: u16, pg_extra: &str) -> String {
     format!(
         r#"scope: {SCOPE}
 name: {name}
@@ -329,12 +319,14 @@ postgresql:
   - host postgres {REPL_USER} 127.0.0.1/32 scram-sha-256
   - host all postgres 127.0.0.1/32 scram-sha-256
 {pg_extra}"#,
+        name = node.name,
+        pg_port = node.pg_port,
         etcd = setup.etcd_port,
-        data = data.display(),
+        data = node.data.display(),
         bin = setup.bin.display(),
-        pgpass = pgpass.display(),
-        sock = sock.display(),
-        pg_log = pg_log.display(),
+        pgpass = node.yml.with_extension("pgpass").display(),
+        sock = node.sock.display(),
+        pg_log = node.pg_log.display(),
     )
 }
 
