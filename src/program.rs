@@ -78,7 +78,10 @@ mod tests {
     fn only_the_exact_file_name_pg_basebackup_stands_in() {
         let of = |a: &str| Program::from_argv0(Some(OsStr::new(a)));
         assert_eq!(of("pg_basebackup"), Program::PgBasebackup);
-        assert_eq!(of("/usr/lib/postgresql/17/bin/pg_basebackup"), Program::PgBasebackup);
+        assert_eq!(
+            of("/usr/lib/postgresql/17/bin/pg_basebackup"),
+            Program::PgBasebackup
+        );
         assert_eq!(of("./pg_basebackup"), Program::PgBasebackup);
         assert_eq!(of("pgclone"), Program::Pgclone);
         assert_eq!(of("/usr/local/bin/pg_basebackup.real"), Program::Pgclone);
