@@ -23,9 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pgclone_proto::tar::{MemberKind, TarEvent, TarSplitter};
-use support::{
-    as_pg_user, checked_output, pgclone_cmd, run_cmd, tools_bin, Cluster, ClusterOptions, TestDir,
-};
+use support::{as_pg_user, checked_output, dropin, tools_bin, Cluster, ClusterOptions, TestDir};
 
 const PASSWORD: &str = "modes-pw";
 
@@ -96,24 +94,16 @@ fn with_umask(mut cmd: Command, umask: u32) -> Command {
     cmd
 }
 
-/// pgclone clones `primary` as `shape` says under `root`, with `umask`.
-fn pgclone(primary: &Cluster, shape: Shape, root: &Path, umask: u32) {
-    let mut p = pgclone_cmd();
-    p.server(primary.port, "replication")
-        .args(["-c", "fast"])
-        .args(shape.args(root))
-        .password(PASSWORD);
-    run_cmd(with_umask(p.command(), umask)).assert_ok();
-}
-
-/// The real pg_basebackup 18 does the same.
-fn pg_basebackup(primary: &Cluster, shape: Shape, root: &Path, umask: u32) {
-    let mut cmd = as_pg_user(tools_bin(18).join("pg_basebackup"));
+/// `program` (pgclone, or pg_basebackup 18: the same arguments) clones `primary` as `shape`
+/// says under `root`, with `umask`.
+fn clone_with(program: &Path, primary: &Cluster, shape: Shape, root: &Path, umask: u32) {
+    let mut cmd = as_pg_user(program);
     cmd.args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
         .args(["-U", "replication", "-c", "fast"])
         .args(shape.args(root))
         .env("PGPASSWORD", PASSWORD);
-    checked_output(&mut with_umask(cmd, umask), "pg_basebackup 18");
+    let what = format!("{} {shape:?}", program.display());
+    checked_output(&mut with_umask(cmd, umask), &what);
 }
 
 /// Every directory and file under `root` (itself included, as `.`), links not followed.
@@ -253,8 +243,15 @@ fn compare(
 ) -> (PathBuf, Vec<String>) {
     let ours = work.join(&format!("{shape:?}-pgclone"));
     let theirs = work.join(&format!("{shape:?}-pg_basebackup"));
-    pgclone(primary, shape, &ours, umask);
-    pg_basebackup(primary, shape, &theirs, umask);
+    // pgclone (or what stands in for it: `PGCLONE_STAND_IN`).
+    clone_with(&dropin::stand_in(), primary, shape, &ours, umask);
+    clone_with(
+        &tools_bin(18).join("pg_basebackup"),
+        primary,
+        shape,
+        &theirs,
+        umask,
+    );
     let (ours_tree, theirs_tree) = (written(shape, &ours), written(shape, &theirs));
     assert!(
         ours_tree.len() > 100,
