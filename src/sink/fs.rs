@@ -35,12 +35,12 @@ pub struct Modes {
 
 impl Modes {
     /// Owner only: 0700 and 0600 (servers without group access, and 10, which has none).
-    pub const PRIVATE: Modes = Modes {
+    pub const PRIVATE: Self = Self {
         dir: 0o700,
         file: 0o600,
     };
     /// Group-readable: 0750 and 0640.
-    pub const GROUP: Modes = Modes {
+    pub const GROUP: Self = Self {
         dir: 0o750,
         file: 0o640,
     };
