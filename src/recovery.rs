@@ -198,40 +198,34 @@ pub fn settings(info: &PrimaryConnInfo, slot: Option<&str>, version: ServerVersi
     text
 }
 
-/// Writes the standby configuration into the data directory `dest`. Files holding a password
-/// are made 0600.
+/// Writes the standby configuration into the data directory `dest`. Every file written or
+/// appended to gets `mode`, the clone's file mode: 0600, or 0640 when the server allows group
+/// access, as pg_basebackup 18 writes them (a group allowed to read the data directory reads
+/// `pg_authid` already, and a group member's backup of the standby must be able to read
+/// everything); never wider, even where the server's `postgresql.auto.conf` was.
 pub fn write(
     dest: &Path,
     info: &PrimaryConnInfo,
     slot: Option<&str>,
     version: ServerVersion,
+    mode: u32,
 ) -> Result<(), Error> {
     let text = settings(info, slot, version);
-    let secret = info.password.is_some() || info.passfile.is_some();
     if version.is_at_least(12) {
         let auto = dest.join("postgresql.auto.conf");
-        let mut f = sinkfs::open(&auto, Existing::Append).map_err(Error::fs("open", &auto))?;
+        let mut f =
+            sinkfs::open(&auto, Existing::Append, mode).map_err(Error::fs("open", &auto))?;
         f.write_all(text.as_bytes())
             .map_err(Error::fs("write to file", &auto))?;
-        if secret {
-            f.set_permissions(fs::Permissions::from_mode(0o600))
-                .map_err(Error::fs("set permissions of file", &auto))?;
-        }
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(Error::fs("set permissions of file", &auto))?;
         let signal = dest.join("standby.signal");
-        write_new(&signal, b"", 0o600)?;
+        sinkfs::write_file(&signal, b"", mode).map_err(Error::fs("write file", &signal))?;
     } else {
         let conf = dest.join("recovery.conf");
-        write_new(&conf, text.as_bytes(), 0o600)?;
+        sinkfs::write_file(&conf, text.as_bytes(), mode).map_err(Error::fs("write file", &conf))?;
     }
     Ok(())
-}
-
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
-    let mut f = sinkfs::open(path, Existing::Truncate).map_err(Error::fs("create file", path))?;
-    f.write_all(bytes)
-        .map_err(Error::fs("write to file", path))?;
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(Error::fs("set permissions of file", path))
 }
 
 #[cfg(test)]
@@ -382,35 +376,40 @@ mod tests {
         assert!(!format!("{:?}", info(Some("hunter2"))).contains("hunter2"));
     }
 
-    #[test]
-    fn writes_files_with_safe_modes() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        fs::write(tmp.path().join("postgresql.auto.conf"), "# server's\n").expect("write");
-        fs::set_permissions(
-            tmp.path().join("postgresql.auto.conf"),
-            fs::Permissions::from_mode(0o640),
-        )
-        .expect("chmod");
-        write(
-            tmp.path(),
-            &info(Some("pw")),
-            Some("s"),
-            ServerVersion(160000),
-        )
-        .expect("write");
-        let auto = fs::read_to_string(tmp.path().join("postgresql.auto.conf")).expect("read");
-        assert!(auto.starts_with("# server's\nprimary_conninfo = "));
-        let mode = fs::metadata(tmp.path().join("postgresql.auto.conf"))
-            .expect("stat")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert!(tmp.path().join("standby.signal").is_file());
+    fn mode_of(path: &Path) -> u32 {
+        fs::metadata(path).expect("stat").permissions().mode() & 0o777
+    }
 
-        let tmp = tempfile::tempdir().expect("tmp");
-        write(tmp.path(), &info(None), None, ServerVersion(110000)).expect("write");
-        let conf = fs::read_to_string(tmp.path().join("recovery.conf")).expect("read");
-        assert!(conf.starts_with("standby_mode = 'on'\n"));
-        assert!(!tmp.path().join("standby.signal").exists());
+    /// Every file `-R` writes has the clone's file mode: 0600, or 0640 with group access; a
+    /// server's `postgresql.auto.conf` wider than that is narrowed.
+    #[test]
+    fn writes_files_with_the_clone_file_mode() {
+        for mode in [0o600, 0o640] {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let auto = tmp.path().join("postgresql.auto.conf");
+            fs::write(&auto, "# server's\n").expect("write");
+            fs::set_permissions(&auto, fs::Permissions::from_mode(0o644)).expect("chmod");
+            write(
+                tmp.path(),
+                &info(Some("pw")),
+                Some("s"),
+                ServerVersion(160000),
+                mode,
+            )
+            .expect("write");
+            let text = fs::read_to_string(&auto).expect("read");
+            assert!(text.starts_with("# server's\nprimary_conninfo = "));
+            assert_eq!(mode_of(&auto), mode);
+            assert_eq!(mode_of(&tmp.path().join("standby.signal")), mode);
+
+            let tmp = tempfile::tempdir().expect("tmp");
+            write(tmp.path(), &info(None), None, ServerVersion(110000), mode).expect("write");
+            let conf = tmp.path().join("recovery.conf");
+            assert!(fs::read_to_string(&conf)
+                .expect("read")
+                .starts_with("standby_mode = 'on'\n"));
+            assert_eq!(mode_of(&conf), mode);
+            assert!(!tmp.path().join("standby.signal").exists());
+        }
     }
 }

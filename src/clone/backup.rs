@@ -530,7 +530,7 @@ fn prepare_tablespaces(
         let dir = target_dir(location, cfg);
         if path.is_absolute() {
             locations.push(canonicalize(path));
-            cleanup.prepare_dir(&dir, layout.dir_mode, "tablespace directory")?;
+            cleanup.prepare_dir(&dir, layout.modes.dir, "tablespace directory")?;
             layout.tablespace_links.insert(oid, dir.clone());
         } else {
             // 16+ in-place tablespace: exactly pg_tblspc/<oid>, nothing else.
@@ -542,11 +542,7 @@ fn prepare_tablespaces(
             }
             let tblspc = cfg.dest.join("pg_tblspc");
             for d in [&tblspc, &dir] {
-                match std::fs::create_dir(d) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(Error::fs("create directory", d)(e)),
-                }
+                crate::sink::fs::make_dir(d, layout.modes.dir, true)?;
                 layout.precreated.insert(d.clone());
             }
         }

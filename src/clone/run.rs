@@ -3,8 +3,6 @@
 //! recovery configuration, make it durable; on failure, undo what was created.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -27,6 +25,7 @@ use crate::recovery::{self, PrimaryConnInfo};
 use crate::sink::codec::{ClientSpec, Compression, Method};
 use crate::sink::dest::{self, Cleanup};
 use crate::sink::durable;
+use crate::sink::fs as sinkfs;
 use crate::sink::journal;
 use crate::sink::plain::Layout;
 use crate::sink::tar::{self, RecoveryFiles};
@@ -178,7 +177,14 @@ async fn clone_into(
 
     if cfg.write_recovery_conf && cfg.format == Format::Plain {
         tracing::info!("writing the standby configuration");
-        recovery::write(&cfg.dest, &primary, cfg.slot.as_deref(), facts.version)?;
+        let mode = facts.modes.file;
+        recovery::write(
+            &cfg.dest,
+            &primary,
+            cfg.slot.as_deref(),
+            facts.version,
+            mode,
+        )?;
     }
     if cfg.output != Output::Dir {
         return Ok(outcome);
@@ -237,6 +243,7 @@ fn wal_config(cfg: &Config, params: &ConnParams, facts: &ServerFacts, wal_dir: &
         slot,
         status_interval: cfg.status_interval,
         sync: !cfg.no_sync,
+        file_mode: facts.modes.file,
     }
 }
 
@@ -258,9 +265,10 @@ fn choose_sink(
             compression: cfg.compression.client(),
             recovery: None,
             sync: !cfg.no_sync,
+            modes: facts.modes,
         }),
         (Output::Dir, Format::Tar) => {
-            cleanup.prepare_dir(&cfg.dest, facts.dir_mode, "data directory")?;
+            cleanup.prepare_dir(&cfg.dest, facts.modes.dir, "data directory")?;
             Sink::Tar(tar::Layout {
                 verify: verify_algorithm(cfg, facts),
                 dir: Some(cfg.dest.clone()),
@@ -270,10 +278,11 @@ fn choose_sink(
                     signal_file: facts.version.is_at_least(12),
                 }),
                 sync: !cfg.no_sync,
+                modes: facts.modes,
             })
         }
         (Output::Dir, Format::Plain) => {
-            cleanup.prepare_dir(&cfg.dest, facts.dir_mode, "data directory")?;
+            cleanup.prepare_dir(&cfg.dest, facts.modes.dir, "data directory")?;
             Sink::Plain(plain_layout(cfg, facts, cleanup, streaming, wal_dir)?)
         }
     })
@@ -398,7 +407,7 @@ fn plain_layout(
 ) -> Result<Layout, Error> {
     let mut precreated = HashSet::new();
     if let Some(waldir) = &cfg.waldir {
-        cleanup.prepare_dir(waldir, facts.dir_mode, "WAL directory")?;
+        cleanup.prepare_dir(waldir, facts.modes.dir, "WAL directory")?;
         let link = cfg.dest.join("pg_wal");
         std::os::unix::fs::symlink(waldir, &link)
             .map_err(Error::fs("create symbolic link", &link))?;
@@ -406,18 +415,14 @@ fn plain_layout(
     }
     if streaming {
         for dir in [wal_dir.to_path_buf(), wal_dir.join("archive_status")] {
-            match fs::DirBuilder::new().mode(facts.dir_mode).create(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(Error::fs("create directory", &dir)(e)),
-            }
+            sinkfs::make_dir(&dir, facts.modes.dir, true)?;
             precreated.insert(dir);
         }
     }
     Ok(Layout {
         dest: cfg.dest.clone(),
         waldir: cfg.waldir.clone(),
-        dir_mode: facts.dir_mode,
+        modes: facts.modes,
         tablespace_links: HashMap::new(),
         precreated,
         verify: verify_algorithm(cfg, facts),

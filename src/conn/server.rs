@@ -9,6 +9,7 @@ use pgclone_proto::{Lsn, ProtocolError, ServerVersion, TimelineId, WalSegSize};
 
 use crate::conn::Connection;
 use crate::error::Error;
+use crate::sink::fs::Modes;
 
 /// The oldest major pgclone supports.
 pub const MIN_MAJOR: u32 = 10;
@@ -18,9 +19,9 @@ pub const MIN_MAJOR: u32 = 10;
 pub struct ServerFacts {
     /// Version.
     pub version: ServerVersion,
-    /// Mode for directories pgclone creates: 0700, or 0750 when the server's data directory
-    /// allows group access (`data_directory_mode`, 11+).
-    pub dir_mode: u32,
+    /// Modes of what pgclone creates: 0700/0600, or 0750/0640 when the server's data
+    /// directory allows group access (`data_directory_mode`, 11+).
+    pub modes: Modes,
     /// WAL segment size.
     pub wal_seg_size: WalSegSize,
     /// `systemid` of IDENTIFY_SYSTEM.
@@ -46,7 +47,7 @@ pub async fn inspect(conn: &mut Connection) -> Result<ServerFacts, Error> {
             "integer_datetimes compile flag does not match server".into(),
         ));
     }
-    let dir_mode = if version.is_at_least(11) {
+    let modes = if version.is_at_least(11) {
         let text = conn.show("data_directory_mode").await?;
         let mode = u32::from_str_radix(text.trim(), 8).map_err(|_| Error::Protocol {
             phase: "SHOW data_directory_mode",
@@ -55,13 +56,9 @@ pub async fn inspect(conn: &mut Connection) -> Result<ServerFacts, Error> {
                 value: text.chars().take(32).collect(),
             },
         })?;
-        if mode & 0o070 != 0 {
-            0o750
-        } else {
-            0o700
-        }
+        Modes::for_data_directory(mode)
     } else {
-        0o700
+        Modes::PRIVATE
     };
     let seg = conn.show("wal_segment_size").await?;
     let wal_seg_size =
@@ -74,7 +71,7 @@ pub async fn inspect(conn: &mut Connection) -> Result<ServerFacts, Error> {
     } = identify_system(conn).await?;
     Ok(ServerFacts {
         version,
-        dir_mode,
+        modes,
         wal_seg_size,
         system_id,
         timeline,

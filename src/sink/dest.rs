@@ -9,10 +9,10 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
+use crate::sink::fs as sinkfs;
 use crate::sink::MANIFEST_TMP;
 
 /// Fails unless `path` is missing or an empty directory.
@@ -49,8 +49,9 @@ impl Cleanup {
         Self::default()
     }
 
-    /// Makes `path` an empty directory with `mode`, creating it (and missing parents) if
-    /// needed, and records how to undo that. `what` names it in messages ("data directory").
+    /// Makes `path` an empty directory, creating it (and missing parents) with exactly `mode`
+    /// if needed (one that exists keeps its mode, as with pg_basebackup), and records how to
+    /// undo that. `what` names it in messages ("data directory").
     pub fn prepare_dir(&mut self, path: &Path, mode: u32, what: &'static str) -> Result<(), Error> {
         check_usable(path)?;
         if path.is_dir() {
@@ -69,12 +70,9 @@ impl Cleanup {
             top = parent.to_path_buf();
         }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).map_err(Error::fs("create directory", parent))?;
+            sinkfs::make_dir_all(parent, mode)?;
         }
-        fs::DirBuilder::new()
-            .mode(mode)
-            .create(path)
-            .map_err(Error::fs("create directory", path))?;
+        sinkfs::make_dir(path, mode, false)?;
         self.undo.push(Undo::Remove { path: top, what });
         Ok(())
     }
@@ -195,5 +193,30 @@ mod tests {
             .expect("creates");
         c.run(true);
         assert!(fresh.is_dir());
+    }
+
+    /// A directory pgclone creates, and each missing parent, gets exactly the mode asked for
+    /// (0750 with group access, whatever the umask); one that existed keeps its own.
+    #[test]
+    fn created_directories_get_the_clone_directory_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode_of = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o711)).expect("chmod");
+        let fresh = tmp.path().join("a/b");
+        let mut c = Cleanup::new();
+        c.prepare_dir(&fresh, 0o750, "data directory")
+            .expect("creates");
+        assert_eq!(mode_of(&tmp.path().join("a")), 0o750);
+        assert_eq!(mode_of(&fresh), 0o750);
+        c.prepare_dir(tmp.path(), 0o750, "WAL directory")
+            .expect_err("not empty");
+        let empty = tmp.path().join("empty");
+        fs::create_dir(&empty).expect("mkdir");
+        fs::set_permissions(&empty, fs::Permissions::from_mode(0o700)).expect("chmod");
+        c.prepare_dir(&empty, 0o750, "WAL directory")
+            .expect("empty is fine");
+        assert_eq!(mode_of(&empty), 0o700);
+        c.disarm();
     }
 }

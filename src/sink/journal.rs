@@ -278,12 +278,13 @@ impl std::fmt::Debug for JournalWriter {
 }
 
 impl JournalWriter {
-    /// Creates `dir/`[`JOURNAL_FILE`] (it must not exist) holding `header`; with `sync`, the
+    /// Creates `dir/`[`JOURNAL_FILE`] (it must not exist, `mode`: the clone's file mode)
+    /// holding `header`; with `sync`, the
     /// journal and `dir` are fsynced and file lines are committed in groups (see the module
     /// documentation).
-    pub fn create(dir: &Path, header: &Header, sync: bool) -> Result<Self, Error> {
+    pub fn create(dir: &Path, header: &Header, sync: bool, mode: u32) -> Result<Self, Error> {
         let path = dir.join(JOURNAL_FILE);
-        let mut file = create_new(&path)?;
+        let mut file = create_new(&path, mode)?;
         file.write_all(&encode(&Line::Header(header.clone()))?)
             .map_err(Error::fs("write to file", &path))?;
         if sync {
@@ -444,7 +445,7 @@ mod tests {
     fn written(sync: bool, files: &[(&[u8], u64)]) -> (tempfile::TempDir, Vec<u8>) {
         let tmp = tempfile::tempdir().expect("tmp");
         {
-            let mut w = JournalWriter::create(tmp.path(), &header(), sync).expect("create");
+            let mut w = JournalWriter::create(tmp.path(), &header(), sync, 0o640).expect("create");
             for (name, size) in files {
                 let on_disk = tmp.path().join("data");
                 std::fs::write(&on_disk, b"x").expect("write");

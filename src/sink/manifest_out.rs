@@ -28,6 +28,8 @@ pub enum ManifestPart {
 pub struct ManifestOut {
     /// The directory of [`MANIFEST_TMP`]; `None` keeps the manifest in memory.
     dir: Option<PathBuf>,
+    /// The file's mode (the clone's file mode).
+    mode: u32,
     current: Option<Target>,
 }
 
@@ -37,9 +39,14 @@ enum Target {
 }
 
 impl ManifestOut {
-    /// The manifest goes to `dir/`[`MANIFEST_TMP`], or into memory when `dir` is `None`.
-    pub fn new(dir: Option<PathBuf>) -> Self {
-        Self { dir, current: None }
+    /// The manifest goes to `dir/`[`MANIFEST_TMP`] (a file of `mode`), or into memory when
+    /// `dir` is `None`.
+    pub fn new(dir: Option<PathBuf>, mode: u32) -> Self {
+        Self {
+            dir,
+            mode,
+            current: None,
+        }
     }
 
     /// The manifest starts: creates its file (which must not exist) or its buffer.
@@ -48,7 +55,7 @@ impl ManifestOut {
             Some(dir) => {
                 let path = dir.join(MANIFEST_TMP);
                 Target::File {
-                    file: fs::create_new(&path)?,
+                    file: fs::create_new(&path, self.mode)?,
                     path,
                 }
             }

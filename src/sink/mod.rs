@@ -2,7 +2,8 @@
 //! (`tar`) and the in-place writer that applies an incremental backup onto an existing
 //! directory (`inplace`), all fed the same [`Chunk`]s; an archive's member splitter for the
 //! plain and in-place writers (`split`); the manifest file they share (`manifest_out`); the
-//! file steps every writer uses (`fs`: no-follow creation, preallocation, tar members);
+//! file steps every writer uses (`fs`: the modes of what pgclone creates, no-follow creation,
+//! preallocation, tar members);
 //! the resume journal (`journal`); compression codecs (`codec`), writeback and fsync (`writeback`, `durable`), and the
 //! destination checks and cleanup (`dest`). Nothing here knows about connections, options or the
 //! clone run.

@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::manifest::check::WriteCheck;
 use crate::manifest::ChecksumAlgorithm;
 use crate::sink::codec::{self, ArchiveWriter, ClientSpec, Method};
-use crate::sink::fs::{self, TAR_END};
+use crate::sink::fs::{self, Modes, TAR_END};
 use crate::sink::manifest_out::ManifestOut;
 use crate::sink::writeback::{TrackedFile, Writeback};
 use crate::sink::{ArchiveRoot, Chunk, Stats};
@@ -53,6 +53,9 @@ pub struct Layout {
     /// fsync each archive when it is complete, and start its writeback as it grows (not with
     /// `--no-sync`).
     pub sync: bool,
+    /// Modes of the files pgclone creates: the archives, the manifest, and the members it
+    /// adds (`-R`'s files, the manifest on standard output).
+    pub modes: Modes,
 }
 
 /// The tar writer, driven on the caller's thread chunk by chunk (no thread hand-off between
@@ -79,7 +82,7 @@ impl Writer {
         Self {
             writeback,
             check: layout.verify.map(WriteCheck::new),
-            manifest: ManifestOut::new(layout.dir.clone()),
+            manifest: ManifestOut::new(layout.dir.clone(), layout.modes.file),
             layout,
             current: None,
             stdout_base: None,
@@ -205,7 +208,12 @@ impl Writer {
         let rewrite = (!server_compressed
             && base
             && (self.layout.recovery.is_some() || self.layout.dir.is_none()))
-        .then(|| Rewriter::new(self.layout.recovery.clone().filter(|_| base)));
+        .then(|| {
+            Rewriter::new(
+                self.layout.recovery.clone().filter(|_| base),
+                self.layout.modes.file,
+            )
+        });
         Ok(ArchiveOut {
             name,
             path,
@@ -219,7 +227,7 @@ impl Writer {
 
     /// Creates an archive file (which must not exist).
     fn create_archive_file(&self, path: &Path) -> Result<Destination, Error> {
-        let f = fs::create_new(path)?;
+        let f = fs::create_new(path, self.layout.modes.file)?;
         let clone = f.try_clone().map_err(Error::fs("open", path))?;
         let sink: Box<dyn Write + Send> = match &self.writeback {
             Some(wb) => Box::new(TrackedFile::new(f, Arc::clone(wb))),
@@ -386,15 +394,18 @@ struct Rewriter {
     recovery: Option<RecoveryFiles>,
     current: Option<MemberAction>,
     saw_auto_conf: bool,
+    /// Mode of the members it adds.
+    file_mode: u32,
 }
 
 impl Rewriter {
-    fn new(recovery: Option<RecoveryFiles>) -> Self {
+    fn new(recovery: Option<RecoveryFiles>, file_mode: u32) -> Self {
         Self {
             splitter: TarSplitter::new(),
             recovery,
             current: None,
             saw_auto_conf: false,
+            file_mode,
         }
     }
 
@@ -435,8 +446,10 @@ impl Rewriter {
                         if let Some(r) = &self.recovery {
                             buf.extend_from_slice(r.settings.as_bytes());
                         }
+                        // The settings hold the password, if any: the clone's file mode, as
+                        // `recovery::write` gives it in plain format.
                         let name = String::from_utf8_lossy(&m.name).into_owned();
-                        fs::write_tar_member(w, &name, m.mode, &buf)?;
+                        fs::write_tar_member(w, &name, self.file_mode, &buf)?;
                     }
                     Some(MemberAction::Skip) | None => {}
                 },
@@ -447,18 +460,20 @@ impl Rewriter {
 
     fn finish(mut self, w: &mut dyn Write, manifest: Option<&[u8]>) -> Result<(), RewriteError> {
         self.splitter.finish().map_err(RewriteError::Tar)?;
+        let mode = self.file_mode;
         if let Some(r) = &self.recovery {
             if r.signal_file {
                 if !self.saw_auto_conf {
-                    fs::write_tar_member(w, "postgresql.auto.conf", 0o600, r.settings.as_bytes())?;
+                    let settings = r.settings.as_bytes();
+                    fs::write_tar_member(w, "postgresql.auto.conf", mode, settings)?;
                 }
-                fs::write_tar_member(w, "standby.signal", 0o600, b"")?;
+                fs::write_tar_member(w, "standby.signal", mode, b"")?;
             } else {
-                fs::write_tar_member(w, "recovery.conf", 0o600, r.settings.as_bytes())?;
+                fs::write_tar_member(w, "recovery.conf", mode, r.settings.as_bytes())?;
             }
         }
         if let Some(m) = manifest {
-            fs::write_tar_member(w, "backup_manifest", 0o600, m)?;
+            fs::write_tar_member(w, "backup_manifest", mode, m)?;
         }
         w.write_all(&TAR_END)?;
         Ok(())
@@ -481,16 +496,25 @@ mod tests {
     }
 
     fn members(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+        members_with_modes(bytes)
+            .into_iter()
+            .map(|(name, _, data)| (name, data))
+            .collect()
+    }
+
+    fn members_with_modes(bytes: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
         let mut t = TarSplitter::new();
         t.handle_data(Bytes::copy_from_slice(bytes)).expect("parse");
         t.finish().expect("complete");
-        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut out: Vec<(String, u32, Vec<u8>)> = Vec::new();
         while let Some(e) = t.poll_event() {
             match e {
-                TarEvent::Member(m) => {
-                    out.push((String::from_utf8_lossy(&m.name).into_owned(), Vec::new()))
-                }
-                TarEvent::Data(d) => out.last_mut().expect("member").1.extend_from_slice(&d),
+                TarEvent::Member(m) => out.push((
+                    String::from_utf8_lossy(&m.name).into_owned(),
+                    m.mode & 0o7777,
+                    Vec::new(),
+                )),
+                TarEvent::Data(d) => out.last_mut().expect("member").2.extend_from_slice(&d),
                 TarEvent::MemberEnd => {}
             }
         }
@@ -508,10 +532,13 @@ mod tests {
                 ],
                 terminated,
             );
-            let mut r = Rewriter::new(Some(RecoveryFiles {
-                settings: "primary_conninfo = 'x'\n".into(),
-                signal_file: true,
-            }));
+            let mut r = Rewriter::new(
+                Some(RecoveryFiles {
+                    settings: "primary_conninfo = 'x'\n".into(),
+                    signal_file: true,
+                }),
+                Modes::PRIVATE.file,
+            );
             let mut out = Vec::new();
             for chunk in input.chunks(100) {
                 r.feed(Bytes::copy_from_slice(chunk), &mut out)
@@ -538,10 +565,13 @@ mod tests {
     #[test]
     fn injects_recovery_conf_for_10_and_11() {
         let input = archive(&[("PG_VERSION", b"10\n"), ("recovery.conf", b"old")], false);
-        let mut r = Rewriter::new(Some(RecoveryFiles {
-            settings: "standby_mode = 'on'\n".into(),
-            signal_file: false,
-        }));
+        let mut r = Rewriter::new(
+            Some(RecoveryFiles {
+                settings: "standby_mode = 'on'\n".into(),
+                signal_file: false,
+            }),
+            Modes::PRIVATE.file,
+        );
         let mut out = Vec::new();
         r.feed(Bytes::from(input), &mut out).expect("feed");
         r.finish(&mut out, None).expect("finish");
@@ -554,5 +584,36 @@ mod tests {
                 b"standby_mode = 'on'\n".to_vec()
             )
         );
+    }
+
+    /// The members pgclone adds or rewrites (`postgresql.auto.conf`) take the clone's file mode
+    /// (0640 with group access); the server's other members keep theirs.
+    #[test]
+    fn added_members_take_the_clone_file_mode() {
+        let mut input = Vec::new();
+        fs::write_tar_member(&mut input, "PG_VERSION", 0o644, b"16\n").expect("emit");
+        fs::write_tar_member(&mut input, "postgresql.auto.conf", 0o604, b"# a\n").expect("emit");
+        let mut r = Rewriter::new(
+            Some(RecoveryFiles {
+                settings: "primary_conninfo = 'x'\n".into(),
+                signal_file: true,
+            }),
+            Modes::GROUP.file,
+        );
+        let mut out = Vec::new();
+        r.feed(Bytes::from(input), &mut out).expect("feed");
+        r.finish(&mut out, Some(b"{}")).expect("finish");
+        let modes: Vec<(String, u32)> = members_with_modes(&out)
+            .into_iter()
+            .map(|(name, mode, _)| (name, mode))
+            .collect();
+        let want = [
+            ("PG_VERSION", 0o644),
+            ("postgresql.auto.conf", 0o640),
+            ("standby.signal", 0o640),
+            ("backup_manifest", 0o640),
+        ]
+        .map(|(n, m)| (n.to_owned(), m));
+        assert_eq!(modes, want);
     }
 }

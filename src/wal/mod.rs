@@ -86,6 +86,8 @@ pub struct WalConfig {
     pub status_interval: Option<Duration>,
     /// fsync segments as they complete.
     pub sync: bool,
+    /// Mode of the files written (the clone's file mode).
+    pub file_mode: u32,
 }
 
 /// An open WAL connection, ready to stream once the backup start is known.
@@ -241,6 +243,7 @@ fn open_sink(cfg: &WalConfig, timeline: TimelineId) -> Result<Box<dyn WalSink>, 
             cfg.seg_size,
             timeline,
             cfg.sync,
+            cfg.file_mode,
         )),
         WalOutput::Tar(path, spec) => Box::new(TarWalWriter::create(
             path.clone(),
@@ -248,6 +251,7 @@ fn open_sink(cfg: &WalConfig, timeline: TimelineId) -> Result<Box<dyn WalSink>, 
             cfg.seg_size,
             timeline,
             cfg.sync,
+            cfg.file_mode,
         )?),
     })
 }

@@ -29,6 +29,8 @@ pub struct SegmentWriter {
     seg_size: WalSegSize,
     timeline: TimelineId,
     sync: bool,
+    /// Mode of the files it creates (the clone's file mode).
+    mode: u32,
     current: Option<OpenSegment>,
     written: Lsn,
     flushed: Lsn,
@@ -36,14 +38,21 @@ pub struct SegmentWriter {
 }
 
 impl SegmentWriter {
-    /// A writer into `dir` (which must exist, with `archive_status` inside); `sync` fsyncs each
-    /// segment as it completes and on [`WalSink::flush`].
-    pub fn new(dir: PathBuf, seg_size: WalSegSize, timeline: TimelineId, sync: bool) -> Self {
+    /// A writer into `dir` (which must exist, with `archive_status` inside) of files of `mode`;
+    /// `sync` fsyncs each segment as it completes and on [`WalSink::flush`].
+    pub fn new(
+        dir: PathBuf,
+        seg_size: WalSegSize,
+        timeline: TimelineId,
+        sync: bool,
+        mode: u32,
+    ) -> Self {
         Self {
             dir,
             seg_size,
             timeline,
             sync,
+            mode,
             current: None,
             written: Lsn::INVALID,
             flushed: Lsn::INVALID,
@@ -72,7 +81,8 @@ impl SegmentWriter {
         let name = segno.file_name(self.timeline, self.seg_size);
         let path = self.dir.join(&name);
         let size = u64::from(self.seg_size.bytes());
-        let file = fs::open(&path, Existing::Keep).map_err(Error::fs("open WAL segment", &path))?;
+        let file = fs::open(&path, Existing::Keep, self.mode)
+            .map_err(Error::fs("open WAL segment", &path))?;
         let existing = file.metadata().map_err(Error::fs("stat", &path))?.len();
         match existing {
             0 => full_size(&file, size).map_err(Error::fs("preallocate WAL segment", &path))?,
@@ -100,7 +110,7 @@ impl SegmentWriter {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        mark_done(&self.dir, &name)?;
+        mark_done(&self.dir, &name, self.mode)?;
         self.completed += 1;
         let seg_end = seg
             .segno
@@ -158,7 +168,7 @@ impl WalSink for SegmentWriter {
     }
 
     fn write_history(&mut self, name: &str, content: &[u8]) -> Result<(), Error> {
-        write_history(&self.dir, name, content)
+        write_history(&self.dir, name, content, self.mode)
     }
 
     fn finish(&mut self) -> Result<(), Error> {
@@ -166,11 +176,11 @@ impl WalSink for SegmentWriter {
     }
 }
 
-/// Creates `archive_status/<name>.done` (emptied if it exists), so the clone does not archive
-/// what it received.
-pub fn mark_done(dir: &Path, name: &str) -> Result<(), Error> {
+/// Creates `archive_status/<name>.done` (emptied if it exists) with `mode`, so the clone does
+/// not archive what it received.
+pub fn mark_done(dir: &Path, name: &str, mode: u32) -> Result<(), Error> {
     let path = dir.join("archive_status").join(format!("{name}.done"));
-    fs::open(&path, Existing::Truncate)
+    fs::open(&path, Existing::Truncate, mode)
         .map(drop)
         .map_err(Error::fs("create file", &path))
 }
@@ -192,25 +202,26 @@ fn full_size(file: &File, size: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes a timeline history file (replacing one that exists) and marks it done.
-pub fn write_history(dir: &Path, name: &str, content: &[u8]) -> Result<(), Error> {
+/// Writes a timeline history file of `mode` (replacing one that exists) and marks it done.
+pub fn write_history(dir: &Path, name: &str, content: &[u8], mode: u32) -> Result<(), Error> {
     let path = dir.join(name);
-    fs::open(&path, Existing::Truncate)
+    fs::open(&path, Existing::Truncate, mode)
         .and_then(|mut f| f.write_all(content))
         .map_err(Error::fs("write", &path))?;
-    mark_done(dir, name)
+    mark_done(dir, name, mode)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn writes_segments_across_boundaries_and_marks_them_done() {
         let tmp = tempfile::tempdir().expect("tmp");
         std::fs::create_dir(tmp.path().join("archive_status")).expect("mkdir");
         let seg = WalSegSize::from_bytes(1 << 20).expect("1MB");
-        let mut w = SegmentWriter::new(tmp.path().to_path_buf(), seg, TimelineId(1), true);
+        let mut w = SegmentWriter::new(tmp.path().to_path_buf(), seg, TimelineId(1), true, 0o640);
         let start = Lsn(3 << 20);
         w.set_timeline(TimelineId(1), start).expect("tli");
         let first = vec![1u8; (1 << 20) - 100];
@@ -244,6 +255,20 @@ mod tests {
             .path()
             .join("archive_status/000000010000000000000004.done")
             .exists());
+        let done = tmp
+            .path()
+            .join("archive_status/000000010000000000000003.done");
+        for file in [&full, &partial, &done] {
+            let mode = std::fs::metadata(file).expect("stat").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o640, "the clone's file mode: {}", file.display());
+        }
+        w.write_history("00000002.history", b"1\t0/3000000\tx\n")
+            .expect("history");
+        for name in ["00000002.history", "archive_status/00000002.history.done"] {
+            let path = tmp.path().join(name);
+            let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o640, "{name}");
+        }
         let bytes = std::fs::read(&partial).expect("read");
         assert_eq!(&bytes[..200], &[2u8; 200][..]);
         assert!(bytes[200..].iter().all(|&b| b == 0));
@@ -256,7 +281,7 @@ mod tests {
         std::fs::create_dir(tmp.path().join("archive_status")).expect("mkdir");
         std::fs::write(tmp.path().join("000000010000000000000001"), b"short").expect("write");
         let seg = WalSegSize::from_bytes(1 << 20).expect("1MB");
-        let mut w = SegmentWriter::new(tmp.path().to_path_buf(), seg, TimelineId(1), false);
+        let mut w = SegmentWriter::new(tmp.path().to_path_buf(), seg, TimelineId(1), false, 0o600);
         let err = w
             .write(WalChunk {
                 start: Lsn(1 << 20),

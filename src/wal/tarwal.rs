@@ -4,6 +4,10 @@
 //! history files with their `.done`, and the closing zero blocks. Gzip applies when the client
 //! compresses with gzip (`pg_wal.tar.gz`), as in pg_basebackup.
 //!
+//! The archive and its members have the clone's file mode (pg_basebackup 18 gives the members
+//! 0600 even with group access; 0640 lets a group member read the WAL unpacked from it, as
+//! everything else in the clone).
+//!
 //! The tar is only valid once finished, so flushing reports what was written: a crash before
 //! the end voids the backup anyway.
 
@@ -30,20 +34,24 @@ pub struct TarWalWriter {
     current: Option<(SegNo, u64)>,
     /// fsync the archive when it is complete (not with `--no-sync`).
     sync: bool,
+    /// Mode of the archive and of its members (the clone's file mode).
+    mode: u32,
     written: Lsn,
     completed: u64,
 }
 
 impl TarWalWriter {
-    /// Creates `path` (which must not exist), compressed as `spec` says.
+    /// Creates `path` (which must not exist) with `mode`, the mode of its members too,
+    /// compressed as `spec` says.
     pub fn create(
         path: PathBuf,
         spec: ClientSpec,
         seg_size: WalSegSize,
         timeline: TimelineId,
         sync: bool,
+        mode: u32,
     ) -> Result<Self, Error> {
-        let file = fs::create_new(&path)?;
+        let file = fs::create_new(&path, mode)?;
         let clone = file.try_clone().map_err(Error::fs("open", &path))?;
         let out = codec::writer(spec, file).map_err(Error::fs("start compressing", &path))?;
         Ok(Self {
@@ -56,6 +64,7 @@ impl TarWalWriter {
             written: Lsn::INVALID,
             completed: 0,
             sync,
+            mode,
         })
     }
 
@@ -74,9 +83,10 @@ impl TarWalWriter {
         self.with_out(|w| w.write_all(bytes))
     }
 
-    /// A whole member, mode 0600.
+    /// A whole member.
     fn member(&mut self, name: &str, contents: &[u8]) -> Result<(), Error> {
-        self.with_out(|w| fs::write_tar_member(w, name, 0o600, contents))
+        let mode = self.mode;
+        self.with_out(|w| fs::write_tar_member(w, name, mode, contents))
     }
 
     /// Pads the open segment to its declared size (an incomplete last segment).
@@ -115,7 +125,7 @@ impl WalSink for TarWalWriter {
                     )));
                 }
                 let name = segno.file_name(self.timeline, self.seg_size);
-                self.put(&fs::tar_file_header(&name, 0o600, size))?;
+                self.put(&fs::tar_file_header(&name, self.mode, size))?;
                 self.current = Some((segno, 0));
             }
             self.put(&bytes)?;

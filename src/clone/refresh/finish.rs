@@ -13,6 +13,7 @@ use crate::manifest::{Checksum, ChecksumAlgorithm, Manifest, ManifestFile, Manif
 use crate::recovery::{self, PrimaryConnInfo};
 use crate::refresh::label::BACKUP_LABEL;
 use crate::sink::durable;
+use crate::sink::fs::{self as sinkfs, Modes};
 use crate::sink::inplace::{Applied, KeepEntry, KeepList};
 use crate::sink::journal;
 use crate::sink::MANIFEST_TMP;
@@ -30,6 +31,8 @@ pub struct Ending {
     pub recovery: Option<(PrimaryConnInfo, Option<String>, ServerVersion)>,
     /// The tablespace directories written (synced with the rest).
     pub tablespace_dirs: Vec<PathBuf>,
+    /// Modes of what the refresh creates (from the server's `data_directory_mode`).
+    pub modes: Modes,
 }
 
 /// Completes the refresh of `ending.dest` (blocking file I/O).
@@ -51,16 +54,17 @@ pub fn complete(mut applied: Applied, ending: &Ending) -> Result<(), Error> {
         removed.dirs,
         removed.links
     );
-    strip_incremental_lines(&dest.join(BACKUP_LABEL))?;
+    strip_incremental_lines(&dest.join(BACKUP_LABEL), ending.modes.file)?;
     let server = applied
         .server_manifest()
         .ok_or_else(|| Error::IncompatibleServer("the server sent no backup manifest".into()))?;
     let manifest = directory_manifest(dest, &Manifest::parse(server)?)?;
     let tmp = dest.join(MANIFEST_TMP);
-    fs::write(&tmp, manifest).map_err(Error::fs("write to file", &tmp))?;
+    let mode = ending.modes.file;
+    sinkfs::write_file(&tmp, &manifest, mode).map_err(Error::fs("write file", &tmp))?;
     if let Some((primary, slot, version)) = &ending.recovery {
         tracing::info!("writing the standby configuration");
-        recovery::write(dest, primary, slot.as_deref(), *version)?;
+        recovery::write(dest, primary, slot.as_deref(), *version, mode)?;
     }
     if ending.sync {
         tracing::info!("syncing data to disk ...");
@@ -94,7 +98,7 @@ pub fn complete(mut applied: Applied, ending: &Ending) -> Result<(), Error> {
 
 /// Rewrites `backup_label` without its `INCREMENTAL FROM` lines: with them, PostgreSQL
 /// refuses to start ("this is an incremental backup, not a data directory").
-fn strip_incremental_lines(path: &Path) -> Result<(), Error> {
+fn strip_incremental_lines(path: &Path, mode: u32) -> Result<(), Error> {
     let text = fs::read(path).map_err(Error::fs("read file", path))?;
     let kept: Vec<u8> = text
         .split_inclusive(|&b| b == b'\n')
@@ -103,7 +107,7 @@ fn strip_incremental_lines(path: &Path) -> Result<(), Error> {
         .copied()
         .collect();
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, kept).map_err(Error::fs("write to file", &tmp))?;
+    sinkfs::write_file(&tmp, &kept, mode).map_err(Error::fs("write file", &tmp))?;
     fs::rename(&tmp, path).map_err(Error::fs("rename", &tmp))
 }
 
@@ -205,7 +209,7 @@ mod tests {
              INCREMENTAL FROM LSN: 0/3000028\nINCREMENTAL FROM TLI: 1\nSTART TIMELINE: 1\n",
         )
         .expect("write");
-        strip_incremental_lines(&p).expect("strip");
+        strip_incremental_lines(&p, 0o600).expect("strip");
         assert_eq!(
             fs::read_to_string(&p).expect("read"),
             "START WAL LOCATION: 0/5000028 (file 000000010000000000000005)\nSTART TIMELINE: 1\n"

@@ -9,8 +9,7 @@
 //! "start": "0/5000028", "end": "0/6000100", "block_size": 8192}`.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::Path;
 
 use pgclone_proto::{Lsn, TimelineId};
@@ -19,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::refresh::ReferencePoint;
 use crate::sink::durable;
+use crate::sink::fs as sinkfs;
 
 /// The marker's name in the data directory.
 pub const MARKER: &str = "pgclone_refresh";
@@ -78,9 +78,9 @@ impl Marker {
         }))
     }
 
-    /// Writes the marker into `dir` (a temporary name renamed; with `sync`, the file and `dir`
-    /// fsynced).
-    pub fn write(&self, dir: &Path, sync: bool) -> Result<(), Error> {
+    /// Writes the marker into `dir` as a file of `mode`, the clone's file mode (a temporary
+    /// name renamed; with `sync`, the file and `dir` fsynced).
+    pub fn write(&self, dir: &Path, sync: bool, mode: u32) -> Result<(), Error> {
         let d = OnDisk {
             format: FORMAT,
             system_identifier: self.point.system_identifier,
@@ -90,19 +90,10 @@ impl Marker {
             end: self.point.end.to_string(),
             block_size: self.block_size,
         };
-        let text = serde_json::to_vec(&d).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut text = serde_json::to_vec(&d).map_err(|e| Error::Internal(e.to_string()))?;
+        text.push(b'\n');
         let tmp = dir.join(format!("{MARKER}.tmp"));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(Error::fs("create file", &tmp))?;
-        f.write_all(&text)
-            .and_then(|()| f.write_all(b"\n"))
-            .map_err(Error::fs("write to file", &tmp))?;
-        drop(f);
+        sinkfs::write_file(&tmp, &text, mode).map_err(Error::fs("write file", &tmp))?;
         durable::durable_rename(&tmp, &dir.join(MARKER), sync)
     }
 
@@ -128,6 +119,7 @@ fn bad(path: &Path, why: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn a_marker_reads_back_what_was_written() {
@@ -143,7 +135,12 @@ mod tests {
             major: 18,
             block_size: 8192,
         };
-        m.write(dir.path(), true).expect("write");
+        m.write(dir.path(), true, 0o640).expect("write");
+        let mode = fs::metadata(dir.path().join(MARKER))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640, "the clone's file mode");
         assert_eq!(Marker::read(dir.path()).expect("read"), Some(m));
         assert!(!dir.path().join(format!("{MARKER}.tmp")).exists());
         Marker::remove(dir.path(), true).expect("remove");

@@ -48,6 +48,7 @@ use crate::recovery;
 use crate::refresh::limits::{fetch, required_ranges};
 use crate::refresh::{HistoryEntry, Limits};
 use crate::sink::dest::Cleanup;
+use crate::sink::fs::{self as sinkfs, Modes};
 use crate::sink::inplace::{self, clear_wal};
 
 use finish::Ending;
@@ -108,6 +109,7 @@ async fn refresh_into(
             checked.history,
             params.clone(),
             !cfg.no_sync,
+            facts.modes,
         )),
     };
     wait_for_first_data(cfg, conn).await?;
@@ -135,6 +137,7 @@ async fn refresh_into(
             (primary, slot, facts.version)
         }),
         tablespace_dirs: outcome.tablespace_dirs,
+        modes: facts.modes,
     };
     tokio::task::spawn_blocking(move || finish::complete(*applied, &ending))
         .await
@@ -177,6 +180,7 @@ fn on_started(
     history: Vec<HistoryEntry>,
     params: ConnParams,
     sync: bool,
+    modes: Modes,
 ) -> OnStarted {
     Box::new(move |start, timeline, sink| {
         tokio::task::block_in_place(|| {
@@ -197,9 +201,9 @@ fn on_started(
             if let Sink::InPlace(layout) = sink {
                 layout.limits = limits;
             }
-            marker.write(&dest, true)?;
+            marker.write(&dest, true, modes.file)?;
             let status = dest.join("pg_wal").join("archive_status");
-            std::fs::create_dir_all(&status).map_err(Error::fs("create directory", &status))?;
+            sinkfs::make_dir_all(&status, modes.dir)?;
             let removed = clear_wal(&dest, sync)?;
             tracing::debug!("removed {} old WAL files", removed.files);
             Ok(())

@@ -310,7 +310,7 @@ mod tests {
             major: 18,
             block_size: 8192,
         };
-        marker.write(d, false).expect("marker");
+        marker.write(d, false, 0o600).expect("marker");
         match check_directory(d) {
             Ok(Local::Unfinished(m)) => assert_eq!(m, marker),
             other => panic!("{other:?}"),

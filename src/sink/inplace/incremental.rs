@@ -90,7 +90,8 @@ impl IncrementalFile {
         let plan = h
             .plan_limited(prior_len, self.limit)
             .map_err(self.refuse())?;
-        let file = open(&self.target, Existing::Keep).map_err(Error::fs("open", &self.target))?;
+        let file = open(&self.target, Existing::Keep, self.mode)
+            .map_err(Error::fs("open", &self.target))?;
         file.set_permissions(fs::Permissions::from_mode(self.mode))
             .map_err(Error::fs("set permissions of file", &self.target))?;
         if prior_len != Some(plan.keep_len()) {

@@ -59,6 +59,7 @@ use pgclone_proto::Oid;
 use crate::error::Error;
 use crate::sink::codec::Method;
 use crate::sink::durable;
+use crate::sink::fs::Modes;
 use crate::sink::manifest_out::{ManifestOut, ManifestPart};
 use crate::sink::plain::{make_dir, path};
 use crate::sink::split::{self, ArchiveSplitter};
@@ -190,7 +191,8 @@ impl Applier {
             saw_base: false,
             touched: Touched::default(),
             stats: ApplyStats::default(),
-            manifest: ManifestOut::new(None),
+            // Kept in memory (the refresh writes the directory's own): no file, no mode.
+            manifest: ManifestOut::new(None, Modes::PRIVATE.file),
             limits,
         })
     }

@@ -3,7 +3,6 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
@@ -39,9 +38,7 @@ impl WholeFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::fs("remove file", &temp)(e)),
         }
-        let file = create_new(&temp)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(Error::fs("set permissions of file", &temp))?;
+        let file = create_new(&temp, mode)?;
         preallocate(&file, size).map_err(Error::fs("preallocate", &temp))?;
         Ok(Self { file, temp, path })
     }

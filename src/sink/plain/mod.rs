@@ -20,7 +20,7 @@ pub mod path;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -32,7 +32,7 @@ use crate::error::Error;
 use crate::manifest::check::{manifest_name, WriteCheck};
 use crate::manifest::{Checksum, ChecksumAlgorithm};
 use crate::sink::codec::{self, Method};
-use crate::sink::fs::{create_new, preallocate};
+use crate::sink::fs::{self as sinkfs, create_new, preallocate, Modes};
 use crate::sink::journal::{self, JournalWriter};
 use crate::sink::manifest_out::ManifestOut;
 use crate::sink::manifest_out::ManifestPart;
@@ -47,9 +47,9 @@ pub struct Layout {
     pub dest: PathBuf,
     /// `--waldir`: where `pg_wal`'s contents go (`dest/pg_wal` is a symlink to it).
     pub waldir: Option<PathBuf>,
-    /// Mode of directories pgclone creates itself (the tablespace directories, created by the
-    /// clone run before unpacking; members' directories get their own mode).
-    pub dir_mode: u32,
+    /// Modes of what pgclone creates itself (the tablespace directories, created by the clone
+    /// run before unpacking; the manifest; the journal). Members get their own mode.
+    pub modes: Modes,
     /// Target of the `pg_tblspc/<oid>` symlink for each tablespace outside the data directory.
     pub tablespace_links: HashMap<Oid, PathBuf>,
     /// Directories created before unpacking; a directory member for one of them is not an
@@ -252,7 +252,7 @@ impl Unpacker {
         };
         Self {
             check: layout.verify.map(WriteCheck::new),
-            manifest: ManifestOut::new(Some(layout.dest.clone())),
+            manifest: ManifestOut::new(Some(layout.dest.clone()), layout.modes.file),
             layout,
             archive: None,
             file: None,
@@ -462,6 +462,7 @@ impl ArchiveSteps for Unpacker {
                 &self.layout.dest,
                 &plan.header,
                 plan.sync,
+                self.layout.modes.file,
             )?);
         }
         let (root, base, oid) = match root {
@@ -503,21 +504,16 @@ impl ArchiveSteps for Unpacker {
 /// `mode`) only when `precreated`. Shared with the in-place writer, for which every directory
 /// may exist.
 pub(crate) fn make_dir(path: &Path, mode: u32, precreated: bool) -> Result<(), Error> {
-    match fs::DirBuilder::new().mode(mode).create(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && precreated => {}
-        Err(e) => return Err(Error::fs("create directory", path)(e)),
+    if sinkfs::make_dir(path, mode, precreated)? {
+        return Ok(());
     }
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(Error::fs("set permissions of directory", path))
 }
 
-/// Creates a member's file (it must not exist) and applies its mode.
+/// Creates a member's file (it must not exist) with its mode.
 fn create_file(path: &Path, mode: u32) -> Result<File, Error> {
-    let file = create_new(path)?;
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(Error::fs("set permissions of file", path))?;
-    Ok(file)
+    create_new(path, mode)
 }
 
 #[cfg(test)]
@@ -533,7 +529,7 @@ mod tests {
         Layout {
             dest: dest.to_path_buf(),
             waldir: None,
-            dir_mode: 0o700,
+            modes: Modes::PRIVATE,
             tablespace_links: ts.iter().map(|(o, p)| (Oid(*o), p.to_path_buf())).collect(),
             precreated: HashSet::new(),
             verify: None,
