@@ -198,11 +198,23 @@ pub fn settings(info: &PrimaryConnInfo, slot: Option<&str>, version: ServerVersi
     text
 }
 
-/// Writes the standby configuration into the data directory `dest`. Every file written or
-/// appended to gets `mode`, the clone's file mode: 0600, or 0640 when the server allows group
-/// access, as pg_basebackup 18 writes them (a group allowed to read the data directory reads
-/// `pg_authid` already, and a group member's backup of the standby must be able to read
-/// everything); never wider, even where the server's `postgresql.auto.conf` was.
+/// The mode of the file holding `info`'s settings (`postgresql.auto.conf`, `recovery.conf`):
+/// the clone's file mode `mode`, but owner-only (0600) when the settings hold a password,
+/// where pg_basebackup 18 writes 0640 with group access. Other files (`standby.signal`) keep
+/// `mode`.
+pub fn settings_mode(info: &PrimaryConnInfo, mode: u32) -> u32 {
+    if info.password.is_some() {
+        mode & 0o600
+    } else {
+        mode
+    }
+}
+
+/// Writes the standby configuration into the data directory `dest`. Files written or appended
+/// to get `mode`, the clone's file mode (0600, or 0640 when the server allows group access, as
+/// pg_basebackup 18 writes them), except that the settings file is 0600 when it holds a
+/// password ([`settings_mode`]); never wider, even where the server's `postgresql.auto.conf`
+/// was.
 pub fn write(
     dest: &Path,
     info: &PrimaryConnInfo,
@@ -211,19 +223,21 @@ pub fn write(
     mode: u32,
 ) -> Result<(), Error> {
     let text = settings(info, slot, version);
+    let settings_mode = settings_mode(info, mode);
     if version.is_at_least(12) {
         let auto = dest.join("postgresql.auto.conf");
-        let mut f =
-            sinkfs::open(&auto, Existing::Append, mode).map_err(Error::fs("open", &auto))?;
+        let mut f = sinkfs::open(&auto, Existing::Append, settings_mode)
+            .map_err(Error::fs("open", &auto))?;
         f.write_all(text.as_bytes())
             .map_err(Error::fs("write to file", &auto))?;
-        f.set_permissions(fs::Permissions::from_mode(mode))
+        f.set_permissions(fs::Permissions::from_mode(settings_mode))
             .map_err(Error::fs("set permissions of file", &auto))?;
         let signal = dest.join("standby.signal");
         sinkfs::write_file(&signal, b"", mode).map_err(Error::fs("write file", &signal))?;
     } else {
         let conf = dest.join("recovery.conf");
-        sinkfs::write_file(&conf, text.as_bytes(), mode).map_err(Error::fs("write file", &conf))?;
+        sinkfs::write_file(&conf, text.as_bytes(), settings_mode)
+            .map_err(Error::fs("write file", &conf))?;
     }
     Ok(())
 }
@@ -380,8 +394,9 @@ mod tests {
         fs::metadata(path).expect("stat").permissions().mode() & 0o777
     }
 
-    /// Every file `-R` writes has the clone's file mode: 0600, or 0640 with group access; a
-    /// server's `postgresql.auto.conf` wider than that is narrowed.
+    /// Every file `-R` writes has the clone's file mode: 0600, or 0640 with group access,
+    /// except the settings file when it holds a password (0600); a server's
+    /// `postgresql.auto.conf` wider than that is narrowed.
     #[test]
     fn writes_files_with_the_clone_file_mode() {
         for mode in [0o600, 0o640] {
@@ -399,7 +414,7 @@ mod tests {
             .expect("write");
             let text = fs::read_to_string(&auto).expect("read");
             assert!(text.starts_with("# server's\nprimary_conninfo = "));
-            assert_eq!(mode_of(&auto), mode);
+            assert_eq!(mode_of(&auto), 0o600);
             assert_eq!(mode_of(&tmp.path().join("standby.signal")), mode);
 
             let tmp = tempfile::tempdir().expect("tmp");
@@ -410,6 +425,20 @@ mod tests {
                 .starts_with("standby_mode = 'on'\n"));
             assert_eq!(mode_of(&conf), mode);
             assert!(!tmp.path().join("standby.signal").exists());
+
+            let tmp = tempfile::tempdir().expect("tmp");
+            write(tmp.path(), &info(None), None, ServerVersion(160000), mode).expect("write");
+            assert_eq!(mode_of(&tmp.path().join("postgresql.auto.conf")), mode);
+            let tmp = tempfile::tempdir().expect("tmp");
+            write(
+                tmp.path(),
+                &info(Some("pw")),
+                None,
+                ServerVersion(110000),
+                mode,
+            )
+            .expect("write");
+            assert_eq!(mode_of(&tmp.path().join("recovery.conf")), 0o600);
         }
     }
 }

@@ -7,8 +7,10 @@
 //! 000. The group-readable clone starts as a standby that keeps group access and replays what
 //! the primary writes after the clone.
 //!
-//! One known difference is allowed: pg_basebackup 18 gives the members of `pg_wal.tar` 0600
-//! even with group access; pgclone gives them the clone's file mode like everything else.
+//! Two known differences are allowed: pg_basebackup 18 gives the members of `pg_wal.tar` 0600
+//! even with group access, where pgclone gives them the clone's file mode like everything else;
+//! and the file holding `-R`'s settings (here with the password) is 0600 with pgclone, where
+//! pg_basebackup 18 writes it 0640 with group access.
 
 mod support;
 
@@ -167,14 +169,30 @@ fn written(shape: Shape, root: &Path) -> Tree {
 }
 
 /// The entries of `tree` whose mode is not `want`'s.
-fn unexpected(who: &str, tree: &Tree, want: Want) -> Vec<String> {
+fn unexpected(who: &str, tree: &Tree, want: Want, major: u32) -> Vec<String> {
     tree.iter()
         .filter_map(|(path, &(kind, mode))| {
-            let expected = if kind == 'd' { want.dir } else { want.file };
+            let expected = match kind {
+                'd' => want.dir,
+                _ if holds_password(path, major) => want.file & 0o600,
+                _ => want.file,
+            };
             (mode != expected)
                 .then(|| format!("{who}: {path} ({kind}) is {mode:o}, expected {expected:o}"))
         })
         .collect()
+}
+
+/// The file `-R` writes its settings into, which holds the password the clones connect with
+/// (`PGPASSWORD`): owner-only whatever the clone's mode. `postgresql.auto.conf` on 12+,
+/// `recovery.conf` before.
+fn holds_password(path: &str, major: u32) -> bool {
+    let name = path.rsplit(['/', ':']).next().unwrap_or(path);
+    name == if major >= 12 {
+        "postgresql.auto.conf"
+    } else {
+        "recovery.conf"
+    }
 }
 
 /// `path` with every WAL segment name (24 hex digits) replaced, so that the two tools' files
@@ -200,8 +218,9 @@ fn class(path: &str) -> String {
 }
 
 /// The entries both tools wrote (by [`class`]) whose modes differ. With group access, the
-/// members of `pg_wal.tar` are left out (the known difference, see the module documentation).
-fn differences(ours: &Tree, theirs: &Tree, want: Want) -> Vec<String> {
+/// members of `pg_wal.tar` and the settings file are left out (the known differences, see the
+/// module documentation).
+fn differences(ours: &Tree, theirs: &Tree, want: Want, major: u32) -> Vec<String> {
     let classes = |tree: &Tree| {
         let mut map: BTreeMap<String, BTreeSet<(char, u32)>> = BTreeMap::new();
         for (path, entry) in tree {
@@ -211,7 +230,9 @@ fn differences(ours: &Tree, theirs: &Tree, want: Want) -> Vec<String> {
     };
     let (ours, theirs) = (classes(ours), classes(theirs));
     ours.iter()
-        .filter(|(path, _)| !(want == GROUP && path.starts_with("pg_wal.tar:")))
+        .filter(|(path, _)| {
+            !(want == GROUP && (path.starts_with("pg_wal.tar:") || holds_password(path, major)))
+        })
         .filter_map(|(path, modes)| {
             let other = theirs.get(path)?;
             (modes != other).then(|| {
@@ -258,9 +279,14 @@ fn compare(
         "{shape:?}: pgclone wrote only {:?}",
         ours_tree
     );
-    let mut problems = unexpected(&format!("pgclone {shape:?}"), &ours_tree, want);
+    let mut problems = unexpected(
+        &format!("pgclone {shape:?}"),
+        &ours_tree,
+        want,
+        primary.major,
+    );
     problems.extend(
-        differences(&ours_tree, &theirs_tree, want)
+        differences(&ours_tree, &theirs_tree, want, primary.major)
             .into_iter()
             .map(|d| format!("{shape:?}: {d}")),
     );

@@ -276,6 +276,7 @@ fn choose_sink(
                 recovery: cfg.write_recovery_conf.then(|| RecoveryFiles {
                     settings: recovery::settings(primary, cfg.slot.as_deref(), facts.version),
                     signal_file: facts.version.is_at_least(12),
+                    settings_mode: recovery::settings_mode(primary, facts.modes.file),
                 }),
                 sync: !cfg.no_sync,
                 modes: facts.modes,

@@ -37,6 +37,9 @@ pub struct RecoveryFiles {
     pub settings: String,
     /// 12+: `postgresql.auto.conf` + `standby.signal`; older: `recovery.conf`.
     pub signal_file: bool,
+    /// The mode of the member holding the settings (`recovery::settings_mode`: owner-only when
+    /// they hold a password); `standby.signal` and the rest take the clone's file mode.
+    pub settings_mode: u32,
 }
 
 /// Where and how tar output is written.
@@ -446,10 +449,14 @@ impl Rewriter {
                         if let Some(r) = &self.recovery {
                             buf.extend_from_slice(r.settings.as_bytes());
                         }
-                        // The settings hold the password, if any: the clone's file mode, as
+                        // The settings hold the password, if any: their mode, as
                         // `recovery::write` gives it in plain format.
                         let name = String::from_utf8_lossy(&m.name).into_owned();
-                        fs::write_tar_member(w, &name, self.file_mode, &buf)?;
+                        let mode = self
+                            .recovery
+                            .as_ref()
+                            .map_or(self.file_mode, |r| r.settings_mode);
+                        fs::write_tar_member(w, &name, mode, &buf)?;
                     }
                     Some(MemberAction::Skip) | None => {}
                 },
@@ -465,11 +472,12 @@ impl Rewriter {
             if r.signal_file {
                 if !self.saw_auto_conf {
                     let settings = r.settings.as_bytes();
-                    fs::write_tar_member(w, "postgresql.auto.conf", mode, settings)?;
+                    fs::write_tar_member(w, "postgresql.auto.conf", r.settings_mode, settings)?;
                 }
                 fs::write_tar_member(w, "standby.signal", mode, b"")?;
             } else {
-                fs::write_tar_member(w, "recovery.conf", mode, r.settings.as_bytes())?;
+                let settings = r.settings.as_bytes();
+                fs::write_tar_member(w, "recovery.conf", r.settings_mode, settings)?;
             }
         }
         if let Some(m) = manifest {
@@ -536,6 +544,7 @@ mod tests {
                 Some(RecoveryFiles {
                     settings: "primary_conninfo = 'x'\n".into(),
                     signal_file: true,
+                    settings_mode: Modes::PRIVATE.file,
                 }),
                 Modes::PRIVATE.file,
             );
@@ -569,6 +578,7 @@ mod tests {
             Some(RecoveryFiles {
                 settings: "standby_mode = 'on'\n".into(),
                 signal_file: false,
+                settings_mode: Modes::PRIVATE.file,
             }),
             Modes::PRIVATE.file,
         );
@@ -590,30 +600,35 @@ mod tests {
     /// (0640 with group access); the server's other members keep theirs.
     #[test]
     fn added_members_take_the_clone_file_mode() {
-        let mut input = Vec::new();
-        fs::write_tar_member(&mut input, "PG_VERSION", 0o644, b"16\n").expect("emit");
-        fs::write_tar_member(&mut input, "postgresql.auto.conf", 0o604, b"# a\n").expect("emit");
-        let mut r = Rewriter::new(
-            Some(RecoveryFiles {
-                settings: "primary_conninfo = 'x'\n".into(),
-                signal_file: true,
-            }),
-            Modes::GROUP.file,
-        );
-        let mut out = Vec::new();
-        r.feed(Bytes::from(input), &mut out).expect("feed");
-        r.finish(&mut out, Some(b"{}")).expect("finish");
-        let modes: Vec<(String, u32)> = members_with_modes(&out)
-            .into_iter()
-            .map(|(name, mode, _)| (name, mode))
-            .collect();
-        let want = [
-            ("PG_VERSION", 0o644),
-            ("postgresql.auto.conf", 0o640),
-            ("standby.signal", 0o640),
-            ("backup_manifest", 0o640),
-        ]
-        .map(|(n, m)| (n.to_owned(), m));
-        assert_eq!(modes, want);
+        // Settings without a password take the clone's mode; with one, owner-only.
+        for settings_mode in [0o640, 0o600] {
+            let mut input = Vec::new();
+            fs::write_tar_member(&mut input, "PG_VERSION", 0o644, b"16\n").expect("emit");
+            fs::write_tar_member(&mut input, "postgresql.auto.conf", 0o604, b"# a\n")
+                .expect("emit");
+            let mut r = Rewriter::new(
+                Some(RecoveryFiles {
+                    settings: "primary_conninfo = 'x'\n".into(),
+                    signal_file: true,
+                    settings_mode,
+                }),
+                Modes::GROUP.file,
+            );
+            let mut out = Vec::new();
+            r.feed(Bytes::from(input), &mut out).expect("feed");
+            r.finish(&mut out, Some(b"{}")).expect("finish");
+            let modes: Vec<(String, u32)> = members_with_modes(&out)
+                .into_iter()
+                .map(|(name, mode, _)| (name, mode))
+                .collect();
+            let want = [
+                ("PG_VERSION", 0o644),
+                ("postgresql.auto.conf", settings_mode),
+                ("standby.signal", 0o640),
+                ("backup_manifest", 0o640),
+            ]
+            .map(|(n, m)| (n.to_owned(), m));
+            assert_eq!(modes, want);
+        }
     }
 }
