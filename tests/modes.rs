@@ -68,12 +68,12 @@ impl Shape {
         args.push("-D".into());
         args.push(self.dest(root).into());
         match self {
-            Shape::Plain => {}
-            Shape::PlainWaldir => {
+            Self::Plain => {}
+            Self::PlainWaldir => {
                 args.push("--waldir".into());
                 args.push(root.join("wal").into());
             }
-            Shape::Tar => args.extend(["-F".into(), "t".into()]),
+            Self::Tar => args.extend(["-F".into(), "t".into()]),
         }
         args
     }

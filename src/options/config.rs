@@ -381,9 +381,6 @@ fn check_slot_options(args: &Args, wal_method: WalMethod) -> Result<(), Error> {
             return Err(usage("--no-slot cannot be used with slot name"));
         }
     }
-    if args.output.no_slot && wal_method != WalMethod::Stream {
-        return Err(usage("--no-slot can only be used with WAL streaming"));
-    }
     if args.output.create_slot {
         if args.output.slot.is_none() {
             return Err(usage(
@@ -753,10 +750,6 @@ pub(crate) mod tests {
                 &["-S", "s", "--no-slot"][..],
                 "--no-slot cannot be used with slot name",
             ),
-            (
-                &["--no-slot", "-X", "none"][..],
-                "--no-slot can only be used with WAL streaming",
-            ),
         ] {
             let mut full = vec!["-D", "/x", "-U", "u"];
             full.extend_from_slice(argv);
@@ -768,6 +761,10 @@ pub(crate) mod tests {
         assert!(
             usage_message(&["-D", "/x", "-U", "u", "-s", "x"]).contains("invalid status interval")
         );
+        // pg_basebackup only turns the temporary slot off: Barman always passes both.
+        for method in ["none", "fetch"] {
+            config(&["-D", "/x", "-U", "u", "--no-slot", "-X", method]).expect("valid");
+        }
         let c =
             config(&["-D", "/x", "-U", "u", "-S", "slot_1", "-C", "-R", "-s", "0"]).expect("valid");
         assert_eq!(
