@@ -1,0 +1,380 @@
+//! Barman 3.19 backs up a PostgreSQL 17 primary through pgclone installed as `pg_basebackup`:
+//! `backup_method = postgres` with `path_prefix` naming a bin directory where `pg_basebackup`
+//! is pgclone and `pg_receivewal` the real one (Barman's WAL streaming). `barman check` passes
+//! every check (`pg_basebackup: OK`, `pg_basebackup compatible: OK`), `barman backup` completes
+//! in plain format and, with `backup_compression = gzip`, in tar format, and `barman recover`
+//! of each backup starts as a server that ends recovery, accepts writes and holds the rows
+//! written on the primary before the backup and, through the WAL Barman archived, after it.
+//!
+//! Barman calls `pg_basebackup --dbname=<conninfo> -v --no-password --pgdata=<dir> --no-slot
+//! --wal-method=none` plus `--max-rate=<kB/s>`, `--checkpoint=fast` and
+//! `--format=tar --compress=gzip:level=1` from the settings below.
+
+mod support;
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{as_pg_user, dropin, pg_user, tools_bin, Cluster, ClusterOptions, TestDir};
+
+/// The Barman server section's name.
+const SERVER: &str = "pg";
+/// The primary's major version: its PyPI toolset has the real `pg_receivewal`.
+const MAJOR: u32 = 17;
+
+/// `barman -c <conf>` for one server, run as the unprivileged account.
+struct Barman {
+    exe: PathBuf,
+    conf: PathBuf,
+    log: PathBuf,
+    receive_wal_out: PathBuf,
+    /// `path_prefix`: where `pg_basebackup` is pgclone.
+    bin: PathBuf,
+    /// The configuration without per-backup settings.
+    base_conf: String,
+}
+
+impl Barman {
+    /// Writes `barman.conf` in `work` for `primary`, with `bin` as `path_prefix`.
+    fn new(venv: &Path, work: &TestDir, bin: &Path, primary: &Cluster) -> Self {
+        let user = pg_user()
+            .map(str::to_owned)
+            .unwrap_or_else(|| std::env::var("USER").expect("USER"));
+        let home = work.mkdir("barman");
+        let log = work.join("barman.log");
+        let port = primary.port;
+        let base_conf = format!(
+            "[barman]\nbarman_home = {home}\nbarman_user = {user}\nlog_file = {log}\n\
+             log_level = INFO\n\n\
+             [{SERVER}]\ndescription = \"PostgreSQL {MAJOR} through pgclone as pg_basebackup\"\n\
+             conninfo = host=127.0.0.1 port={port} user=barman dbname=postgres\n\
+             streaming_conninfo = host=127.0.0.1 port={port} user=streaming_barman\n\
+             backup_method = postgres\nstreaming_archiver = on\nslot_name = barman\n\
+             create_slot = auto\npath_prefix = {bin}\nimmediate_checkpoint = true\n\
+             bandwidth_limit = 200000\n",
+            home = home.display(),
+            log = log.display(),
+            bin = bin.display(),
+        );
+        let barman = Self {
+            exe: venv.join("barman"),
+            conf: work.join("barman.conf"),
+            log,
+            receive_wal_out: work.join("receive-wal.out"),
+            bin: bin.to_path_buf(),
+            base_conf,
+        };
+        barman.configure(&[]);
+        barman
+    }
+
+    /// Rewrites the configuration: the base plus `extra` lines in the server section.
+    fn configure(&self, extra: &[&str]) {
+        let mut text = self.base_conf.clone();
+        for line in extra {
+            text.push_str(line);
+            text.push('\n');
+        }
+        fs::write(&self.conf, text).expect("write barman.conf");
+    }
+
+    /// `barman -c barman.conf <args>` as the unprivileged account.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = as_pg_user(&self.exe);
+        cmd.arg("-c").arg(&self.conf).args(args);
+        cmd
+    }
+
+    /// Runs barman to completion; its stdout, or a panic with its output and the logs.
+    fn run(&self, args: &[&str], primary: &Cluster) -> String {
+        let out = self.command(args).output().expect("run barman");
+        self.stdout_or_panic(args, &out, primary)
+    }
+
+    /// Runs barman while writing a little WAL on `primary` every 200 ms, so that
+    /// pg_receivewal opens the next segment and Barman archives the one it waits for (an
+    /// idle server would write its next WAL record only after 15 s).
+    fn run_nudging(&self, args: &[&str], primary: &Cluster) -> String {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn barman");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while child.try_wait().expect("wait for barman").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            let _ = primary.try_psql("INSERT INTO nudge DEFAULT VALUES");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let out = child.wait_with_output().expect("barman output");
+        self.stdout_or_panic(args, &out, primary)
+    }
+
+    fn stdout_or_panic(&self, args: &[&str], out: &Output, primary: &Cluster) -> String {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "barman {args:?} failed ({}):\n{stdout}{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.context(primary)
+        );
+        stdout
+    }
+
+    /// The tails of Barman's log (without its once-per-poll lines), of `barman receive-wal`'s
+    /// output and of the primary's log, for failure messages.
+    fn context(&self, primary: &Cluster) -> String {
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("No xlog segments found"))
+            .collect();
+        format!(
+            "--- barman log ---\n{}\n--- barman receive-wal ---\n{}\n--- primary log ---\n{}",
+            lines[lines.len().saturating_sub(40)..].join("\n"),
+            fs::read_to_string(&self.receive_wal_out).unwrap_or_default(),
+            primary.log_tail()
+        )
+    }
+
+    /// `barman show-server`: the pg_basebackup Barman found must be the one in `path_prefix`
+    /// (when that one fails `--version`, Barman silently takes the next `pg_basebackup` on
+    /// `PATH`, e.g. Debian's wrapper in /usr/bin).
+    fn assert_uses_bin_dir(&self, primary: &Cluster) {
+        let show = self.run(&["show-server", SERVER], primary);
+        let want = self.bin.join("pg_basebackup");
+        let found: Vec<_> = show
+            .lines()
+            .filter(|l| l.contains("pg_basebackup"))
+            .collect();
+        assert_eq!(
+            show_setting(&show, "pg_basebackup_path"),
+            Some(want.to_str().expect("utf8")),
+            "Barman does not use pgclone as pg_basebackup:\n{}",
+            found.join("\n")
+        );
+    }
+
+    /// `barman check`: exit 0, every check OK, and the pg_basebackup checks among them.
+    fn check(&self, primary: &Cluster) {
+        let out = self
+            .command(&["check", SERVER])
+            .output()
+            .expect("barman check");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let checks = parse_check(&stdout);
+        let failed: Vec<_> = checks
+            .iter()
+            .filter(|(_, r)| !r.starts_with("OK"))
+            .collect();
+        assert!(
+            out.status.success() && failed.is_empty(),
+            "barman check failed ({}): {failed:?}\n{stdout}{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.context(primary)
+        );
+        for name in [
+            "pg_basebackup",
+            "pg_basebackup compatible",
+            "receive-wal running",
+        ] {
+            assert!(
+                checks.iter().any(|(n, _)| n == name),
+                "barman check lacks {name:?}:\n{stdout}"
+            );
+        }
+    }
+
+    /// `barman backup --wait`, then the new backup's id, checked DONE by `show-backup`.
+    fn backup(&self, primary: &Cluster) -> String {
+        self.run_nudging(
+            &["backup", SERVER, "--wait", "--wait-timeout", "60"],
+            primary,
+        );
+        let id = self.run(&["list-backups", "--minimal", SERVER], primary);
+        let id = id.lines().next().expect("a backup").trim().to_owned();
+        let show = self.run(&["show-backup", SERVER, &id], primary);
+        assert_eq!(show_field(&show, "Status"), Some("DONE"), "{show}");
+        id
+    }
+
+    /// Closes the current WAL segment and waits until Barman has archived it.
+    fn switch_wal(&self, primary: &Cluster) {
+        let args = [
+            "switch-wal",
+            "--force",
+            "--archive",
+            "--archive-timeout",
+            "60",
+        ];
+        self.run_nudging(&[&args[..], &[SERVER]].concat(), primary);
+    }
+
+    /// Starts `barman receive-wal` in the background (stopped when the guard drops) and waits
+    /// until its pg_receivewal streams from slot `barman` (created by `create_slot = auto`).
+    fn receive_wal(&self, primary: &Cluster) -> ReceiveWal<'_> {
+        let out = File::create(&self.receive_wal_out).expect("receive-wal output");
+        let child = self
+            .command(&["receive-wal", SERVER])
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn barman receive-wal");
+        let guard = ReceiveWal {
+            barman: self,
+            child,
+        };
+        let active = "SELECT active FROM pg_replication_slots WHERE slot_name = 'barman'";
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while primary.try_psql(active).as_deref() != Ok("t") {
+            assert!(
+                Instant::now() < deadline,
+                "barman receive-wal never streamed from slot barman\n{}",
+                self.context(primary)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        guard
+    }
+}
+
+/// `barman receive-wal` running in the background; stopped with `receive-wal --stop` (and
+/// killed if that does not end it) on drop, also when the test fails.
+struct ReceiveWal<'a> {
+    barman: &'a Barman,
+    child: Child,
+}
+
+impl Drop for ReceiveWal<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .barman
+            .command(&["receive-wal", "--stop", SERVER])
+            .output();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `barman check` output as (check name, result) pairs: `\tname: OK (hint)`.
+fn parse_check(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        .filter(|l| l.starts_with('\t'))
+        .filter_map(|l| l.trim().split_once(": "))
+        .map(|(name, result)| (name.to_owned(), result.to_owned()))
+        .collect()
+}
+
+/// The value of `\tname: value` in `barman show-server` output.
+fn show_setting<'a>(show: &'a str, name: &str) -> Option<&'a str> {
+    show.lines()
+        .filter_map(|l| l.trim().split_once(": "))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.trim())
+}
+
+/// The value of `name : value` in `barman show-backup` output.
+fn show_field<'a>(show: &'a str, name: &str) -> Option<&'a str> {
+    show.lines()
+        .filter_map(|l| l.split_once(" : "))
+        .find(|(n, _)| n.trim() == name)
+        .map(|(_, v)| v.trim())
+}
+
+/// A PostgreSQL 17 primary (PyPI toolset) with Barman's roles: `barman` (superuser, for
+/// `conninfo`) and `streaming_barman` (replication, for pg_basebackup and pg_receivewal),
+/// table `t` holding `before`, and table `nudge` for [`Barman::run_nudging`].
+fn primary() -> Cluster {
+    let mut opts = ClusterOptions::new(MAJOR);
+    opts.full_toolset = true;
+    opts.hba = vec![
+        "host all barman 127.0.0.1/32 trust".into(),
+        "host replication streaming_barman 127.0.0.1/32 trust".into(),
+    ];
+    let primary = Cluster::start(&opts);
+    primary.psql(
+        "CREATE ROLE barman SUPERUSER LOGIN; \
+         CREATE ROLE streaming_barman REPLICATION LOGIN; \
+         CREATE TABLE t (v text); INSERT INTO t VALUES ('before'); \
+         CREATE TABLE nudge (at timestamptz DEFAULT now())",
+    );
+    primary
+}
+
+/// `barman recover` of `id` into `work/<name>`, started as a server: it must end recovery,
+/// accept a write and hold the rows of `t` in `want` (sorted, comma-separated).
+fn recover_and_start(barman: &Barman, primary: &Cluster, work: &TestDir, id: &str, want: &str) {
+    let dest = work.join(&format!("recovered-{id}"));
+    barman.run(
+        &["recover", SERVER, id, dest.to_str().expect("utf8")],
+        primary,
+    );
+    let restored = Cluster::start_existing(MAJOR, &dest, &[]);
+    restored.wait_for("SELECT pg_is_in_recovery()", "f", Duration::from_secs(30));
+    assert_eq!(
+        restored.psql("SELECT string_agg(v, ',' ORDER BY v) FROM t"),
+        want,
+        "rows of the server recovered from {id}\n{}",
+        restored.log_tail()
+    );
+    restored.psql("INSERT INTO t VALUES ('written after recovery')");
+}
+
+/// Barman with pgclone as pg_basebackup: check, plain and gzip tar backups, recovery of both.
+#[test]
+fn barman_backs_up_and_recovers_through_pgclone() {
+    let Some(venv) = dropin::venv("barman") else {
+        return;
+    };
+    let Some(_rsync) =
+        dropin::system_tool("/usr/bin/rsync", "rsync (barman recover copies with it)")
+    else {
+        return;
+    };
+    let primary = primary();
+    let work = TestDir::new("barman");
+    let bin = dropin::bin_dir(&work, "bin", &[&tools_bin(MAJOR)]);
+    let barman = Barman::new(&venv, &work, &bin, &primary);
+
+    let _receive_wal = barman.receive_wal(&primary);
+    barman.assert_uses_bin_dir(&primary);
+    barman.switch_wal(&primary);
+    barman.check(&primary);
+
+    let plain = barman.backup(&primary);
+    primary.psql("INSERT INTO t VALUES ('after plain')");
+
+    barman.configure(&[
+        "backup_compression = gzip",
+        "backup_compression_format = tar",
+        "backup_compression_level = 1",
+    ]);
+    let gzip = barman.backup(&primary);
+    let show = barman.run(&["show-backup", SERVER, &gzip], &primary);
+    assert_eq!(
+        show_field(&show, "Backup Compression"),
+        Some("gzip"),
+        "{show}"
+    );
+    primary.psql("INSERT INTO t VALUES ('after gzip')");
+    barman.switch_wal(&primary);
+
+    let all = "after gzip,after plain,before";
+    recover_and_start(&barman, &primary, &work, &plain, all);
+    recover_and_start(&barman, &primary, &work, &gzip, all);
+}
