@@ -30,6 +30,8 @@ struct Barman {
     conf: PathBuf,
     log: PathBuf,
     receive_wal_out: PathBuf,
+    /// `barman_home`.
+    home: PathBuf,
     /// `path_prefix`: where `pg_basebackup` is pgclone.
     bin: PathBuf,
     /// The configuration without per-backup settings.
@@ -47,7 +49,7 @@ impl Barman {
         let port = primary.port;
         let base_conf = format!(
             "[barman]\nbarman_home = {home}\nbarman_user = {user}\nlog_file = {log}\n\
-             log_level = INFO\n\n\
+             log_level = DEBUG\n\n\
              [{SERVER}]\ndescription = \"PostgreSQL {MAJOR} through pgclone as pg_basebackup\"\n\
              conninfo = host=127.0.0.1 port={port} user=barman dbname=postgres\n\
              streaming_conninfo = host=127.0.0.1 port={port} user=streaming_barman\n\
@@ -64,6 +66,7 @@ impl Barman {
             log,
             receive_wal_out: work.join("receive-wal.out"),
             bin: bin.to_path_buf(),
+            home,
             base_conf,
         };
         barman.configure(&[]);
@@ -134,7 +137,7 @@ impl Barman {
         let log = fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = log
             .lines()
-            .filter(|l| !l.contains("No xlog segments found"))
+            .filter(|l| !l.contains("No xlog segments found") && !l.contains(" DEBUG: "))
             .collect();
         format!(
             "--- barman log ---\n{}\n--- barman receive-wal ---\n{}\n--- primary log ---\n{}",
@@ -194,16 +197,43 @@ impl Barman {
     }
 
     /// `barman backup --wait`, then the new backup's id, checked DONE by `show-backup`.
-    fn backup(&self, primary: &Cluster) -> String {
-        self.run_nudging(
-            &["backup", SERVER, "--wait", "--wait-timeout", "60"],
-            primary,
-        );
+    /// Barman's log must show that it ran pgclone with the flags it passes to every backup
+    /// and `adds`.
+    fn backup(&self, primary: &Cluster, adds: &str) -> String {
+        let wait = ["backup", SERVER, "--wait", "--wait-timeout", "60"];
+        self.run_nudging(&wait, primary);
+        let args = self.last_pg_basebackup_args();
+        let always =
+            "-v --no-password --no-slot --wal-method=none --max-rate=200000 --checkpoint=fast";
+        for flag in always.split(' ').chain(adds.split_whitespace()) {
+            assert!(
+                args.iter().any(|a| a == flag),
+                "pg_basebackup run without {flag}: {args:?}"
+            );
+        }
         let id = self.run(&["list-backups", "--minimal", SERVER], primary);
         let id = id.lines().next().expect("a backup").trim().to_owned();
         let show = self.run(&["show-backup", SERVER, &id], primary);
         assert_eq!(show_field(&show, "Status"), Some("DONE"), "{show}");
         id
+    }
+
+    /// The arguments of Barman's last pg_basebackup run, from its log (`DEBUG: Command: [...]`,
+    /// a Python list of quoted strings without quotes inside).
+    fn last_pg_basebackup_args(&self) -> Vec<String> {
+        let log = fs::read_to_string(&self.log).expect("barman log");
+        let exe = self.bin.join("pg_basebackup");
+        let head = format!("Command: ['{}', '--dbname=", exe.display());
+        let line = log
+            .lines()
+            .rev()
+            .find_map(|l| l.split_once(&head).map(|(_, rest)| rest))
+            .unwrap_or_else(|| panic!("no pg_basebackup run in the barman log"));
+        line.trim_end_matches(']')
+            .split("', '")
+            .skip(1)
+            .map(|a| a.trim_matches('\'').to_owned())
+            .collect()
     }
 
     /// Closes the current WAL segment and waits until Barman has archived it.
@@ -335,14 +365,54 @@ fn recover_and_start(barman: &Barman, primary: &Cluster, work: &TestDir, id: &st
     restored.psql("INSERT INTO t VALUES ('written after recovery')");
 }
 
-/// Barman with pgclone as pg_basebackup: check, plain and gzip tar backups, recovery of both.
+/// A `barman backup` made with extra server settings: what pg_basebackup gets, and a file
+/// its data directory must hold.
+struct Variant {
+    name: &'static str,
+    settings: &'static [&'static str],
+    /// What Barman adds to pg_basebackup's arguments.
+    adds: &'static str,
+    file: &'static str,
+}
+
+const VARIANTS: [Variant; 3] = [
+    Variant {
+        name: "plain",
+        settings: &[],
+        adds: "",
+        file: "PG_VERSION",
+    },
+    Variant {
+        name: "tar client gzip",
+        settings: &[
+            "backup_compression = gzip",
+            "backup_compression_format = tar",
+            "backup_compression_level = 1",
+        ],
+        adds: "--format=tar --compress=gzip:level=1",
+        file: "base.tar.gz",
+    },
+    Variant {
+        name: "plain server gzip",
+        settings: &[
+            "backup_compression = gzip",
+            "backup_compression_location = server",
+            "backup_compression_format = plain",
+            "backup_compression_level = 1",
+        ],
+        adds: "--format=plain --compress=server-gzip:level=1",
+        file: "PG_VERSION",
+    },
+];
+
+/// Barman with pgclone as pg_basebackup: `barman check`, a backup of each [`VARIANTS`] with a
+/// row written after it, then the recovery of each backup, started.
 #[test]
 fn barman_backs_up_and_recovers_through_pgclone() {
     let Some(venv) = dropin::venv("barman") else {
         return;
     };
-    let Some(_rsync) =
-        dropin::system_tool("/usr/bin/rsync", "rsync (barman recover copies with it)")
+    let Some(_rsync) = dropin::system_tool("/usr/bin/rsync", "rsync (barman recover uses it)")
     else {
         return;
     };
@@ -356,25 +426,28 @@ fn barman_backs_up_and_recovers_through_pgclone() {
     barman.switch_wal(&primary);
     barman.check(&primary);
 
-    let plain = barman.backup(&primary);
-    primary.psql("INSERT INTO t VALUES ('after plain')");
-
-    barman.configure(&[
-        "backup_compression = gzip",
-        "backup_compression_format = tar",
-        "backup_compression_level = 1",
-    ]);
-    let gzip = barman.backup(&primary);
-    let show = barman.run(&["show-backup", SERVER, &gzip], &primary);
-    assert_eq!(
-        show_field(&show, "Backup Compression"),
-        Some("gzip"),
-        "{show}"
-    );
-    primary.psql("INSERT INTO t VALUES ('after gzip')");
+    let mut rows = vec!["before".to_owned()];
+    let mut backups = Vec::new();
+    for variant in &VARIANTS {
+        barman.configure(variant.settings);
+        let id = barman.backup(&primary, variant.adds);
+        let data = barman.home.join(SERVER).join("base").join(&id).join("data");
+        assert!(
+            data.join(variant.file).exists(),
+            "{} backup {id} ({}) lacks {}",
+            variant.name,
+            variant.adds,
+            variant.file
+        );
+        let row = format!("after {}", variant.name);
+        primary.psql(&format!("INSERT INTO t VALUES ('{row}')"));
+        rows.push(row);
+        backups.push(id);
+    }
     barman.switch_wal(&primary);
 
-    let all = "after gzip,after plain,before";
-    recover_and_start(&barman, &primary, &work, &plain, all);
-    recover_and_start(&barman, &primary, &work, &gzip, all);
+    rows.sort();
+    for id in &backups {
+        recover_and_start(&barman, &primary, &work, id, &rows.join(","));
+    }
 }
