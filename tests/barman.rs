@@ -196,12 +196,12 @@ impl Barman {
         }
     }
 
-    /// `barman backup --wait`, then the new backup's id, checked DONE by `show-backup`.
-    /// Barman's log must show that it ran pgclone with the flags it passes to every backup
-    /// and `adds`.
-    fn backup(&self, primary: &Cluster, adds: &str) -> String {
+    /// `barman backup --wait <options>`, then the new backup's id, checked DONE by
+    /// `show-backup`. Barman's log must show that it ran pgclone with the flags it passes to
+    /// every backup and `adds`.
+    fn backup(&self, primary: &Cluster, options: &[&str], adds: &str) -> String {
         let wait = ["backup", SERVER, "--wait", "--wait-timeout", "60"];
-        self.run_nudging(&wait, primary);
+        self.run_nudging(&[&wait[..], options].concat(), primary);
         let args = self.last_pg_basebackup_args();
         let always =
             "-v --no-password --no-slot --wal-method=none --max-rate=200000 --checkpoint=fast";
@@ -328,10 +328,12 @@ fn show_field<'a>(show: &'a str, name: &str) -> Option<&'a str> {
 
 /// A PostgreSQL 17 primary (PyPI toolset) with Barman's roles: `barman` (superuser, for
 /// `conninfo`) and `streaming_barman` (replication, for pg_basebackup and pg_receivewal),
-/// table `t` holding `before`, and table `nudge` for [`Barman::run_nudging`].
+/// WAL summaries (for incremental backups), table `t` holding `before`, and table `nudge` for
+/// [`Barman::run_nudging`].
 fn primary() -> Cluster {
     let mut opts = ClusterOptions::new(MAJOR);
     opts.full_toolset = true;
+    opts.conf = vec!["summarize_wal = on".into()];
     opts.hba = vec![
         "host all barman 127.0.0.1/32 trust".into(),
         "host replication streaming_barman 127.0.0.1/32 trust".into(),
@@ -405,8 +407,28 @@ const VARIANTS: [Variant; 3] = [
     },
 ];
 
-/// Barman with pgclone as pg_basebackup: `barman check`, a backup of each [`VARIANTS`] with a
-/// row written after it, then the recovery of each backup, started.
+/// `barman backup --incremental <parent>` (PostgreSQL 17's incremental backup from WAL
+/// summaries): Barman passes `--incremental=<parent's backup_manifest>`; the backup is
+/// incremental, and `barman recover` rebuilds it with the real pg_combinebackup.
+fn incremental_backup(barman: &Barman, primary: &Cluster, parent: &str) -> String {
+    barman.configure(&[]);
+    let manifest = barman.home.join(SERVER).join("base").join(parent);
+    let adds = format!(
+        "--incremental={}",
+        manifest.join("data/backup_manifest").display()
+    );
+    let id = barman.backup(primary, &["--incremental", parent], &adds);
+    let show = barman.run(&["show-backup", SERVER, &id], primary);
+    assert_eq!(
+        show_field(&show, "Backup Type"),
+        Some("incremental"),
+        "{show}"
+    );
+    id
+}
+
+/// Barman with pgclone as pg_basebackup: `barman check`, a backup of each [`VARIANTS`] and an
+/// incremental one, each followed by a row, then the recovery of each backup, started.
 #[test]
 fn barman_backs_up_and_recovers_through_pgclone() {
     let Some(venv) = dropin::venv("barman") else {
@@ -430,7 +452,7 @@ fn barman_backs_up_and_recovers_through_pgclone() {
     let mut backups = Vec::new();
     for variant in &VARIANTS {
         barman.configure(variant.settings);
-        let id = barman.backup(&primary, variant.adds);
+        let id = barman.backup(&primary, &[], variant.adds);
         let data = barman.home.join(SERVER).join("base").join(&id).join("data");
         assert!(
             data.join(variant.file).exists(),
@@ -444,6 +466,10 @@ fn barman_backs_up_and_recovers_through_pgclone() {
         rows.push(row);
         backups.push(id);
     }
+    let incremental = incremental_backup(&barman, &primary, &backups[0]);
+    primary.psql("INSERT INTO t VALUES ('after incremental')");
+    rows.push("after incremental".to_owned());
+    backups.push(incremental);
     barman.switch_wal(&primary);
 
     rows.sort();
