@@ -1,14 +1,18 @@
 //! Barman 3.19 backs up a PostgreSQL 17 primary through pgclone installed as `pg_basebackup`:
 //! `backup_method = postgres` with `path_prefix` naming a bin directory where `pg_basebackup`
-//! is pgclone and `pg_receivewal` the real one (Barman's WAL streaming). `barman check` passes
-//! every check (`pg_basebackup: OK`, `pg_basebackup compatible: OK`), `barman backup` completes
-//! in plain format and, with `backup_compression = gzip`, in tar format, and `barman recover`
-//! of each backup starts as a server that ends recovery, accepts writes and holds the rows
-//! written on the primary before the backup and, through the WAL Barman archived, after it.
+//! is pgclone and `pg_receivewal` and `pg_combinebackup` the real ones. Barman finds pgclone
+//! there (not another `pg_basebackup` on `PATH`), `barman check` passes every check
+//! (`pg_basebackup: OK`, `pg_basebackup compatible: OK`), `barman backup` completes in plain
+//! format, in tar format with client-side gzip, in plain format with server-side gzip and as
+//! an incremental backup, and `barman recover` of each backup starts as a server that ends
+//! recovery, accepts writes and holds the rows written on the primary before the backup and,
+//! through the WAL Barman archived, after it.
 //!
 //! Barman calls `pg_basebackup --dbname=<conninfo> -v --no-password --pgdata=<dir> --no-slot
-//! --wal-method=none` plus `--max-rate=<kB/s>`, `--checkpoint=fast` and
-//! `--format=tar --compress=gzip:level=1` from the settings below.
+//! --wal-method=none` plus, from the settings below, `--max-rate=<kB/s>`, `--checkpoint=fast`,
+//! `--format=tar|plain --compress=[server-]gzip:level=1` and `--incremental=<manifest>`; the
+//! test reads them back from Barman's log. Barman runs as the unprivileged account (run as
+//! root it would switch to `barman_user` itself).
 
 mod support;
 
