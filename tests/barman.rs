@@ -6,27 +6,35 @@
 //! format, in tar format with client-side gzip, in plain format with server-side gzip and as
 //! an incremental backup, and `barman recover` of each backup starts as a server that ends
 //! recovery, accepts writes and holds the rows written on the primary before the backup and,
-//! through the WAL Barman archived, after it.
+//! through the WAL Barman archived, after it. The primary has a tablespace (Barman maps it into
+//! the backup, recover relocates it) and the streaming role a SCRAM password that pgclone and
+//! pg_receivewal read from the passfile named in `streaming_conninfo`.
 //!
 //! Barman calls `pg_basebackup --dbname=<conninfo> -v --no-password --pgdata=<dir> --no-slot
 //! --wal-method=none` plus, from the settings below, `--max-rate=<kB/s>`, `--checkpoint=fast`,
-//! `--format=tar|plain --compress=[server-]gzip:level=1` and `--incremental=<manifest>`; the
-//! test reads them back from Barman's log. Barman runs as the unprivileged account (run as
-//! root it would switch to `barman_user` itself).
+//! `--format=tar|plain --compress=[server-]gzip:level=1`, `--incremental=<manifest>` and
+//! `--tablespace-mapping=<dir>=<backup>/<oid>`; the test reads them back from Barman's log.
+//! Barman runs as the unprivileged account (run as root it would switch to `barman_user`).
 
 mod support;
 
 use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{as_pg_user, dropin, pg_user, tools_bin, Cluster, ClusterOptions, TestDir};
+use support::{
+    as_pg_user, chown_to_pg_user, dropin, pg_user, tools_bin, Cluster, ClusterOptions, TestDir,
+};
 
 /// The Barman server section's name.
 const SERVER: &str = "pg";
 /// The primary's major version: its PyPI toolset has the real `pg_receivewal`.
 const MAJOR: u32 = 17;
+/// `streaming_barman`'s password, read from the passfile named in `streaming_conninfo`
+/// (Barman passes `--no-password`).
+const PASSWORD: &str = "stream-secret";
 
 /// `barman -c <conf>` for one server, run as the unprivileged account.
 struct Barman {
@@ -51,18 +59,28 @@ impl Barman {
         let home = work.mkdir("barman");
         let log = work.join("barman.log");
         let port = primary.port;
+        let passfile = work.join("pgpass");
+        fs::write(
+            &passfile,
+            format!("127.0.0.1:{port}:*:streaming_barman:{PASSWORD}\n"),
+        )
+        .expect("write pgpass");
+        fs::set_permissions(&passfile, fs::Permissions::from_mode(0o600)).expect("chmod pgpass");
+        chown_to_pg_user(&passfile);
         let base_conf = format!(
             "[barman]\nbarman_home = {home}\nbarman_user = {user}\nlog_file = {log}\n\
              log_level = DEBUG\n\n\
              [{SERVER}]\ndescription = \"PostgreSQL {MAJOR} through pgclone as pg_basebackup\"\n\
              conninfo = host=127.0.0.1 port={port} user=barman dbname=postgres\n\
-             streaming_conninfo = host=127.0.0.1 port={port} user=streaming_barman\n\
+             streaming_conninfo = host=127.0.0.1 port={port} user=streaming_barman \
+             passfile={passfile}\n\
              backup_method = postgres\nstreaming_archiver = on\nslot_name = barman\n\
              create_slot = auto\npath_prefix = {bin}\nimmediate_checkpoint = true\n\
              bandwidth_limit = 200000\n",
             home = home.display(),
             log = log.display(),
             bin = bin.display(),
+            passfile = passfile.display(),
         );
         let barman = Self {
             exe: venv.join("barman"),
@@ -331,37 +349,60 @@ fn show_field<'a>(show: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// A PostgreSQL 17 primary (PyPI toolset) with Barman's roles: `barman` (superuser, for
-/// `conninfo`) and `streaming_barman` (replication, for pg_basebackup and pg_receivewal),
-/// WAL summaries (for incremental backups), table `t` holding `before`, and table `nudge` for
-/// [`Barman::run_nudging`].
-fn primary() -> Cluster {
+/// `conninfo`) and `streaming_barman` (replication with a SCRAM password, for pg_basebackup
+/// and pg_receivewal), WAL summaries (for incremental backups), table `t` holding `before` in
+/// tablespace `ts` (under `work`), and table `nudge` for [`Barman::run_nudging`].
+fn primary(work: &TestDir) -> Cluster {
     let mut opts = ClusterOptions::new(MAJOR);
     opts.full_toolset = true;
     opts.conf = vec!["summarize_wal = on".into()];
     opts.hba = vec![
         "host all barman 127.0.0.1/32 trust".into(),
-        "host replication streaming_barman 127.0.0.1/32 trust".into(),
+        "host replication streaming_barman 127.0.0.1/32 scram-sha-256".into(),
     ];
     let primary = Cluster::start(&opts);
-    primary.psql(
-        "CREATE ROLE barman SUPERUSER LOGIN; \
-         CREATE ROLE streaming_barman REPLICATION LOGIN; \
-         CREATE TABLE t (v text); INSERT INTO t VALUES ('before'); \
+    primary.create_tablespace("ts", &work.mkdir("ts-primary"));
+    primary.psql(&format!(
+        "SET password_encryption = 'scram-sha-256'; \
+         CREATE ROLE barman SUPERUSER LOGIN; \
+         CREATE ROLE streaming_barman REPLICATION LOGIN PASSWORD '{PASSWORD}'; \
+         CREATE TABLE t (v text) TABLESPACE ts; INSERT INTO t VALUES ('before'); \
          CREATE TABLE nudge (at timestamptz DEFAULT now())",
-    );
+    ));
     primary
 }
 
-/// `barman recover` of `id` into `work/<name>`, started as a server: it must end recovery,
-/// accept a write and hold the rows of `t` in `want` (sorted, comma-separated).
+/// Barman's last pg_basebackup run relocated tablespace `ts` into backup `id`'s directory
+/// named by the tablespace's OID (`--tablespace-mapping`).
+fn assert_ts_mapped(barman: &Barman, primary: &Cluster, id: &str) {
+    let ts = primary.psql(
+        "SELECT pg_tablespace_location(oid) || '|' || oid FROM pg_tablespace WHERE spcname = 'ts'",
+    );
+    let (location, oid) = ts.split_once('|').expect("location|oid");
+    let dest = barman.home.join(SERVER).join("base").join(id).join(oid);
+    let mapping = format!("--tablespace-mapping={location}={}", dest.display());
+    let args = barman.last_pg_basebackup_args();
+    assert!(args.contains(&mapping), "no {mapping}: {args:?}");
+}
+
+/// `barman recover --tablespace ts:<new dir>` of `id` into `work/recovered-<id>`, started as a
+/// server: it must end recovery, accept a write, find `ts` in the new directory and hold the
+/// rows of `t` in `want` (sorted, comma-separated).
 fn recover_and_start(barman: &Barman, primary: &Cluster, work: &TestDir, id: &str, want: &str) {
     let dest = work.join(&format!("recovered-{id}"));
+    let ts = work.join(&format!("recovered-{id}-ts"));
+    let relocate = format!("ts:{}", ts.display());
+    let dest_arg = dest.to_str().expect("utf8");
     barman.run(
-        &["recover", SERVER, id, dest.to_str().expect("utf8")],
+        &["recover", "--tablespace", &relocate, SERVER, id, dest_arg],
         primary,
     );
     let restored = Cluster::start_existing(MAJOR, &dest, &[]);
     restored.wait_for("SELECT pg_is_in_recovery()", "f", Duration::from_secs(30));
+    assert_eq!(
+        restored.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts'"),
+        ts.to_str().expect("utf8")
+    );
     assert_eq!(
         restored.psql("SELECT string_agg(v, ',' ORDER BY v) FROM t"),
         want,
@@ -422,6 +463,7 @@ fn incremental_backup(barman: &Barman, primary: &Cluster, parent: &str) -> Strin
         manifest.join("data/backup_manifest").display()
     );
     let id = barman.backup(primary, &["--incremental", parent], &adds);
+    assert_ts_mapped(barman, primary, &id);
     let show = barman.run(&["show-backup", SERVER, &id], primary);
     assert_eq!(
         show_field(&show, "Backup Type"),
@@ -442,8 +484,8 @@ fn barman_backs_up_and_recovers_through_pgclone() {
     else {
         return;
     };
-    let primary = primary();
     let work = TestDir::new("barman");
+    let primary = primary(&work);
     let bin = dropin::bin_dir(&work, "bin", &[&tools_bin(MAJOR)]);
     let barman = Barman::new(&venv, &work, &bin, &primary);
 
@@ -457,6 +499,7 @@ fn barman_backs_up_and_recovers_through_pgclone() {
     for variant in &VARIANTS {
         barman.configure(variant.settings);
         let id = barman.backup(&primary, &[], variant.adds);
+        assert_ts_mapped(&barman, &primary, &id);
         let data = barman.home.join(SERVER).join("base").join(&id).join("data");
         assert!(
             data.join(variant.file).exists(),
