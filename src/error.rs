@@ -129,9 +129,13 @@ pub enum Error {
     /// The server found page checksum failures; the data is kept.
     #[error("checksum error occurred")]
     ChecksumFailure,
-    /// The WAL task failed; the source says why.
-    #[error("background WAL receiver terminated unexpectedly")]
+    /// The WAL task failed; the source says why. pg_basebackup's words (scripts match them),
+    /// pgclone's detail after them.
+    #[error("background process terminated unexpectedly")]
     WalReceiver(#[source] Box<Self>),
+    /// The WAL connection broke while streaming (pg_basebackup's words).
+    #[error("could not receive data from WAL stream")]
+    WalStreamLost(#[source] io::Error),
     /// A termination signal arrived; what was created has been removed.
     #[error("interrupted by {}", signal_name(*.0))]
     Interrupted(i32),
@@ -253,5 +257,20 @@ mod tests {
             }),
         };
         assert_eq!(chain(&e), "could not initiate base backup: ERROR:  boom");
+    }
+
+    /// A failed WAL task reads as pg_basebackup's two messages do, in one line.
+    #[test]
+    fn a_dead_wal_task_says_what_pg_basebackup_says() {
+        let eof = io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "server closed the connection unexpectedly",
+        );
+        let e = Error::WalReceiver(Box::new(Error::WalStreamLost(eof)));
+        assert_eq!(
+            chain(&e),
+            "background process terminated unexpectedly: could not receive data from WAL \
+             stream: server closed the connection unexpectedly"
+        );
     }
 }

@@ -436,7 +436,7 @@ impl State {
             return Error::ChecksumFailure;
         }
         let context = if self.started.is_some() {
-            "base backup failed"
+            "backup failed"
         } else {
             "could not initiate base backup"
         };

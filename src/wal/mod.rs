@@ -120,13 +120,13 @@ pub async fn prepare(mut cfg: WalConfig) -> Result<Prepared, Error> {
     })
 }
 
-/// Creates `pgclone_<walsender pid>` as a temporary slot reserving WAL; returns its name.
+/// Creates `pgclone_<walsender pid>` (`pg_basebackup_<pid>` as pg_basebackup) as a temporary slot reserving WAL; returns its name.
 async fn create_temporary_slot(conn: &mut Connection) -> Result<String, Error> {
     let pid = conn
         .info()
         .backend_pid
         .unwrap_or_else(|| std::process::id() as i32);
-    let name = format!("pgclone_{pid}");
+    let name = crate::program::current().temporary_slot_name(pid);
     let cmd = Command::CreatePhysicalSlot {
         name: &name,
         temporary: true,
@@ -283,7 +283,8 @@ async fn stream_timeline(
         tokio::select! {
             msg = conn.read_message("WAL streaming") => {
                 let now = silence.heard();
-                rx.handle_message(now, msg?).map_err(Error::protocol("WAL streaming"))?;
+                let msg = msg.map_err(receive_error)?;
+                rx.handle_message(now, msg).map_err(Error::protocol("WAL streaming"))?;
             }
             () = sleep_until(silence.deadline()), if timeout.is_some() => silence.expired(rx)?,
             () = sleep_until(wake) => rx.handle_timeout(Instant::now()),
@@ -299,6 +300,15 @@ async fn stream_timeline(
     Ok(())
 }
 
+/// A broken WAL connection in pg_basebackup's words (`could not receive data from WAL
+/// stream: ...`); other errors as they are.
+fn receive_error(e: Error) -> Error {
+    match e {
+        Error::ConnectionLost { source, .. } => Error::WalStreamLost(source),
+        other => other,
+    }
+}
+
 /// Writes what the receiver holds, flushes once the end position `stop` (when known) is
 /// written, and tells the receiver what is flushed. A server error stops streaming.
 fn write_received(
@@ -308,7 +318,7 @@ fn write_received(
 ) -> Result<(), Error> {
     if let Some(e) = rx.poll_server_error() {
         return Err(Error::Server {
-            context: "could not stream write-ahead log".into(),
+            context: "unexpected termination of replication stream".into(),
             source: Box::new(e),
         });
     }
