@@ -133,9 +133,16 @@ pub enum Error {
     /// pgclone's detail after them.
     #[error("background process terminated unexpectedly")]
     WalReceiver(#[source] Box<Self>),
-    /// The WAL connection broke while streaming (pg_basebackup's words).
-    #[error("could not receive data from WAL stream")]
-    WalStreamLost(#[source] io::Error),
+    /// A connection broke while data streamed in, in pg_basebackup's words: `context` is
+    /// `could not read COPY data` (the backup) or `could not receive data from WAL stream`.
+    #[error("{context}")]
+    ReceiveFailed {
+        /// pg_basebackup's words for what failed.
+        context: &'static str,
+        /// The system error.
+        #[source]
+        source: io::Error,
+    },
     /// A termination signal arrived; what was created has been removed.
     #[error("interrupted by {}", signal_name(*.0))]
     Interrupted(i32),
@@ -190,6 +197,15 @@ impl Error {
     pub fn fs(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |source| Self::Fs { op, path, source }
+    }
+
+    /// Rewords a connection lost while receiving as pg_basebackup does (`context`, e.g.
+    /// `could not read COPY data`); other errors pass unchanged.
+    pub fn lost_while(context: &'static str) -> impl FnOnce(Self) -> Self {
+        move |e| match e {
+            Self::ConnectionLost { source, .. } => Self::ReceiveFailed { context, source },
+            other => other,
+        }
     }
 
     /// A protocol error with context.
@@ -266,7 +282,12 @@ mod tests {
             io::ErrorKind::UnexpectedEof,
             "server closed the connection unexpectedly",
         );
-        let e = Error::WalReceiver(Box::new(Error::WalStreamLost(eof)));
+        let lost = Error::ConnectionLost {
+            phase: "WAL streaming",
+            source: eof,
+        };
+        let stream = Error::lost_while("could not receive data from WAL stream")(lost);
+        let e = Error::WalReceiver(Box::new(stream));
         assert_eq!(
             chain(&e),
             "background process terminated unexpectedly: could not receive data from WAL \

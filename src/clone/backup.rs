@@ -291,11 +291,11 @@ impl State {
             }
             // Hand the batch over when the socket runs dry, then wait: the next read finds
             // what the server sent meanwhile.
-            let msg = match conn.read_message_now(phase).await? {
+            let msg = match conn.read_message_now(phase).await.map_err(|e| self.lost(e))? {
                 Some(msg) => msg,
                 None => {
                     self.flush_batch().await?;
-                    conn.read_message(phase).await?
+                    conn.read_message(phase).await.map_err(|e| self.lost(e))?
                 }
             };
             self.decoder
@@ -428,6 +428,16 @@ impl State {
             server_terminated: info.server_terminated,
         })
         .await
+    }
+
+    /// A connection lost once the backup started, in pg_basebackup's words (`could not read
+    /// COPY data: ...`).
+    fn lost(&self, e: Error) -> Error {
+        if self.started.is_some() {
+            Error::lost_while("could not read COPY data")(e)
+        } else {
+            e
+        }
     }
 
     fn server_error(&self, e: ServerError) -> Error {

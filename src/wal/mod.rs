@@ -283,7 +283,7 @@ async fn stream_timeline(
         tokio::select! {
             msg = conn.read_message("WAL streaming") => {
                 let now = silence.heard();
-                let msg = msg.map_err(receive_error)?;
+                let msg = msg.map_err(Error::lost_while("could not receive data from WAL stream"))?;
                 rx.handle_message(now, msg).map_err(Error::protocol("WAL streaming"))?;
             }
             () = sleep_until(silence.deadline()), if timeout.is_some() => silence.expired(rx)?,
@@ -298,15 +298,6 @@ async fn stream_timeline(
     }
     conn.set_read_timeout(timeout);
     Ok(())
-}
-
-/// A broken WAL connection in pg_basebackup's words (`could not receive data from WAL
-/// stream: ...`); other errors as they are.
-fn receive_error(e: Error) -> Error {
-    match e {
-        Error::ConnectionLost { source, .. } => Error::WalStreamLost(source),
-        other => other,
-    }
 }
 
 /// Writes what the receiver holds, flushes once the end position `stop` (when known) is
