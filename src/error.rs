@@ -126,6 +126,9 @@ pub enum Error {
         #[source]
         source: IncrementalError,
     },
+    /// `-D - -Ft` of a server with tablespaces: one tar stream holds one archive.
+    #[error("can only write single tablespace to stdout, database has {0}")]
+    StdoutTablespaces(usize),
     /// The server found page checksum failures; the data is kept.
     #[error("checksum error occurred")]
     ChecksumFailure,

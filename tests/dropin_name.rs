@@ -264,3 +264,22 @@ fn cut_wal_connection_says_background_process_terminated() {
     assert!(!dest.exists(), "{}", run.stderr);
     p.wait_for("SELECT count(*) FROM pg_replication_slots", "0", WAIT);
 }
+
+/// Run as `pg_basebackup`, a tar on standard output of a server with a tablespace is refused
+/// in pg_basebackup's words, before any archive is written.
+#[test]
+fn stdout_with_a_tablespace_is_refused_in_pg_basebackups_words() {
+    let p = Cluster::start(&ClusterOptions::new(16));
+    let work = TestDir::new("dropin-stdout");
+    p.create_tablespace("elsewhere", &work.mkdir("ts"));
+    let program = pg_basebackup(&work);
+    let run = run_cmd(clone_cmd(&program, p.port, Path::new("-"), &["-Ft", "-X", "fetch"]));
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    assert_eq!(
+        error_lines(&run, "pg_basebackup"),
+        ["pg_basebackup: error: can only write single tablespace to stdout, database has 2"],
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty(), "{} bytes on stdout", run.stdout.len());
+}

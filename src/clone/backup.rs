@@ -402,6 +402,9 @@ impl State {
             Sink::InPlace(layout) => {
                 self.tablespace_dirs = existing_tablespaces(&list, cfg, layout)?;
             }
+            Sink::Tar(layout) if layout.dir.is_none() && list.len() > 1 => {
+                return Err(Error::StdoutTablespaces(list.len()));
+            }
             _ => {}
         }
         let total = list.iter().map(|t| t.size_kb).sum::<Option<u64>>();
