@@ -218,12 +218,16 @@ impl Error {
 }
 
 /// Formats an error and its sources as one `: `-joined chain, skipping a source whose text the
-/// previous link already contains.
+/// previous link already contains. A system error reads as PostgreSQL's `%m` prints it
+/// ([`os_text`]).
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
     let mut cur = err.source();
     while let Some(e) = cur {
-        let text = e.to_string();
+        let text = match e.downcast_ref::<io::Error>() {
+            Some(io) => os_text(io),
+            None => e.to_string(),
+        };
         if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
@@ -276,6 +280,15 @@ mod tests {
             }),
         };
         assert_eq!(chain(&e), "could not initiate base backup: ERROR:  boom");
+        let e = Error::Fs {
+            op: "create directory",
+            path: "/x".into(),
+            source: io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert_eq!(
+            chain(&e),
+            "could not create directory \"/x\": Permission denied"
+        );
     }
 
     /// A failed WAL task reads as pg_basebackup's two messages do, in one line.
