@@ -27,18 +27,18 @@ static CURRENT: OnceLock<Program> = OnceLock::new();
 
 impl Program {
     /// The program `argv[0]` names: `pg_basebackup` when its file name is exactly that.
-    pub fn from_argv0(argv0: Option<&OsStr>) -> Program {
+    pub fn from_argv0(argv0: Option<&OsStr>) -> Self {
         match argv0.and_then(|a| Path::new(a).file_name()) {
-            Some(name) if name == "pg_basebackup" => Program::PgBasebackup,
-            _ => Program::Pgclone,
+            Some(name) if name == "pg_basebackup" => Self::PgBasebackup,
+            _ => Self::Pgclone,
         }
     }
 
     /// The name printed before messages and used on the server.
     pub fn name(self) -> &'static str {
         match self {
-            Program::Pgclone => "pgclone",
-            Program::PgBasebackup => "pg_basebackup",
+            Self::Pgclone => "pgclone",
+            Self::PgBasebackup => "pg_basebackup",
         }
     }
 
@@ -51,8 +51,8 @@ impl Program {
     /// The backup label without `-l`: `pgclone base backup` or `pg_basebackup base backup`.
     pub fn default_label(self) -> &'static str {
         match self {
-            Program::Pgclone => "pgclone base backup",
-            Program::PgBasebackup => "pg_basebackup base backup",
+            Self::Pgclone => "pgclone base backup",
+            Self::PgBasebackup => "pg_basebackup base backup",
         }
     }
 
@@ -65,8 +65,8 @@ impl Program {
     /// The `verify` subcommand as a usage hint names it: `pgclone verify`.
     pub fn verify_command(self) -> &'static str {
         match self {
-            Program::Pgclone => "pgclone verify",
-            Program::PgBasebackup => "pg_basebackup verify",
+            Self::Pgclone => "pgclone verify",
+            Self::PgBasebackup => "pg_basebackup verify",
         }
     }
 
@@ -75,8 +75,8 @@ impl Program {
     pub fn version_line(self) -> String {
         let own = env!("CARGO_PKG_VERSION");
         match self {
-            Program::Pgclone => format!("pgclone {own}"),
-            Program::PgBasebackup => {
+            Self::Pgclone => format!("pgclone {own}"),
+            Self::PgBasebackup => {
                 format!("pg_basebackup (PostgreSQL) {PG_BASEBACKUP_VERSION} (pgclone {own})")
             }
         }

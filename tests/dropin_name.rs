@@ -273,7 +273,12 @@ fn stdout_with_a_tablespace_is_refused_in_pg_basebackups_words() {
     let work = TestDir::new("dropin-stdout");
     p.create_tablespace("elsewhere", &work.mkdir("ts"));
     let program = pg_basebackup(&work);
-    let run = run_cmd(clone_cmd(&program, p.port, Path::new("-"), &["-Ft", "-X", "fetch"]));
+    let run = run_cmd(clone_cmd(
+        &program,
+        p.port,
+        Path::new("-"),
+        &["-Ft", "-X", "fetch"],
+    ));
     assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
     assert_eq!(
         error_lines(&run, "pg_basebackup"),
@@ -281,5 +286,9 @@ fn stdout_with_a_tablespace_is_refused_in_pg_basebackups_words() {
         "{}",
         run.stderr
     );
-    assert!(run.stdout.is_empty(), "{} bytes on stdout", run.stdout.len());
+    assert!(
+        run.stdout.is_empty(),
+        "{} bytes on stdout",
+        run.stdout.len()
+    );
 }

@@ -291,7 +291,11 @@ impl State {
             }
             // Hand the batch over when the socket runs dry, then wait: the next read finds
             // what the server sent meanwhile.
-            let msg = match conn.read_message_now(phase).await.map_err(|e| self.lost(e))? {
+            let msg = match conn
+                .read_message_now(phase)
+                .await
+                .map_err(|e| self.lost(e))?
+            {
                 Some(msg) => msg,
                 None => {
                     self.flush_batch().await?;
