@@ -265,12 +265,13 @@ fn cut_wal_connection_says_background_process_terminated() {
     p.wait_for("SELECT count(*) FROM pg_replication_slots", "0", WAIT);
 }
 
-/// Run as `pg_basebackup`, a tar on standard output of a server with a tablespace is refused
-/// in pg_basebackup's words, before any archive is written.
+/// Run as `pg_basebackup`, failures the server side causes read as pg_basebackup's: a tar on
+/// standard output of a server with a tablespace is refused before any archive is written; a
+/// missing `-S` slot fails START_REPLICATION in the background process.
 #[test]
-fn stdout_with_a_tablespace_is_refused_in_pg_basebackups_words() {
+fn server_side_failures_in_pg_basebackups_words() {
     let p = Cluster::start(&ClusterOptions::new(16));
-    let work = TestDir::new("dropin-stdout");
+    let work = TestDir::new("dropin-refusals");
     p.create_tablespace("elsewhere", &work.mkdir("ts"));
     let program = pg_basebackup(&work);
     let run = run_cmd(clone_cmd(
@@ -291,4 +292,23 @@ fn stdout_with_a_tablespace_is_refused_in_pg_basebackups_words() {
         "{} bytes on stdout",
         run.stdout.len()
     );
+
+    let dest = work.join("copy");
+    let run = run_cmd(clone_cmd(
+        &program,
+        p.port,
+        &dest,
+        &["-Ft", "-X", "stream", "-S", "nosuchslot"],
+    ));
+    assert_eq!(
+        error_lines(&run, "pg_basebackup"),
+        [
+            "pg_basebackup: error: background process terminated unexpectedly: could not send \
+             replication command \"START_REPLICATION\": ERROR:  replication slot \"nosuchslot\" \
+             does not exist"
+        ],
+        "{}",
+        run.stderr
+    );
+    assert!(!dest.exists());
 }

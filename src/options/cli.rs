@@ -263,18 +263,21 @@ where
     }
 }
 
-/// Clap's message for the backup flags; a stray word (also `verify` after flags) is an
-/// unexpected argument, as it was before there was a subcommand.
+/// Clap's message for the backup flags; a stray word (also `verify` after flags) is one
+/// command-line argument too many, in pg_basebackup's words.
 fn top_level_message(e: &clap::Error) -> String {
-    match (e.kind(), e.get(ContextKind::InvalidSubcommand)) {
+    let word = match (e.kind(), e.get(ContextKind::InvalidSubcommand)) {
         (
             ErrorKind::InvalidSubcommand | ErrorKind::ArgumentConflict,
             Some(ContextValue::String(word)),
-        ) => {
-            format!("unexpected argument '{word}' found")
-        }
-        _ => verify::first_line(e),
-    }
+        ) => word,
+        (ErrorKind::UnknownArgument, _) => match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(arg)) if !arg.starts_with('-') => arg,
+            _ => return verify::first_line(e),
+        },
+        _ => return verify::first_line(e),
+    };
+    format!("too many command-line arguments (first is \"{word}\")")
 }
 
 #[cfg(test)]
@@ -377,5 +380,10 @@ mod tests {
         };
         assert!(msg.contains("--bogus"), "{msg}");
         assert!(!msg.starts_with("error:"));
+        let Parsed::Usage { message: msg, .. } = parse(["pgclone", "-D", "x", "extra", "more"])
+        else {
+            panic!("should fail")
+        };
+        assert_eq!(msg, "too many command-line arguments (first is \"extra\")");
     }
 }

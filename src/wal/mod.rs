@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
+use pgclone_proto::backend::BackendMessage;
 use pgclone_proto::command::Command;
 use pgclone_proto::replication::{pg_epoch_micros, ReceiverConfig, WalReceiver};
 use pgclone_proto::{Lsn, TimelineId, WalSegSize};
@@ -269,9 +270,11 @@ async fn stream_timeline(
         rx.stop_at(e);
     }
     let mut out = BytesMut::new();
+    // Whether the server accepted START_REPLICATION (an error before is the command's).
+    let mut copying = false;
     loop {
         let stop = if end_known { *end.borrow() } else { None };
-        write_received(rx, writer, stop)?;
+        write_received(rx, writer, stop, copying)?;
         if rx.poll_transmit(pg_now(), &mut out) {
             conn.send_raw(&out, "WAL streaming").await?;
             out.clear();
@@ -284,6 +287,7 @@ async fn stream_timeline(
             msg = conn.read_message("WAL streaming") => {
                 let now = silence.heard();
                 let msg = msg.map_err(Error::lost_while("could not receive data from WAL stream"))?;
+                copying |= matches!(msg, BackendMessage::CopyBothResponse(_));
                 rx.handle_message(now, msg).map_err(Error::protocol("WAL streaming"))?;
             }
             () = sleep_until(silence.deadline()), if timeout.is_some() => silence.expired(rx)?,
@@ -301,15 +305,22 @@ async fn stream_timeline(
 }
 
 /// Writes what the receiver holds, flushes once the end position `stop` (when known) is
-/// written, and tells the receiver what is flushed. A server error stops streaming.
+/// written, and tells the receiver what is flushed. A server error stops streaming; it reads
+/// as pg_basebackup words it, as the command's error until the server started `copying`.
 fn write_received(
     rx: &mut WalReceiver,
     writer: &mut dyn WalSink,
     stop: Option<Lsn>,
+    copying: bool,
 ) -> Result<(), Error> {
     if let Some(e) = rx.poll_server_error() {
+        let context = if copying {
+            "unexpected termination of replication stream".into()
+        } else {
+            "could not send replication command \"START_REPLICATION\"".into()
+        };
         return Err(Error::Server {
-            context: "unexpected termination of replication stream".into(),
+            context,
             source: Box::new(e),
         });
     }
