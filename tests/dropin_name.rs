@@ -6,7 +6,7 @@
 //! pg_basebackup says: `background process terminated unexpectedly`.
 //!
 //! With `PGCLONE_STAND_IN=/bin/false` the `pg_basebackup` link runs that instead, and every
-//! test here fails.
+//! test that runs the link fails (`named_pgclone_stays_pgclone` runs pgclone by its own name).
 
 mod support;
 
