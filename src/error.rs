@@ -126,12 +126,26 @@ pub enum Error {
         #[source]
         source: IncrementalError,
     },
+    /// `-D - -Ft` of a server with tablespaces: one tar stream holds one archive.
+    #[error("can only write single tablespace to stdout, database has {0}")]
+    StdoutTablespaces(usize),
     /// The server found page checksum failures; the data is kept.
     #[error("checksum error occurred")]
     ChecksumFailure,
-    /// The WAL task failed; the source says why.
-    #[error("background WAL receiver terminated unexpectedly")]
+    /// The WAL task failed; the source says why. pg_basebackup's words (scripts match them),
+    /// pgclone's detail after them.
+    #[error("background process terminated unexpectedly")]
     WalReceiver(#[source] Box<Self>),
+    /// A connection broke while data streamed in, in pg_basebackup's words: `context` is
+    /// `could not read COPY data` (the backup) or `could not receive data from WAL stream`.
+    #[error("{context}")]
+    ReceiveFailed {
+        /// pg_basebackup's words for what failed.
+        context: &'static str,
+        /// The system error.
+        #[source]
+        source: io::Error,
+    },
     /// A termination signal arrived; what was created has been removed.
     #[error("interrupted by {}", signal_name(*.0))]
     Interrupted(i32),
@@ -188,6 +202,15 @@ impl Error {
         move |source| Self::Fs { op, path, source }
     }
 
+    /// Rewords a connection lost while receiving as pg_basebackup does (`context`, e.g.
+    /// `could not read COPY data`); other errors pass unchanged.
+    pub fn lost_while(context: &'static str) -> impl FnOnce(Self) -> Self {
+        move |e| match e {
+            Self::ConnectionLost { source, .. } => Self::ReceiveFailed { context, source },
+            other => other,
+        }
+    }
+
     /// A protocol error with context.
     pub fn protocol(phase: &'static str) -> impl FnOnce(ProtocolError) -> Self {
         move |source| Self::Protocol { phase, source }
@@ -195,12 +218,16 @@ impl Error {
 }
 
 /// Formats an error and its sources as one `: `-joined chain, skipping a source whose text the
-/// previous link already contains.
+/// previous link already contains. A system error reads as PostgreSQL's `%m` prints it
+/// ([`os_text`]).
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
     let mut cur = err.source();
     while let Some(e) = cur {
-        let text = e.to_string();
+        let text = match e.downcast_ref::<io::Error>() {
+            Some(io) => os_text(io),
+            None => e.to_string(),
+        };
         if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
@@ -253,5 +280,34 @@ mod tests {
             }),
         };
         assert_eq!(chain(&e), "could not initiate base backup: ERROR:  boom");
+        let e = Error::Fs {
+            op: "create directory",
+            path: "/x".into(),
+            source: io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert_eq!(
+            chain(&e),
+            "could not create directory \"/x\": Permission denied"
+        );
+    }
+
+    /// A failed WAL task reads as pg_basebackup's two messages do, in one line.
+    #[test]
+    fn a_dead_wal_task_says_what_pg_basebackup_says() {
+        let eof = io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "server closed the connection unexpectedly",
+        );
+        let lost = Error::ConnectionLost {
+            phase: "WAL streaming",
+            source: eof,
+        };
+        let stream = Error::lost_while("could not receive data from WAL stream")(lost);
+        let e = Error::WalReceiver(Box::new(stream));
+        assert_eq!(
+            chain(&e),
+            "background process terminated unexpectedly: could not receive data from WAL \
+             stream: server closed the connection unexpectedly"
+        );
     }
 }

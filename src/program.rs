@@ -42,6 +42,34 @@ impl Program {
         }
     }
 
+    /// The default `application_name` on the server (pg_basebackup's `fallback_application_name`
+    /// is its program name, which monitoring matches in `pg_stat_replication`).
+    pub fn application_name(self) -> &'static str {
+        self.name()
+    }
+
+    /// The backup label without `-l`: `pgclone base backup` or `pg_basebackup base backup`.
+    pub fn default_label(self) -> &'static str {
+        match self {
+            Self::Pgclone => "pgclone base backup",
+            Self::PgBasebackup => "pg_basebackup base backup",
+        }
+    }
+
+    /// The temporary slot of `-X stream`, named after the WAL connection's walsender
+    /// (`backend_pid`): `pgclone_<pid>` or, as pg_basebackup names it, `pg_basebackup_<pid>`.
+    pub fn temporary_slot_name(self, backend_pid: i32) -> String {
+        format!("{}_{backend_pid}", self.name())
+    }
+
+    /// The `verify` subcommand as a usage hint names it: `pgclone verify`.
+    pub fn verify_command(self) -> &'static str {
+        match self {
+            Self::Pgclone => "pgclone verify",
+            Self::PgBasebackup => "pg_basebackup verify",
+        }
+    }
+
     /// The `--version` line: `pgclone 0.1.0`, or as `pg_basebackup`
     /// `pg_basebackup (PostgreSQL) 18.0 (pgclone 0.1.0)`.
     pub fn version_line(self) -> String {
@@ -87,6 +115,22 @@ mod tests {
         assert_eq!(of("/usr/local/bin/pg_basebackup.real"), Program::Pgclone);
         assert_eq!(of("pg_basebackup-wrapper"), Program::Pgclone);
         assert_eq!(Program::from_argv0(None), Program::Pgclone);
+    }
+
+    /// What pg_basebackup puts on the server under its own name, pgclone puts under the name
+    /// it runs as.
+    #[test]
+    fn names_on_the_server_follow_the_program_name() {
+        let pgb = Program::PgBasebackup;
+        assert_eq!(pgb.application_name(), "pg_basebackup");
+        assert_eq!(pgb.default_label(), "pg_basebackup base backup");
+        assert_eq!(pgb.temporary_slot_name(4242), "pg_basebackup_4242");
+        assert_eq!(pgb.verify_command(), "pg_basebackup verify");
+        let own = Program::Pgclone;
+        assert_eq!(own.application_name(), "pgclone");
+        assert_eq!(own.default_label(), "pgclone base backup");
+        assert_eq!(own.temporary_slot_name(4242), "pgclone_4242");
+        assert_eq!(own.verify_command(), "pgclone verify");
     }
 
     /// Barman drops every parenthesised part, takes the second word and wants `N.N`.

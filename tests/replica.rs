@@ -308,7 +308,10 @@ fn killed_wal_connection_fails_and_cleans_up() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let run = pgclone_wait(child);
-    run.assert_error("background WAL receiver terminated unexpectedly");
+    run.assert_error(
+        "background process terminated unexpectedly: unexpected termination of replication \
+         stream: FATAL:  terminating connection due to administrator command",
+    );
     assert!(!dest.exists(), "{}", run.stderr);
     p.wait_for("SELECT count(*) FROM pg_replication_slots", "0", WAIT);
 }

@@ -291,11 +291,15 @@ impl State {
             }
             // Hand the batch over when the socket runs dry, then wait: the next read finds
             // what the server sent meanwhile.
-            let msg = match conn.read_message_now(phase).await? {
+            let msg = match conn
+                .read_message_now(phase)
+                .await
+                .map_err(|e| self.lost(e))?
+            {
                 Some(msg) => msg,
                 None => {
                     self.flush_batch().await?;
-                    conn.read_message(phase).await?
+                    conn.read_message(phase).await.map_err(|e| self.lost(e))?
                 }
             };
             self.decoder
@@ -402,6 +406,9 @@ impl State {
             Sink::InPlace(layout) => {
                 self.tablespace_dirs = existing_tablespaces(&list, cfg, layout)?;
             }
+            Sink::Tar(layout) if layout.dir.is_none() && list.len() > 1 => {
+                return Err(Error::StdoutTablespaces(list.len()));
+            }
             _ => {}
         }
         let total = list.iter().map(|t| t.size_kb).sum::<Option<u64>>();
@@ -430,13 +437,23 @@ impl State {
         .await
     }
 
+    /// A connection lost once the backup started, in pg_basebackup's words (`could not read
+    /// COPY data: ...`).
+    fn lost(&self, e: Error) -> Error {
+        if self.started.is_some() {
+            Error::lost_while("could not read COPY data")(e)
+        } else {
+            e
+        }
+    }
+
     fn server_error(&self, e: ServerError) -> Error {
         if e.code == sqlstate::DATA_CORRUPTED {
             tracing::debug!("server: {e}");
             return Error::ChecksumFailure;
         }
         let context = if self.started.is_some() {
-            "base backup failed"
+            "backup failed"
         } else {
             "could not initiate base backup"
         };

@@ -110,8 +110,9 @@ fn keep_partial(cfg: &Config) {
         .unwrap_or_else(|| cfg.dest.join("pg_wal"));
     dest::trim_partial(&cfg.dest, &wal_dir);
     tracing::info!(
-        "data directory \"{}\" kept with its journal: run pgclone --refresh on it to resume",
-        cfg.dest.display()
+        "data directory \"{}\" kept with its journal: run {} --refresh on it to resume",
+        cfg.dest.display(),
+        crate::program::name()
     );
 }
 

@@ -129,8 +129,9 @@ fn too_large(path: &Path) -> Error {
         op: "upload file",
         path: path.to_path_buf(),
         source: io::Error::other(format!(
-            "larger than {} MB, the most pgclone uploads as a backup manifest",
-            MAX_MANIFEST_BYTES >> 20
+            "larger than {} MB, the most {} uploads as a backup manifest",
+            MAX_MANIFEST_BYTES >> 20,
+            crate::program::name()
         )),
     }
 }

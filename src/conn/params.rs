@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::conn::{conninfo, os_user};
 use crate::error::Error;
+use crate::program;
 
 /// Default PostgreSQL port.
 pub(crate) const DEFAULT_PORT: u16 = 5432;
@@ -266,11 +267,12 @@ impl ConnParams {
             None => os_user::name()
                 .ok_or_else(|| Error::Usage("could not determine the user name; use -U".into()))?,
         };
+        // As pg_basebackup: its program name is the fallback, and it overrides any
+        // `fallback_application_name` in `-d`.
         let explicit_app = get("application_name");
         let application_name = explicit_app
             .clone()
-            .or_else(|| get("fallback_application_name"))
-            .unwrap_or_else(|| "pgclone".into());
+            .unwrap_or_else(|| program::current().application_name().into());
         let tls = tls_settings(&settings)?;
         let connect_timeout = connect_timeout(&settings)?;
         let keepalives = keepalives(&settings)?;
@@ -575,6 +577,27 @@ mod tests {
         assert_eq!((p.targets[0].port, p.user.as_str()), (8000, "flaguser"));
         assert_eq!(p.application_name, "pgclone");
         assert!(!p.application_name_explicit);
+    }
+
+    /// Without `application_name`, the server sees the program's name (`pgclone` in unit
+    /// tests, which never run as `pg_basebackup`), even over a `fallback_application_name` in
+    /// `-d`: pg_basebackup passes its own name as the fallback after the connection string.
+    #[test]
+    fn the_default_application_name_is_the_program_name() {
+        let flags = ConnFlags {
+            connstr: Some("host=h fallback_application_name=other"),
+            ..ConnFlags::default()
+        };
+        let p = ConnParams::resolve(&flags, &env_of(&[("PGUSER", "u")])).expect("resolves");
+        assert_eq!(p.application_name, program::current().application_name());
+        assert_eq!(p.application_name, "pgclone");
+        assert!(!p.application_name_explicit);
+        let p = ConnParams::resolve(&flags, &env_of(&[("PGUSER", "u"), ("PGAPPNAME", "mine")]))
+            .expect("resolves");
+        assert_eq!(
+            (p.application_name.as_str(), p.application_name_explicit),
+            ("mine", true)
+        );
     }
 
     #[test]

@@ -38,13 +38,14 @@ pub async fn inspect(conn: &mut Connection) -> Result<ServerFacts, Error> {
     let version = info.version;
     if !version.is_at_least(MIN_MAJOR) {
         return Err(Error::IncompatibleServer(format!(
-            "incompatible server version {}: pgclone supports PostgreSQL {MIN_MAJOR} and newer",
-            info.version_text
+            "incompatible server version {}: {} supports PostgreSQL {MIN_MAJOR} and newer",
+            info.version_text,
+            crate::program::name()
         )));
     }
     if info.params.get("integer_datetimes").map(String::as_str) != Some("on") {
         return Err(Error::IncompatibleServer(
-            "integer_datetimes compile flag does not match server".into(),
+            "\"integer_datetimes\" compile flag does not match server".into(),
         ));
     }
     let modes = if version.is_at_least(11) {

@@ -6,11 +6,11 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::manifest::verify::Options;
 use crate::options::verify::{self, VerifyArgs};
-use crate::program;
+use crate::program::{self, Program};
 
 /// pgclone: clone a running PostgreSQL server (10 and newer) into a data directory, or (`verify`)
 /// check a clone against its manifest.
@@ -202,14 +202,41 @@ pub enum Parsed {
     },
 }
 
-/// Parses `argv` (including the program name).
+/// Parses `argv` (including the program name), naming itself as [`program::current`].
 pub fn parse<I, T>(argv: I) -> Parsed
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    parse_as(program::current(), argv)
+}
+
+/// The command-line parser, naming itself as `program` in its usage lines and `--help`
+/// (rather than as `argv[0]`'s file name, whatever it is).
+fn command(program: Program) -> clap::Command {
+    let name = program.name();
+    let command = Args::command().name(name).bin_name(name);
+    match program {
+        Program::Pgclone => command,
+        Program::PgBasebackup => command.about(
+            "pg_basebackup takes a base backup of a running PostgreSQL server (10 or newer); \
+             this pg_basebackup is pgclone.",
+        ),
+    }
+}
+
+/// [`parse`] as `program`.
+fn parse_as<I, T>(program: Program, argv: I) -> Parsed
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
     let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
-    match Args::try_parse_from(&argv) {
+    let parsed = command(program)
+        .try_get_matches_from(&argv)
+        .and_then(|matches| Args::from_arg_matches(&matches))
+        .map_err(|e| e.format(&mut command(program)));
+    match parsed {
         Ok(Args {
             command: Some(Command::Verify(verify)),
             ..
@@ -221,34 +248,37 @@ where
                 Parsed::Exit
             }
             ErrorKind::DisplayVersion => {
-                println!("{}", program::current().version_line());
+                println!("{}", program.version_line());
                 Parsed::Exit
             }
             // A subcommand must come first: any flag before it conflicts.
             _ if argv.get(1).is_some_and(|a| a == "verify") => Parsed::Usage {
                 message: verify::usage_message(&e, &argv),
-                command: "pgclone verify",
+                command: program.verify_command(),
             },
             _ => Parsed::Usage {
                 message: top_level_message(&e),
-                command: program::name(),
+                command: program.name(),
             },
         },
     }
 }
 
-/// Clap's message for the backup flags; a stray word (also `verify` after flags) is an
-/// unexpected argument, as it was before there was a subcommand.
+/// Clap's message for the backup flags; a stray word (also `verify` after flags) is one
+/// command-line argument too many, in pg_basebackup's words.
 fn top_level_message(e: &clap::Error) -> String {
-    match (e.kind(), e.get(ContextKind::InvalidSubcommand)) {
+    let word = match (e.kind(), e.get(ContextKind::InvalidSubcommand)) {
         (
             ErrorKind::InvalidSubcommand | ErrorKind::ArgumentConflict,
             Some(ContextValue::String(word)),
-        ) => {
-            format!("unexpected argument '{word}' found")
-        }
-        _ => verify::first_line(e),
-    }
+        ) => word,
+        (ErrorKind::UnknownArgument, _) => match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(arg)) if !arg.starts_with('-') => arg,
+            _ => return verify::first_line(e),
+        },
+        _ => return verify::first_line(e),
+    };
+    format!("too many command-line arguments (first is \"{word}\")")
 }
 
 #[cfg(test)]
@@ -340,6 +370,44 @@ mod tests {
         assert_eq!(a.general.checkpoint.as_deref(), Some("fast"));
     }
 
+    /// As pg_basebackup, the usage lines and the hints name pg_basebackup; as pgclone, pgclone
+    /// (whatever `argv[0]` says: the name comes from [`Program`]).
+    #[test]
+    fn help_and_hints_name_the_program() {
+        let help = command(Program::PgBasebackup).render_help().to_string();
+        assert!(help.contains("Usage: pg_basebackup [OPTIONS]"), "{help}");
+        assert!(
+            help.starts_with("pg_basebackup takes a base backup"),
+            "{help}"
+        );
+        assert!(!help.contains("Usage: pgclone"), "{help}");
+        let help = command(Program::Pgclone).render_help().to_string();
+        assert!(help.contains("Usage: pgclone [OPTIONS]"), "{help}");
+        assert!(help.starts_with("pgclone takes a base backup"), "{help}");
+
+        let usage = |program, argv: &[&str]| match parse_as(program, argv) {
+            Parsed::Usage { command, .. } => command,
+            other => panic!("{argv:?}: {other:?}"),
+        };
+        let pgb = Program::PgBasebackup;
+        assert_eq!(
+            usage(pgb, &["/usr/bin/pg_basebackup", "--bogus"]),
+            "pg_basebackup"
+        );
+        assert_eq!(
+            usage(pgb, &["pg_basebackup", "verify", "--bogus"]),
+            "pg_basebackup verify"
+        );
+        assert_eq!(
+            usage(Program::Pgclone, &["pgclone-1", "--bogus"]),
+            "pgclone"
+        );
+        assert_eq!(
+            usage(Program::Pgclone, &["x", "verify", "--bogus"]),
+            "pgclone verify"
+        );
+    }
+
     #[test]
     fn unknown_flags_are_usage_errors() {
         let Parsed::Usage { message: msg, .. } = parse(["pgclone", "--bogus"]) else {
@@ -347,5 +415,10 @@ mod tests {
         };
         assert!(msg.contains("--bogus"), "{msg}");
         assert!(!msg.starts_with("error:"));
+        let Parsed::Usage { message: msg, .. } = parse(["pgclone", "-D", "x", "extra", "more"])
+        else {
+            panic!("should fail")
+        };
+        assert_eq!(msg, "too many command-line arguments (first is \"extra\")");
     }
 }

@@ -13,6 +13,7 @@ use crate::manifest::ChecksumAlgorithm;
 use crate::options::cli::Args;
 use crate::options::refresh;
 use crate::options::tablespace::TablespaceMapping;
+use crate::program;
 use crate::sink::codec::{self, Compression, Method};
 
 /// How WAL gets into the clone.
@@ -189,7 +190,7 @@ impl Config {
                 .general
                 .label
                 .clone()
-                .unwrap_or_else(|| "pgclone base backup".into()),
+                .unwrap_or_else(|| program::current().default_label().into()),
             max_rate,
             verify_checksums: !args.general.no_verify_checksums,
             estimate_size: !args.general.no_estimate_size,
@@ -354,7 +355,7 @@ fn check_recovery_conf(
 ) -> Result<(), Error> {
     if to.has_target() && args.output.write_recovery_conf {
         return Err(usage(
-            "--write-recovery-conf cannot be used with a backup target",
+            "recovery configuration cannot be written when a backup target is used",
         ));
     }
     if args.output.write_recovery_conf
@@ -638,6 +639,16 @@ pub(crate) mod tests {
             Err(Error::Usage(m)) => m,
             other => panic!("{argv:?}: expected a usage error, got {other:?}"),
         }
+    }
+
+    /// Without `-l`, the label names the program (`pgclone` here; `pg_basebackup` when run so).
+    #[test]
+    fn the_default_label_names_the_program() {
+        let cfg = config(&["-D", "/x"]).expect("valid");
+        assert_eq!(cfg.label, program::current().default_label());
+        assert_eq!(cfg.label, "pgclone base backup");
+        let cfg = config(&["-D", "/x", "-l", "nightly"]).expect("valid");
+        assert_eq!(cfg.label, "nightly");
     }
 
     #[test]

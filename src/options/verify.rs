@@ -202,10 +202,16 @@ mod tests {
             panic!("a subcommand after flags is a stray argument")
         };
         assert_eq!(command, "pgclone");
-        assert_eq!(message, "unexpected argument 'verify' found");
+        assert_eq!(
+            message,
+            "too many command-line arguments (first is \"verify\")"
+        );
         let Parsed::Usage { message, .. } = parse(["pgclone", "foo"]) else {
             panic!("should fail")
         };
-        assert_eq!(message, "unexpected argument 'foo' found");
+        assert_eq!(
+            message,
+            "too many command-line arguments (first is \"foo\")"
+        );
     }
 }

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
+use pgclone_proto::backend::BackendMessage;
 use pgclone_proto::command::Command;
 use pgclone_proto::replication::{pg_epoch_micros, ReceiverConfig, WalReceiver};
 use pgclone_proto::{Lsn, TimelineId, WalSegSize};
@@ -122,13 +123,13 @@ pub async fn prepare(mut cfg: WalConfig) -> Result<Prepared, Error> {
     })
 }
 
-/// Creates `pgclone_<walsender pid>` as a temporary slot reserving WAL; returns its name.
+/// Creates `pgclone_<walsender pid>` (`pg_basebackup_<pid>` as pg_basebackup) as a temporary slot reserving WAL; returns its name.
 async fn create_temporary_slot(conn: &mut Connection) -> Result<String, Error> {
     let pid = conn
         .info()
         .backend_pid
         .unwrap_or_else(|| std::process::id() as i32);
-    let name = format!("pgclone_{pid}");
+    let name = crate::program::current().temporary_slot_name(pid);
     let cmd = Command::CreatePhysicalSlot {
         name: &name,
         temporary: true,
@@ -273,9 +274,11 @@ async fn stream_timeline(
         rx.stop_at(e);
     }
     let mut out = BytesMut::new();
+    // Whether the server accepted START_REPLICATION (an error before is the command's).
+    let mut copying = false;
     loop {
         let stop = if end_known { *end.borrow() } else { None };
-        write_received(rx, writer, stop)?;
+        write_received(rx, writer, stop, copying)?;
         if rx.poll_transmit(pg_now(), &mut out) {
             conn.send_raw(&out, "WAL streaming").await?;
             out.clear();
@@ -287,7 +290,9 @@ async fn stream_timeline(
         tokio::select! {
             msg = conn.read_message("WAL streaming") => {
                 let now = silence.heard();
-                rx.handle_message(now, msg?).map_err(Error::protocol("WAL streaming"))?;
+                let msg = msg.map_err(Error::lost_while("could not receive data from WAL stream"))?;
+                copying |= matches!(msg, BackendMessage::CopyBothResponse(_));
+                rx.handle_message(now, msg).map_err(Error::protocol("WAL streaming"))?;
             }
             () = sleep_until(silence.deadline()), if timeout.is_some() => silence.expired(rx)?,
             () = sleep_until(wake) => rx.handle_timeout(Instant::now()),
@@ -304,15 +309,22 @@ async fn stream_timeline(
 }
 
 /// Writes what the receiver holds, flushes once the end position `stop` (when known) is
-/// written, and tells the receiver what is flushed. A server error stops streaming.
+/// written, and tells the receiver what is flushed. A server error stops streaming; it reads
+/// as pg_basebackup words it, as the command's error until the server started `copying`.
 fn write_received(
     rx: &mut WalReceiver,
     writer: &mut dyn WalSink,
     stop: Option<Lsn>,
+    copying: bool,
 ) -> Result<(), Error> {
     if let Some(e) = rx.poll_server_error() {
+        let context = if copying {
+            "unexpected termination of replication stream".into()
+        } else {
+            "could not send replication command \"START_REPLICATION\"".into()
+        };
         return Err(Error::Server {
-            context: "could not stream write-ahead log".into(),
+            context,
             source: Box::new(e),
         });
     }

@@ -72,9 +72,10 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
     if let Err(e) = &result {
         if cfg.dest.join(MARKER).exists() {
             tracing::info!(
-                "data directory \"{}\" is left unfinished (it will not start): run pgclone \
+                "data directory \"{}\" is left unfinished (it will not start): run {} \
                  --refresh again to complete it ({e})",
-                cfg.dest.display()
+                cfg.dest.display(),
+                crate::program::name()
             );
         }
         drop_created_slot(&cfg, &params, created_slot.as_deref()).await;
