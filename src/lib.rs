@@ -7,6 +7,9 @@
 //! - `options/`: the command line as pg_basebackup spells it (`cli`), validated into a `Config`
 //!   (`config`), `-T` mappings (`tablespace`), the flags `--refresh` refuses (`refresh`), the
 //!   `pgclone verify` subcommand's flags (`verify`)
+//! - `check/`: `pgclone check`, the preflight that creates nothing: what the server says over
+//!   replication and SQL (`server`), free walsenders, slots and disk space (`capacity`), the
+//!   destination, `--waldir` and tablespace paths (`dest`), text or JSON output (`report`)
 //! - `clone/`: one clone from start to finish (`run`), the BASE_BACKUP task (`backup`), `-P`
 //!   (`progress`), SIGINT/SIGTERM/SIGHUP (`signals`), `-i`'s UPLOAD_MANIFEST (`upload`), the
 //!   `--refresh` run applied in place (`refresh`: preflight, marker, last steps)
@@ -29,6 +32,7 @@
 //! - `error.rs`: the error type and exit codes; `output.rs`: stderr; `program.rs`: the name run
 //!   under (`pgclone`, or `pg_basebackup` as a drop-in)
 
+pub mod check;
 pub mod clone;
 pub mod conn;
 pub mod error;
@@ -57,6 +61,21 @@ pub fn main_with_args(argv: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
             ExitCode::from(1)
         }
         Parsed::Verify(options) => manifest::verify::run(&options),
+        Parsed::Check(check_args) => {
+            let (args, json) = check_args.into_args();
+            output::init(args.general.verbose);
+            match Config::from_args(&args, &|k| std::env::var(k).ok()) {
+                Ok(cfg) => check::run(&cfg, json),
+                Err(error::Error::Usage(message)) => {
+                    output::usage_error(&message, cli::check_command(program::current()));
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    output::error(&error::chain(&e), e.wants_help_hint());
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
         Parsed::Run(args) => {
             output::init(args.general.verbose);
             match Config::from_args(&args, &|k| std::env::var(k).ok()).and_then(run_clone) {

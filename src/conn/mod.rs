@@ -86,6 +86,18 @@ impl Connection {
         &self.info
     }
 
+    /// The TLS protocol version and cipher suite in use (as rustls names them); `None` in
+    /// plaintext.
+    pub fn tls_session(&self) -> Option<(String, String)> {
+        let Transport::Tls(stream) = &self.io else {
+            return None;
+        };
+        let session = &stream.get_ref().1;
+        let version = session.protocol_version()?;
+        let suite = session.negotiated_cipher_suite()?;
+        Some((format!("{version:?}"), format!("{:?}", suite.suite())))
+    }
+
     /// Reads the next message, printing notices and recording parameter changes on the way.
     ///
     /// # Cancel safety

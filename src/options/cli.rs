@@ -1,6 +1,7 @@
 //! Command-line flags, spelled as pg_basebackup spells them, and nothing else: no validation
 //! beyond what clap does, no system calls. [`crate::options::config`] turns them into a checked
-//! config. `pgclone verify` is the one subcommand; its flags are in [`crate::options::verify`].
+//! config. Subcommands: `pgclone verify` (its flags in [`crate::options::verify`]) and
+//! `pgclone check` (the clone's own flag groups, [`CheckArgs`]).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -53,6 +54,45 @@ pub struct Args {
 pub enum Command {
     /// check a plain-format backup against its backup manifest
     Verify(VerifyArgs),
+    /// check whether a clone with these flags would start, creating nothing
+    Check(Box<CheckArgs>),
+}
+
+/// `pgclone check`: the clone's flags (one definition of each), plus `--json`.
+#[derive(Debug, clap::Args)]
+#[command(disable_help_flag = true, args_override_self = true)]
+pub struct CheckArgs {
+    /// Where the backup would go and how.
+    #[command(flatten, next_help_heading = "Options controlling the output")]
+    pub output: OutputArgs,
+    /// How the backup would run.
+    #[command(flatten, next_help_heading = "General options")]
+    pub general: GeneralArgs,
+    /// How to reach the server.
+    #[command(flatten, next_help_heading = "Connection options")]
+    pub connection: ConnectionArgs,
+    /// print the findings as one JSON document on stdout
+    #[arg(help_heading = "Other options", long)]
+    pub json: bool,
+    /// show this help, then exit
+    #[arg(help_heading = "Other options", short = '?', long, action = ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+impl CheckArgs {
+    /// The flags as a clone takes them (so that `Config::from_args` checks both alike), and
+    /// `--json`.
+    pub fn into_args(self) -> (Args, bool) {
+        let args = Args {
+            command: None,
+            output: self.output,
+            general: self.general,
+            connection: self.connection,
+            version: None,
+            help: None,
+        };
+        (args, self.json)
+    }
 }
 
 /// Options controlling the output.
@@ -190,6 +230,8 @@ pub enum Parsed {
     Run(Box<Args>),
     /// `pgclone verify` with these options.
     Verify(Options),
+    /// `pgclone check` with these flags.
+    Check(Box<CheckArgs>),
     /// Help or version was printed; exit 0.
     Exit,
     /// A usage error, already formatted without the `error:` prefix, and the command whose
@@ -241,6 +283,10 @@ where
             command: Some(Command::Verify(verify)),
             ..
         }) => Parsed::Verify(verify.into_options()),
+        Ok(Args {
+            command: Some(Command::Check(check)),
+            ..
+        }) => Parsed::Check(check),
         Ok(args) => Parsed::Run(Box::new(args)),
         Err(e) => match e.kind() {
             ErrorKind::DisplayHelp => {
@@ -256,11 +302,23 @@ where
                 message: verify::usage_message(&e, &argv),
                 command: program.verify_command(),
             },
+            _ if argv.get(1).is_some_and(|a| a == "check") => Parsed::Usage {
+                message: verify::first_line(&e),
+                command: check_command(program),
+            },
             _ => Parsed::Usage {
                 message: top_level_message(&e),
                 command: program.name(),
             },
         },
+    }
+}
+
+/// The `check` subcommand as a usage hint names it.
+pub fn check_command(program: Program) -> &'static str {
+    match program {
+        Program::Pgclone => "pgclone check",
+        Program::PgBasebackup => "pg_basebackup check",
     }
 }
 
