@@ -513,12 +513,12 @@ pub fn connection(repl: &Result<Repl, Error>) -> Finding {
         .value("auth", r.auth.clone()),
         Err(e) => {
             let hint = match e {
-                Error::Connect { auth: true, .. } => {
-                    "check the role and its password (-U, PGPASSWORD, .pgpass, -W)"
-                }
                 Error::Connect { reason, .. } if reason.contains("pg_hba.conf") => {
                     "add a \"host replication ROLE ADDRESS METHOD\" line to pg_hba.conf on the \
                      server and reload it"
+                }
+                Error::Connect { auth: true, .. } => {
+                    "check the role and its password (-U, PGPASSWORD, .pgpass, -W)"
                 }
                 Error::Connect { reason, .. } if reason.contains("max_wal_senders") => {
                     "raise max_wal_senders (needs a restart) or stop a standby"

@@ -466,6 +466,35 @@ mod tests {
         );
     }
 
+    /// `check` takes the clone's flags (one definition each: `-h` is the host, not help) and
+    /// `--json`; its usage errors point to `pgclone check --help`.
+    #[test]
+    fn check_takes_the_clones_flags() {
+        let Parsed::Check(c) = parse([
+            "pgclone", "check", "-h", "db", "-p", "5433", "-D", "/d", "-X", "fetch", "-S", "s",
+            "-T", "/a=/b", "--json",
+        ]) else {
+            panic!("should parse")
+        };
+        let (args, json) = c.into_args();
+        assert!(json);
+        assert!(args.command.is_none());
+        assert_eq!(args.connection.host.as_deref(), Some("db"));
+        assert_eq!(args.output.wal_method.as_deref(), Some("fetch"));
+        assert_eq!(args.output.tablespace_mapping, ["/a=/b"]);
+        let Parsed::Usage { message, command } = parse(["pgclone", "check", "--bogus"]) else {
+            panic!("should fail")
+        };
+        assert!(message.contains("--bogus"), "{message}");
+        assert_eq!(command, "pgclone check");
+        let Parsed::Usage { command, .. } =
+            parse_as(Program::PgBasebackup, ["pg_basebackup", "check", "--bogus"])
+        else {
+            panic!("should fail")
+        };
+        assert_eq!(command, "pg_basebackup check");
+    }
+
     #[test]
     fn unknown_flags_are_usage_errors() {
         let Parsed::Usage { message: msg, .. } = parse(["pgclone", "--bogus"]) else {
