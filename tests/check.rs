@@ -87,13 +87,26 @@ struct Receivers {
 
 impl Receivers {
     fn start(c: &Cluster, n: usize) -> Self {
+        Self::start_more(c, n, n)
+    }
+
+    /// Starts `n` more, until `total` stream.
+    fn start_more(c: &Cluster, n: usize, total: usize) -> Self {
         let dir = TestDir::new("receivewal");
         let mut children = Vec::new();
         for i in 0..n {
             let target = dir.mkdir(&format!("w{i}"));
             let mut cmd = Command::new(tools_bin(18).join("pg_receivewal"));
             scrub_libpq_env(&mut cmd)
-                .args(["-h", "127.0.0.1", "-p", &c.port.to_string(), "-U", "postgres", "-D"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &c.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-D",
+                ])
                 .arg(&target)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -102,7 +115,7 @@ impl Receivers {
         }
         c.wait_for(
             "SELECT count(*) FROM pg_stat_replication",
-            &n.to_string(),
+            &total.to_string(),
             Duration::from_secs(30),
         );
         Self {
@@ -135,7 +148,13 @@ impl Tmpfs {
             return None;
         }
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=1777"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=1777"),
+                "tmpfs",
+            ])
             .arg(dir)
             .status()
             .expect("mount");
@@ -185,10 +204,15 @@ fn clean(c: &Cluster, work: &TestDir) {
     let d = finding(&doc, "destination", "ok");
     assert_eq!(d["values"]["state"], "missing");
     let disk = finding(&doc, "disk_space", "ok");
-    assert!(disk["values"]["needed_bytes"].as_u64() > Some(1 << 20), "{disk:#}");
+    assert!(
+        disk["values"]["needed_bytes"].as_u64() > Some(1 << 20),
+        "{disk:#}"
+    );
     let v = finding(&doc, "server_version", "ok");
     assert_eq!(
-        v["values"]["server_version_num"].as_u64().map(|n| n / 10000),
+        v["values"]["server_version_num"]
+            .as_u64()
+            .map(|n| n / 10000),
         Some(u64::from(c.major))
     );
     // Nothing was created, here or there.
@@ -197,8 +221,19 @@ fn clean(c: &Cluster, work: &TestDir) {
     // The text form says the same, a line per finding.
     let text = check_cmd(c, "postgres", &["-D"]).arg(&dest).run();
     assert_eq!(exit_code(&text), Some(0), "{}", text.stderr);
-    assert!(text.stdout.lines().any(|l| l.starts_with("ok      walsenders: 3 of max_wal_senders = 3 free")), "{}", text.stdout);
-    assert!(text.stdout.ends_with("a clone would start (0 warning(s))\n"), "{}", text.stdout);
+    assert!(
+        text.stdout
+            .lines()
+            .any(|l| l.starts_with("ok      walsenders: 3 of max_wal_senders = 3 free")),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout
+            .ends_with("a clone would start (0 warning(s))\n"),
+        "{}",
+        text.stdout
+    );
 }
 
 fn walsenders_exhausted(c: &Cluster, work: &TestDir) {
@@ -212,12 +247,28 @@ fn walsenders_exhausted(c: &Cluster, work: &TestDir) {
         ws["message"],
         "max_wal_senders = 3 and 2 are in use; the clone needs 2 (the backup and -X stream's WAL connection)"
     );
-    assert!(ws["hint"].as_str().is_some_and(|h| h.contains("stop a standby")));
+    assert!(ws["hint"]
+        .as_str()
+        .is_some_and(|h| h.contains("stop a standby")));
     assert_eq!(ws["values"]["in_use"], 2);
     // One connection fits.
     let (run, doc) = check_json(check_cmd(c, "postgres", &["-X", "fetch", "-D"]).arg(&dest));
     assert_eq!(exit_code(&run), Some(0), "{}", run.stdout);
     finding(&doc, "walsenders", "ok");
+    // With every walsender taken, the check's own connection is refused as the clone's would
+    // be, and the SQL count says why.
+    let _third = Receivers::start_more(c, 1, 3);
+    let (run, doc) = check_json(check_cmd(c, "postgres", &["-X", "fetch", "-D"]).arg(&dest));
+    assert_eq!(exit_code(&run), Some(1));
+    let conn = finding(&doc, "connection", "problem");
+    assert!(
+        conn["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_wal_senders")),
+        "{conn:#}"
+    );
+    let ws = finding(&doc, "walsenders", "problem");
+    assert_eq!(ws["values"]["in_use"], 3);
 }
 
 fn slots_exhausted(c: &Cluster, work: &TestDir) {
@@ -227,7 +278,9 @@ fn slots_exhausted(c: &Cluster, work: &TestDir) {
     assert_eq!(exit_code(&run), Some(1));
     let s = finding(&doc, "replication_slots", "problem");
     assert!(
-        s["message"].as_str().is_some_and(|m| m.starts_with("max_replication_slots = 2 and 2 are in use")),
+        s["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("max_replication_slots = 2 and 2 are in use")),
         "{s:#}"
     );
     // -S of an existing slot needs no new one.
@@ -259,7 +312,12 @@ fn clone_error(c: &Cluster, user: &str, password: Option<&str>, dest: &Path) -> 
         cmd.password(p);
     }
     let run = cmd.run();
-    let line = run.error_lines().first().copied().unwrap_or_default().to_owned();
+    let line = run
+        .error_lines()
+        .first()
+        .copied()
+        .unwrap_or_default()
+        .to_owned();
     assert!(!dest.exists());
     line.trim_start_matches("pgclone: error: ").to_owned()
 }
@@ -267,26 +325,51 @@ fn clone_error(c: &Cluster, user: &str, password: Option<&str>, dest: &Path) -> 
 fn refused_connections(c: &Cluster, work: &TestDir) {
     let dest = work.join("refused");
     let (run, doc) = check_json(
-        check_cmd(c, "replication", &["-w", "-D"]).arg(&dest).password("wrong"),
+        check_cmd(c, "replication", &["-w", "-D"])
+            .arg(&dest)
+            .password("wrong"),
     );
     assert_eq!(exit_code(&run), Some(1));
     let conn = finding(&doc, "connection", "problem");
     let msg = conn["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("password authentication failed for user \"replication\""), "{msg}");
+    assert!(
+        msg.contains("password authentication failed for user \"replication\""),
+        "{msg}"
+    );
     assert_eq!(msg, clone_error(c, "replication", Some("wrong"), &dest));
     // The right password passes.
     let (run, doc) = check_json(
-        check_cmd(c, "replication", &["-w", "-D"]).arg(&dest).password("secret"),
+        check_cmd(c, "replication", &["-w", "-D"])
+            .arg(&dest)
+            .password("secret"),
     );
     finding(&doc, "connection", "ok");
     assert_eq!(exit_code(&run), Some(0), "{}", run.stdout);
+    // This role may not open an SQL session (no hba line): the counts are unknown, and the
+    // findings say so and why.
+    let ws = finding(&doc, "walsenders", "warning");
+    let msg = ws["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.starts_with("max_wal_senders = 3, but how many are in use could not be learned")
+            && msg.contains("no pg_hba.conf entry"),
+        "{msg}"
+    );
+    assert!(ws["hint"]
+        .as_str()
+        .is_some_and(|h| h.contains("database \"postgres\"")));
+    finding(&doc, "disk_space", "warning");
 
     let (run, doc) = check_json(check_cmd(c, "rejected", &["-w", "-D"]).arg(&dest));
     assert_eq!(exit_code(&run), Some(1));
     let conn = finding(&doc, "connection", "problem");
     let msg = conn["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("pg_hba.conf rejects replication connection"), "{msg}");
-    assert!(conn["hint"].as_str().is_some_and(|h| h.contains("pg_hba.conf")));
+    assert!(
+        msg.contains("pg_hba.conf rejects replication connection"),
+        "{msg}"
+    );
+    assert!(conn["hint"]
+        .as_str()
+        .is_some_and(|h| h.contains("pg_hba.conf")));
     assert_eq!(msg, clone_error(c, "rejected", None, &dest));
 }
 
@@ -296,7 +379,10 @@ fn non_empty_destination(c: &Cluster, work: &TestDir) {
     let (run, doc) = check_json(check_cmd(c, "postgres", &["-D"]).arg(&dest));
     assert_eq!(exit_code(&run), Some(1));
     let d = finding(&doc, "destination", "problem");
-    assert_eq!(d["message"], format!("\"{}\" exists and is not empty", dest.display()));
+    assert_eq!(
+        d["message"],
+        format!("\"{}\" exists and is not empty", dest.display())
+    );
     assert_eq!(d["values"]["state"], "not_empty");
 }
 
@@ -350,7 +436,10 @@ fn all_cases(major: u32) {
     non_empty_destination(&c, &work);
     tiny_filesystem(&c, &work);
     tablespace_without_mapping(&c, &work);
-    eprintln!("check against {major}: {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "check against {major}: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[test]

@@ -45,17 +45,21 @@ pub fn server_findings(cfg: &Config, facts: &Facts) -> Vec<Finding> {
     let max_senders = facts.setting(|s| &s.max_wal_senders).and_then(number);
     let max_slots = facts.setting(|s| &s.max_replication_slots).and_then(number);
     let sql = facts.sql.as_ref();
-    let refused = match &facts.repl {
-        Err(Error::Connect { reason, .. }) if reason.contains("max_wal_senders") => true,
-        _ => false,
-    };
+    let refused = matches!(
+        &facts.repl,
+        Err(Error::Connect { reason, .. }) if reason.contains("max_wal_senders")
+    );
     let mut out = vec![walsenders(
         walsenders_needed(cfg),
         max_senders,
         sql.map(|s| s.walsenders_in_use),
         refused,
     )];
-    out.push(slots(slot_needed(cfg), max_slots, sql.map(|s| s.slots_in_use)));
+    out.push(slots(
+        slot_needed(cfg),
+        max_slots,
+        sql.map(|s| s.slots_in_use),
+    ));
     if let Some(name) = &cfg.slot {
         let state = facts.slot().ok_or_else(|| match sql {
             Err(e) => e.clone(),
@@ -94,7 +98,9 @@ pub fn walsenders(
             )),
         (Some(max), Ok(used)) if max.saturating_sub(used) < need => Finding::problem(
             "walsenders",
-            format!("max_wal_senders = {max} and {used} are in use; the clone needs {need} ({why})"),
+            format!(
+                "max_wal_senders = {max} and {used} are in use; the clone needs {need} ({why})"
+            ),
         )
         .hint(if need == 2 {
             "raise it (needs a restart), stop a standby, or use -X fetch (one connection)"
@@ -138,7 +144,11 @@ pub fn walsenders(
 }
 
 /// A free replication slot for the one the clone creates (`need`: why, `None` for none).
-pub fn slots(need: Option<String>, max: Option<u64>, in_use: Result<u64, &SqlUnavailable>) -> Finding {
+pub fn slots(
+    need: Option<String>,
+    max: Option<u64>,
+    in_use: Result<u64, &SqlUnavailable>,
+) -> Finding {
     let Some(why) = need else {
         return Finding::ok(
             "replication_slots",
@@ -156,7 +166,10 @@ pub fn slots(need: Option<String>, max: Option<u64>, in_use: Result<u64, &SqlUna
         .hint("raise it (needs a restart), drop an unused slot, or use --no-slot"),
         (Some(max), Ok(used)) => Finding::ok(
             "replication_slots",
-            format!("{} of max_replication_slots = {max} free; {why}", max - used),
+            format!(
+                "{} of max_replication_slots = {max} free; {why}",
+                max - used
+            ),
         ),
         (Some(0), Err(_)) => Finding::problem(
             "replication_slots",
@@ -221,7 +234,10 @@ pub fn named_slot(name: &str, create: bool, state: Result<&SlotState, &SqlUnavai
         ),
         (Err(e), _) => Finding::warning(
             "slot",
-            format!("whether replication slot \"{name}\" exists could not be learned: {}", e.reason),
+            format!(
+                "whether replication slot \"{name}\" exists could not be learned: {}",
+                e.reason
+            ),
         )
         .hint(e.hint()),
     };
@@ -424,17 +440,38 @@ mod tests {
         assert_eq!(walsenders_needed(&fetch), 1);
         let f = walsenders(2, Some(3), Ok(2), false);
         assert_eq!(f.severity, Severity::Problem);
-        assert!(f.message.starts_with("max_wal_senders = 3 and 2 are in use"), "{}", f.message);
-        assert!(f.hint.as_deref().is_some_and(|h| h.contains("stop a standby")));
+        assert!(
+            f.message
+                .starts_with("max_wal_senders = 3 and 2 are in use"),
+            "{}",
+            f.message
+        );
+        assert!(f
+            .hint
+            .as_deref()
+            .is_some_and(|h| h.contains("stop a standby")));
         assert_eq!(f.values["in_use"], 2);
         assert_eq!(walsenders(1, Some(3), Ok(2), false).severity, Severity::Ok);
-        assert_eq!(walsenders(1, Some(0), Ok(0), false).severity, Severity::Problem);
+        assert_eq!(
+            walsenders(1, Some(0), Ok(0), false).severity,
+            Severity::Problem
+        );
         let e = unavailable();
         let unknown = walsenders(2, Some(10), Err(&e), false);
         assert_eq!(unknown.severity, Severity::Warning);
-        assert!(unknown.message.contains("no pg_hba.conf entry"), "{}", unknown.message);
-        assert!(unknown.hint.as_deref().is_some_and(|h| h.contains("\"postgres\"")));
-        assert_eq!(walsenders(2, None, Err(&e), true).severity, Severity::Problem);
+        assert!(
+            unknown.message.contains("no pg_hba.conf entry"),
+            "{}",
+            unknown.message
+        );
+        assert!(unknown
+            .hint
+            .as_deref()
+            .is_some_and(|h| h.contains("\"postgres\"")));
+        assert_eq!(
+            walsenders(2, None, Err(&e), true).severity,
+            Severity::Problem
+        );
     }
 
     #[test]
@@ -445,26 +482,45 @@ mod tests {
         assert_eq!(need(&["-D", "/x", "-X", "fetch"]), None);
         assert_eq!(need(&["-D", "/x", "-S", "s"]), None);
         assert!(need(&["-D", "/x", "-S", "s", "-C"]).is_some_and(|w| w.contains("\"s\"")));
-        let f = slots(Some("-X stream creates a temporary slot".into()), Some(2), Ok(2));
+        let f = slots(
+            Some("-X stream creates a temporary slot".into()),
+            Some(2),
+            Ok(2),
+        );
         assert_eq!(f.severity, Severity::Problem);
         assert!(f.hint.as_deref().is_some_and(|h| h.contains("--no-slot")));
-        assert_eq!(slots(Some("x".into()), Some(2), Ok(1)).severity, Severity::Ok);
+        assert_eq!(
+            slots(Some("x".into()), Some(2), Ok(1)).severity,
+            Severity::Ok
+        );
         assert_eq!(slots(None, Some(0), Ok(0)).severity, Severity::Ok);
         let e = unavailable();
-        assert_eq!(slots(Some("x".into()), Some(0), Err(&e)).severity, Severity::Problem);
-        assert_eq!(slots(Some("x".into()), Some(5), Err(&e)).severity, Severity::Warning);
+        assert_eq!(
+            slots(Some("x".into()), Some(0), Err(&e)).severity,
+            Severity::Problem
+        );
+        assert_eq!(
+            slots(Some("x".into()), Some(5), Err(&e)).severity,
+            Severity::Warning
+        );
     }
 
     #[test]
     fn the_named_slot_must_exist_unless_c_creates_it() {
-        let physical = SlotState::Physical { active: Some(false) };
+        let physical = SlotState::Physical {
+            active: Some(false),
+        };
         let cases = [
             (SlotState::Missing, true, Severity::Ok),
             (SlotState::Missing, false, Severity::Problem),
             (physical, true, Severity::Problem),
             (physical, false, Severity::Ok),
             (SlotState::Physical { active: None }, false, Severity::Ok),
-            (SlotState::Physical { active: Some(true) }, false, Severity::Problem),
+            (
+                SlotState::Physical { active: Some(true) },
+                false,
+                Severity::Problem,
+            ),
             (SlotState::Logical, false, Severity::Problem),
         ];
         for (state, create, want) in cases {
@@ -532,7 +588,12 @@ mod tests {
         };
         assert_eq!(space(&tight).severity, Severity::Warning);
         let f = space(&Demand { free: 10, ..tight });
-        assert!(f.message.contains("has 10 bytes free and the clone needs about 1000 bytes"), "{}", f.message);
+        assert!(
+            f.message
+                .contains("has 10 bytes free and the clone needs about 1000 bytes"),
+            "{}",
+            f.message
+        );
         assert_eq!(f.values["needed_bytes"], 1000);
     }
 

@@ -176,6 +176,9 @@ fn writable(dir: &Path) -> Result<(), String> {
 }
 
 /// The filesystem under `path` (which exists).
+// The statfs/statvfs field types differ between targets: the conversions are not useless on
+// all of them.
+#[allow(clippy::useless_conversion)]
 fn filesystem(path: &Path) -> Result<Fs, String> {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata(path).map_err(|e| os_text(&e))?.dev();
@@ -414,25 +417,30 @@ fn tablespace_dir(name: &str, location: &str, mapped: bool, place: &Place) -> Fi
         format!("tablespace \"{name}\" goes to its own path \"{location}\" here (no -T)")
     };
     match (&place.state, &place.writable) {
-        (DirState::NotEmpty, _) if mapped => {
-            Finding::problem("tablespace", format!("{via}, which exists and is not empty"))
-                .hint("map it to a missing or empty directory")
-        }
+        (DirState::NotEmpty, _) if mapped => Finding::problem(
+            "tablespace",
+            format!("{via}, which exists and is not empty"),
+        )
+        .hint("map it to a missing or empty directory"),
         (DirState::NotEmpty, _) => Finding::problem(
             "tablespace",
             format!("{via}, which exists and is not empty (the server's own, if this is its host)"),
         )
         .hint(format!("map it with -T {location}=NEWDIR")),
-        (DirState::Unusable(why), _) => {
-            Finding::problem("tablespace", format!("{via}: {why}")).hint(format!(
+        (DirState::Unusable(why), _) => Finding::problem("tablespace", format!("{via}: {why}"))
+            .hint(format!(
                 "map it with -T {location}=NEWDIR to a directory that can be used"
-            ))
-        }
+            )),
         (_, Err(why)) => Finding::problem(
             "tablespace",
-            format!("{via}, and \"{}\" is not writable: {why}", place.anchor.display()),
+            format!(
+                "{via}, and \"{}\" is not writable: {why}",
+                place.anchor.display()
+            ),
         )
-        .hint(format!("map it with -T {location}=NEWDIR to a writable directory")),
+        .hint(format!(
+            "map it with -T {location}=NEWDIR to a writable directory"
+        )),
         (DirState::Missing, Ok(())) => {
             Finding::ok("tablespace", format!("{via}, which is missing (created)"))
         }
@@ -453,9 +461,13 @@ mod tests {
                       proc /proc proc rw 0 0\n\
                       /dev/sda1 /srv ext4 rw 0 0\n\
                       tmpfs /srv/my\\040disk tmpfs rw 0 0\n";
-        let at = |p: &str| mount_of(Path::new(p), mounts).map(|(m, t)| (m.display().to_string(), t));
+        let at =
+            |p: &str| mount_of(Path::new(p), mounts).map(|(m, t)| (m.display().to_string(), t));
         assert_eq!(at("/srv/data"), Some(("/srv".into(), "ext4".into())));
-        assert_eq!(at("/srv/my disk/x"), Some(("/srv/my disk".into(), "tmpfs".into())));
+        assert_eq!(
+            at("/srv/my disk/x"),
+            Some(("/srv/my disk".into(), "tmpfs".into()))
+        );
         assert_eq!(at("/srvx"), Some(("/".into(), "overlay".into())));
         assert_eq!(at("/tmp"), Some(("/".into(), "overlay".into())));
     }
@@ -473,7 +485,11 @@ mod tests {
         assert!(!tmp.path().join("a").exists());
         let f = directory("destination", &p, false);
         assert_eq!(f.severity, Severity::Ok);
-        assert!(f.message.contains("is missing (created under"), "{}", f.message);
+        assert!(
+            f.message.contains("is missing (created under"),
+            "{}",
+            f.message
+        );
         assert_eq!(f.values["state"], "missing");
 
         assert_eq!(Place::probe(tmp.path()).state, DirState::Empty);
@@ -482,7 +498,11 @@ mod tests {
         assert_eq!(full.state, DirState::NotEmpty);
         let f = directory("destination", &full, false);
         assert_eq!(f.severity, Severity::Problem);
-        assert!(f.message.ends_with("exists and is not empty"), "{}", f.message);
+        assert!(
+            f.message.ends_with("exists and is not empty"),
+            "{}",
+            f.message
+        );
         assert_eq!(directory("destination", &full, true).severity, Severity::Ok);
         let file = Place::probe(&tmp.path().join("f"));
         assert!(matches!(file.state, DirState::Unusable(_)), "{file:?}");
@@ -491,7 +511,11 @@ mod tests {
         locked.writable = Err("Permission denied".into());
         let f = directory("destination", &locked, false);
         assert_eq!(f.severity, Severity::Problem);
-        assert!(f.message.contains("is not writable: Permission denied"), "{}", f.message);
+        assert!(
+            f.message.contains("is not writable: Permission denied"),
+            "{}",
+            f.message
+        );
     }
 
     /// A tablespace whose own path is in use here is a problem unless `-T` maps it elsewhere.
@@ -519,7 +543,10 @@ mod tests {
         let f = tablespace(&ts, &mapped);
         assert_eq!(f.severity, Severity::Ok, "{}", f.message);
         assert_eq!(f.values["mapped"], true);
-        assert_eq!(tablespace(&ts, &TablespaceTarget::TarFile).severity, Severity::Ok);
+        assert_eq!(
+            tablespace(&ts, &TablespaceTarget::TarFile).severity,
+            Severity::Ok
+        );
         let cfg = crate::options::config::tests::config(&[
             "-D",
             "/x",
@@ -531,6 +558,9 @@ mod tests {
             tablespace_target(&cfg, &location),
             TablespaceTarget::Dir { mapped: true, .. }
         ));
-        assert_eq!(tablespace_target(&cfg, "pg_tblspc/16384"), TablespaceTarget::InPlace);
+        assert_eq!(
+            tablespace_target(&cfg, "pg_tblspc/16384"),
+            TablespaceTarget::InPlace
+        );
     }
 }

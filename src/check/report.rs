@@ -110,7 +110,12 @@ mod tests {
         let findings = doc["findings"].as_array().expect("array");
         assert_eq!(findings.len(), 3);
         for f in findings {
-            let keys: Vec<&str> = f.as_object().expect("object").keys().map(String::as_str).collect();
+            let keys: Vec<&str> = f
+                .as_object()
+                .expect("object")
+                .keys()
+                .map(String::as_str)
+                .collect();
             assert_eq!(keys, ["hint", "message", "name", "severity", "values"]);
         }
         assert_eq!(findings[0]["severity"], "ok");
@@ -118,8 +123,7 @@ mod tests {
         assert_eq!(findings[1]["severity"], "problem");
         assert_eq!(findings[1]["values"]["max_wal_senders"], 3);
         assert_eq!(findings[2]["severity"], "warning");
-        let clean: serde_json::Value =
-            serde_json::from_str(&json(&sample()[..1])).expect("parses");
+        let clean: serde_json::Value = serde_json::from_str(&json(&sample()[..1])).expect("parses");
         assert_eq!(clean["would_start"], true);
     }
 
@@ -134,6 +138,9 @@ mod tests {
             "problem walsenders: max_wal_senders = 3 and 3 are in use: raise it or stop a standby"
         );
         assert_eq!(lines[2], "warning tls: no TLS: add sslmode=require");
-        assert_eq!(lines[3], "a clone would not start: 1 problem(s), 1 warning(s)");
+        assert_eq!(
+            lines[3],
+            "a clone would not start: 1 problem(s), 1 warning(s)"
+        );
     }
 }

@@ -156,8 +156,16 @@ pub struct Facts {
 impl Facts {
     /// A setting, from `SHOW` over replication, else from SQL.
     pub fn setting(&self, pick: fn(&Settings) -> &Option<String>) -> Option<&str> {
-        let repl = self.repl.as_ref().ok().and_then(|r| pick(&r.settings).as_deref());
-        let sql = self.sql.as_ref().ok().and_then(|s| pick(&s.settings).as_deref());
+        let repl = self
+            .repl
+            .as_ref()
+            .ok()
+            .and_then(|r| pick(&r.settings).as_deref());
+        let sql = self
+            .sql
+            .as_ref()
+            .ok()
+            .and_then(|s| pick(&s.settings).as_deref());
         repl.or(sql)
     }
 
@@ -490,10 +498,7 @@ pub fn findings(cfg: &Config, facts: &Facts) -> Vec<Finding> {
     out.push(wal_level(facts.setting(|s| &s.wal_level)));
     out.push(data_checksums(facts.setting(|s| &s.data_checksums)));
     if facts.version().is_some_and(|v| v.is_at_least(17)) {
-        out.push(summarize_wal(
-            cfg,
-            facts.setting(|s| &s.summarize_wal),
-        ));
+        out.push(summarize_wal(cfg, facts.setting(|s| &s.summarize_wal)));
     }
     out
 }
@@ -593,7 +598,10 @@ pub fn wal_level(level: Option<&str>) -> Finding {
 /// Data checksums: on or off (the clone verifies pages only when on).
 pub fn data_checksums(value: Option<&str>) -> Finding {
     match value {
-        Some("on") => Finding::ok("data_checksums", "data checksums are on: pages are verified during the copy"),
+        Some("on") => Finding::ok(
+            "data_checksums",
+            "data checksums are on: pages are verified during the copy",
+        ),
         Some(v) => Finding::ok(
             "data_checksums",
             format!("data checksums are {v}: pages cannot be verified during the copy"),
