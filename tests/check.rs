@@ -1,7 +1,7 @@
 //! `pgclone check` against real 10, 14 and 18 servers, one server per major shared by every
 //! case (they run in turn, each undoing what it set up):
 //! - a clean server: exit 0, the JSON parses, every finding is there, nothing was created (no
-//!   slot on the server, no destination here);
+//!   slot on the server, no destination here); over TLS the protocol and cipher are named;
 //! - walsenders exhausted: `max_wal_senders = 3` with two `pg_receivewal`s streaming, so `-X
 //!   stream` (two connections) is a problem while `-X fetch` (one) is not;
 //! - slots exhausted: `max_replication_slots = 2` with two slots; `-C` naming an existing slot;
@@ -24,13 +24,44 @@ use support::{
     pgclone_cmd, scrub_libpq_env, tools_bin, Cluster, ClusterOptions, Pgclone, Run, TestDir,
 };
 
-/// A server whose limits are small enough to exhaust: 3 walsenders, 2 slots; a role with a
-/// password for replication, and one the hba file rejects.
-fn server(major: u32) -> Cluster {
+/// A self-signed server certificate and its key (0600), readable by the unprivileged account.
+fn certificate(work: &TestDir) -> (String, String) {
+    let dir = work.mkdir("cert");
+    support::checked_output(
+        Command::new("openssl")
+            .current_dir(&dir)
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.crt",
+                "-subj",
+                "/CN=localhost",
+            ]),
+        "openssl req",
+    );
+    support::chown_to_pg_user(&dir);
+    let key = dir.join("server.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let path = |p: PathBuf| p.display().to_string();
+    (path(dir.join("server.crt")), path(key))
+}
+
+/// A server whose limits are small enough to exhaust: 3 walsenders, 2 slots; TLS on; a role
+/// with a password for replication, and one the hba file rejects.
+fn server(major: u32, work: &TestDir) -> Cluster {
+    let (cert, key) = certificate(work);
     let mut opts = ClusterOptions::new(major);
     opts.conf = vec![
         "max_wal_senders = 3".into(),
         "max_replication_slots = 2".into(),
+        "ssl = on".into(),
+        format!("ssl_cert_file = '{cert}'"),
+        format!("ssl_key_file = '{key}'"),
     ];
     opts.hba = vec![
         "host replication rejected 127.0.0.1/32 reject".into(),
@@ -234,6 +265,24 @@ fn clean(c: &Cluster, work: &TestDir) {
         "{}",
         text.stdout
     );
+    // Over TLS, the finding names the protocol and the cipher.
+    let (run, doc) =
+        check_json(check_cmd(c, "postgres", &["-d", "sslmode=require", "-D"]).arg(&dest));
+    assert_eq!(exit_code(&run), Some(0), "{}", run.stdout);
+    let tls = finding(&doc, "tls", "ok");
+    assert_eq!(tls["values"]["in_use"], true);
+    assert!(
+        tls["values"]["version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("TLSv1_")),
+        "{tls:#}"
+    );
+    assert!(
+        tls["values"]["cipher"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("TLS")),
+        "{tls:#}"
+    );
 }
 
 fn walsenders_exhausted(c: &Cluster, work: &TestDir) {
@@ -427,8 +476,8 @@ fn tablespace_without_mapping(c: &Cluster, work: &TestDir) {
 /// Every case against one server of `major`.
 fn all_cases(major: u32) {
     let started = Instant::now();
-    let c = server(major);
     let work = TestDir::new("check");
+    let c = server(major, &work);
     clean(&c, &work);
     walsenders_exhausted(&c, &work);
     slots_exhausted(&c, &work);

@@ -528,8 +528,10 @@ pub fn connection(repl: &Result<Repl, Error>) -> Finding {
                 Error::Connect { reason, .. } if reason.contains("max_wal_senders") => {
                     "raise max_wal_senders (needs a restart) or stop a standby"
                 }
-                Error::Connect { .. } => "check the host, the port and that the server is up",
-                _ => "see the message",
+                Error::Connect {
+                    transient: true, ..
+                } => "check the host, the port and that the server is up",
+                _ => "the clone would fail with this same error: fix what it says",
             };
             Finding::problem("connection", error::chain(e)).hint(hint)
         }
