@@ -81,6 +81,9 @@ pub struct Repl {
     pub settings: Settings,
     /// The `-S` slot by `READ_REPLICATION_SLOT` (15+ only).
     pub slot: Option<SlotState>,
+    /// Whether the clone's own look at the server ([`crate::conn::server::inspect`]: version,
+    /// `integer_datetimes`, IDENTIFY_SYSTEM) passes, or its error.
+    pub inspect: Result<(), String>,
 }
 
 /// A database's size, summed over the databases the role may measure.
@@ -218,6 +221,10 @@ async fn read_replication(
             (format!("{name}:{}", info.port), false, loopback)
         }
     };
+    let inspect = crate::conn::server::inspect(conn)
+        .await
+        .map(drop)
+        .map_err(|e| error::chain(&e));
     let mut settings = Settings::default();
     let mut slot = None;
     // SHOW over replication came with 10; older servers are refused anyway.
@@ -231,7 +238,8 @@ async fn read_replication(
             settings.summarize_wal = conn.show("summarize_wal").await.ok();
         }
         if let (Some(name), true) = (&cfg.slot, info.version.is_at_least(15)) {
-            slot = read_replication_slot(conn, name).await?;
+            // Not fatal: SQL may still say (and the connection itself worked).
+            slot = read_replication_slot(conn, name).await.ok().flatten();
         }
     }
     Ok(Repl {
@@ -247,6 +255,7 @@ async fn read_replication(
         backend_pid: info.backend_pid,
         settings,
         slot,
+        inspect,
     })
 }
 
@@ -545,7 +554,16 @@ fn version(cfg: &Config, facts: &Facts) -> Option<Finding> {
         (_, Ok(s)) => (s.version, s.version.to_string()),
         _ => return None,
     };
-    let finding = if !version.is_at_least(MIN_MAJOR) {
+    let refused = facts
+        .repl
+        .as_ref()
+        .ok()
+        .and_then(|r| r.inspect.clone().err());
+    let finding = if let Some(why) = refused {
+        Finding::problem("server_version", why).hint(
+            "the clone refuses this server the same way: use that version's own pg_basebackup",
+        )
+    } else if !version.is_at_least(MIN_MAJOR) {
         Finding::problem(
             "server_version",
             format!(
