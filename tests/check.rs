@@ -8,7 +8,8 @@
 //!   `-S` naming a missing one;
 //! - a wrong password and an hba line that rejects replication: the connection finding is the
 //!   clone's own error line, word for word;
-//! - a non-empty destination;
+//! - a non-empty destination, a non-empty `--waldir`;
+//! - run as `pg_basebackup`, the same subcommand;
 //! - a destination on a 4 MB tmpfs (when root) that fails the disk-space check;
 //! - a tablespace without `-T` whose path (the server's own, on this host) is in use, and the
 //!   same with `-T` to a free directory.
@@ -433,6 +434,41 @@ fn non_empty_destination(c: &Cluster, work: &TestDir) {
         format!("\"{}\" exists and is not empty", dest.display())
     );
     assert_eq!(d["values"]["state"], "not_empty");
+    // The same for --waldir, the destination being free.
+    let (run, doc) = check_json(
+        check_cmd(c, "postgres", &["-D"])
+            .arg(work.join("free"))
+            .arg("--waldir")
+            .arg(&dest),
+    );
+    assert_eq!(exit_code(&run), Some(1));
+    finding(&doc, "destination", "ok");
+    let w = finding(&doc, "waldir", "problem");
+    assert_eq!(w["values"]["state"], "not_empty");
+}
+
+/// Run as `pg_basebackup`, the subcommand is there too and names itself so.
+fn as_pg_basebackup(c: &Cluster, work: &TestDir) {
+    let link = work.join("pg_basebackup");
+    std::os::unix::fs::symlink(support::pgclone_exe(), &link).expect("symlink");
+    let mut cmd = support::as_pg_user(&link);
+    cmd.arg("check")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &c.port.to_string(),
+            "-U",
+            "postgres",
+            "--json",
+            "-D",
+        ])
+        .arg(work.join("dropin"));
+    let run = support::run_cmd(cmd);
+    assert_eq!(exit_code(&run), Some(0), "{}\n{}", run.stdout, run.stderr);
+    let doc: Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(doc["program"], "pg_basebackup");
+    assert_eq!(doc["would_start"], true);
 }
 
 fn tiny_filesystem(c: &Cluster, work: &TestDir) {
@@ -479,6 +515,7 @@ fn all_cases(major: u32) {
     let work = TestDir::new("check");
     let c = server(major, &work);
     clean(&c, &work);
+    as_pg_basebackup(&c, &work);
     walsenders_exhausted(&c, &work);
     slots_exhausted(&c, &work);
     refused_connections(&c, &work);
