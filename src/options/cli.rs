@@ -29,7 +29,7 @@ use crate::program::{self, Program};
                   Report bugs at the project's issue tracker."
 )]
 pub struct Args {
-    /// `pgclone verify`; without a subcommand, the flags below take a backup.
+    /// `pgclone verify` or `pgclone check`; without a subcommand, the flags below take a backup.
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Where the backup goes and how.
