@@ -57,6 +57,7 @@ pub fn main_with_args(argv: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
             ExitCode::from(1)
         }
         Parsed::Verify(options) => manifest::verify::run(&options),
+        Parsed::Generate(what) => options::generate::run(&what, cli::definition()),
         Parsed::Run(args) => {
             output::init(args.general.verbose);
             match Config::from_args(&args, &|k| std::env::var(k).ok()).and_then(run_clone) {

@@ -9,6 +9,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::manifest::verify::Options;
+use crate::options::generate::{self, GenerateArgs};
 use crate::options::verify::{self, VerifyArgs};
 use crate::program::{self, Program};
 
@@ -24,7 +25,7 @@ use crate::program::{self, Program};
     args_conflicts_with_subcommands = true,
     args_override_self = true,
     about = "pgclone takes a base backup of a running PostgreSQL server (10 or newer), like pg_basebackup.",
-    after_help = "Environment: PGHOST, PGPORT, PGUSER, PGPASSWORD, PGAPPNAME.\n\
+    after_help = "Environment: PGHOST, PGPORT, PGUSER, PGPASSWORD, PGAPPNAME, PGSERVICE.\n\
                   Report bugs at the project's issue tracker."
 )]
 pub struct Args {
@@ -53,6 +54,9 @@ pub struct Args {
 pub enum Command {
     /// check a plain-format backup against its backup manifest
     Verify(VerifyArgs),
+    /// write the manual pages or print shell completions
+    #[command(hide = true)] // for installers: options/generate.rs
+    Generate(GenerateArgs),
 }
 
 /// Options controlling the output.
@@ -190,6 +194,8 @@ pub enum Parsed {
     Run(Box<Args>),
     /// `pgclone verify` with these options.
     Verify(Options),
+    /// `pgclone generate`: what to generate.
+    Generate(generate::What),
     /// Help or version was printed; exit 0.
     Exit,
     /// A usage error, already formatted without the `error:` prefix, and the command whose
@@ -225,6 +231,11 @@ fn command(program: Program) -> clap::Command {
     }
 }
 
+/// The command-line definition as the program runs (for `pgclone generate`).
+pub fn definition() -> clap::Command {
+    command(program::current())
+}
+
 /// [`parse`] as `program`.
 fn parse_as<I, T>(program: Program, argv: I) -> Parsed
 where
@@ -241,6 +252,10 @@ where
             command: Some(Command::Verify(verify)),
             ..
         }) => Parsed::Verify(verify.into_options()),
+        Ok(Args {
+            command: Some(Command::Generate(g)),
+            ..
+        }) => Parsed::Generate(g.what),
         Ok(args) => Parsed::Run(Box::new(args)),
         Err(e) => match e.kind() {
             ErrorKind::DisplayHelp => {
@@ -255,6 +270,10 @@ where
             _ if argv.get(1).is_some_and(|a| a == "verify") => Parsed::Usage {
                 message: verify::usage_message(&e, &argv),
                 command: program.verify_command(),
+            },
+            _ if argv.get(1).is_some_and(|a| a == "generate") => Parsed::Usage {
+                message: generate::usage_message(&e),
+                command: generate::command_name(program),
             },
             _ => Parsed::Usage {
                 message: top_level_message(&e),
