@@ -6,7 +6,8 @@
 //! down this list (a sink never imports the clone run; `pgclone-proto` never imports this crate).
 //! - `options/`: the command line as pg_basebackup spells it (`cli`), validated into a `Config`
 //!   (`config`), `-T` mappings (`tablespace`), the flags `--refresh` refuses (`refresh`), the
-//!   `pgclone verify` subcommand's flags (`verify`)
+//!   `pgclone verify` subcommand's flags (`verify`), the hidden `pgclone generate` of man pages
+//!   and completions (`generate`)
 //! - `clone/`: one clone from start to finish (`run`), the BASE_BACKUP task (`backup`), `-P`
 //!   (`progress`), SIGINT/SIGTERM/SIGHUP (`signals`), `-i`'s UPLOAD_MANIFEST (`upload`), the
 //!   `--refresh` run applied in place (`refresh`: preflight, marker, last steps)
@@ -24,8 +25,8 @@
 //! - `manifest/`: the `backup_manifest` model, its parsing (`parse`), per-file checksums
 //!   (`checksum`), differences from it (`compare`), the check while writing (`check`), writing
 //!   one (`write`), `pgclone verify` (`verify`: the run, `files`, `wal`)
-//! - `conn/`: connection strings (`conninfo`), `.pgpass` (`pgpass`), TLS (`tls`), connecting and
-//!   messaging, the server's facts (`server`)
+//! - `conn/`: connection strings (`conninfo`), service files (`service`), `.pgpass` (`pgpass`),
+//!   TLS (`tls`), connecting and messaging, the server's facts (`server`)
 //! - `error.rs`: the error type and exit codes; `output.rs`: stderr; `program.rs`: the name run
 //!   under (`pgclone`, or `pg_basebackup` as a drop-in)
 

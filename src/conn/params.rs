@@ -265,9 +265,7 @@ impl Settings {
                 None => return Ok(None),
             },
         };
-        service::lookup(&name, env)
-            .map(Some)
-            .map_err(|e| Error::Usage(e.to_string()))
+        Ok(Some(service::lookup(&name, env)?))
     }
 
     /// The value of `key`, if set.
