@@ -7,6 +7,7 @@ mod support;
 
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use support::{
@@ -134,4 +135,104 @@ fn service_errors_are_libpqs() {
         .run()
         .assert_error(&format!("service file \"{}\" not found", missing.display()));
     assert!(!dest.exists(), "nothing was created");
+}
+
+/// The first error line of a run, without the program's `NAME: error: ` prefix.
+fn first_error(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text.lines().next().unwrap_or_default();
+    line.split_once(": error: ")
+        .map_or(line, |(_, message)| message)
+        .to_owned()
+}
+
+/// The precedence table and the errors, against pg_basebackup 18 itself: for each row both
+/// programs connect to socket directories that do not exist, so the error names the host and
+/// port libpq (or pgclone) resolved; errors must read the same (pgclone may add a `: detail`
+/// to libpq's bare "syntax error"). Rows: service alone, over the environment, under `-d`
+/// and under `-h`/`-p`; an empty service value hiding the environment; `PGSERVICE`, and `-d`'s
+/// service over it; the user file over the system file without merging; the system file when
+/// the user file lacks the service; and libpq's errors.
+#[test]
+fn precedence_and_errors_match_pg_basebackup() {
+    let work = TestDir::new("service-table");
+    let user_file = work.join("user.conf");
+    fs::write(
+        &user_file,
+        "[s]\nhost=/shost\nport=1003\n[hostonly]\nhost=/shost\n[emptyport]\nhost=/shost\nport=\n\
+         [nested]\nservice=s\n[spaced]\nhost = /x\n[t]\nhost=/thost\nport=1005\n",
+    )
+    .expect("user file");
+    let sys = work.mkdir("sys");
+    fs::write(
+        sys.join("pg_service.conf"),
+        "[s]\nhost=/sys\nport=2000\n[sysonly]\nhost=/sysonly\nport=2001\n[hostonly]\nport=2002\n",
+    )
+    .expect("system file");
+    let file = user_file.display().to_string();
+    let missing = work.join("missing.conf").display().to_string();
+    let env_hp: &[(&str, &str)] = &[("PGHOST", "/ehost"), ("PGPORT", "1004")];
+    // -d, other arguments, environment, and PGSERVICEFILE (None: the user file).
+    type Row<'a> = (
+        &'a str,
+        &'a [&'a str],
+        &'a [(&'a str, &'a str)],
+        Option<&'a str>,
+    );
+    let rows: &[Row<'_>] = &[
+        ("service=s", &[], &[], None),
+        ("service=s", &[], env_hp, None),
+        ("service=hostonly", &[], env_hp, None),
+        ("service=emptyport", &[], env_hp, None),
+        ("service=s port=1002", &[], env_hp, None),
+        (
+            "service=s port=1002",
+            &["-p", "1001", "-h", "/fhost"],
+            env_hp,
+            None,
+        ),
+        ("", &[], &[("PGSERVICE", "s")], None),
+        ("service=t", &[], &[("PGSERVICE", "s")], None),
+        ("postgresql:///?service=t&port=1006", &[], &[], None),
+        ("service=sysonly", &[], &[], None),
+        ("service=absent", &[], &[], None),
+        ("", &[], &[("PGSERVICE", "")], None),
+        ("service=nested", &[], &[], None),
+        ("service=spaced", &[], &[], None),
+        ("service=s", &[], &[], Some(&missing)),
+    ];
+    for (connstr, args, env, service_file) in rows {
+        let mut all: Vec<&str> = vec!["-w", "-D"];
+        let dest = work.join("dest").display().to_string();
+        all.push(&dest);
+        if !connstr.is_empty() {
+            all.extend(["-d", connstr]);
+        }
+        all.extend(args.iter());
+        let with_env = |cmd: &mut Command| {
+            cmd.env("PGSERVICEFILE", service_file.unwrap_or(&file))
+                .env("PGSYSCONFDIR", &sys);
+            for (k, v) in *env {
+                cmd.env(k, v);
+            }
+        };
+        let mut theirs = as_pg_user(tools_bin(18).join("pg_basebackup"));
+        theirs.args(&all);
+        with_env(&mut theirs);
+        let mut ours = pgclone_cmd().args(&all).command();
+        with_env(&mut ours);
+        let (theirs, ours) = (
+            theirs.output().expect("pg_basebackup"),
+            ours.output().expect("pgclone"),
+        );
+        let (want, got) = (first_error(&theirs.stderr), first_error(&ours.stderr));
+        assert!(
+            !theirs.status.success() && !ours.status.success(),
+            "{connstr:?} {args:?} {env:?}"
+        );
+        assert!(
+            got.starts_with(&want) && !want.is_empty(),
+            "{connstr:?} {args:?} {env:?}:\n pg_basebackup: {want}\n pgclone:       {got}"
+        );
+    }
 }

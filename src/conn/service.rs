@@ -120,7 +120,8 @@ fn user_file(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
 /// exists.
 fn system_file(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
     match env("PGSYSCONFDIR") {
-        Some(dir) => Some(Path::new(&dir).join("pg_service.conf")).filter(|f| f.exists()),
+        // Joined as text, as libpq does: an empty PGSYSCONFDIR means `/pg_service.conf`.
+        Some(dir) => Some(PathBuf::from(format!("{dir}/pg_service.conf"))).filter(|f| f.exists()),
         None => DEFAULT_SYSTEM_FILES
             .iter()
             .map(PathBuf::from)
