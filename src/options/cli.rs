@@ -1,6 +1,7 @@
 //! Command-line flags, spelled as pg_basebackup spells them, and nothing else: no validation
 //! beyond what clap does, no system calls. [`crate::options::config`] turns them into a checked
-//! config. `pgclone verify` is the one subcommand; its flags are in [`crate::options::verify`].
+//! config. `pgclone verify`'s flags are in [`crate::options::verify`], the hidden
+//! `pgclone generate`'s in [`crate::options::generate`].
 
 use std::ffi::OsString;
 use std::path::PathBuf;
