@@ -62,7 +62,7 @@ pub enum ServiceError {
     /// A file to read could not be opened (libpq says "not found" whatever the reason).
     #[error("service file \"{}\" not found", .0.display())]
     FileNotFound(PathBuf),
-    /// A line of [`MAX_LINE`] bytes or more.
+    /// A line of 1023 bytes or more (its newline counted).
     #[error("line {line} too long in service file \"{}\"", file.display())]
     LineTooLong {
         /// The file.
