@@ -69,7 +69,7 @@ const PATHS: &[(&str, ValueHint)] = &[
     ("incremental", ValueHint::FilePath),
 ];
 
-/// The command definition `cli` parses with, annotated with [`VALUE_SETS`] and [`PATHS`].
+/// The command definition `cli` parses with, annotated with [`VALUE_SETS`] and the path kinds.
 pub fn annotated(command: Command) -> Command {
     let command = VALUE_SETS.iter().fold(command, |command, (id, values)| {
         command.mut_arg(*id, |arg| arg.value_parser(values.to_vec()))
