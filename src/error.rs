@@ -40,6 +40,9 @@ pub enum Error {
     /// TLS could not be set up (certificate files, configuration).
     #[error("{0}")]
     Tls(String),
+    /// The connection service file could not give the named service (no `--help` hint).
+    #[error(transparent)]
+    Service(#[from] crate::conn::service::ServiceError),
     /// The server is older than 10, or lacks what we need.
     #[error("{0}")]
     IncompatibleServer(String),

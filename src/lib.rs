@@ -6,7 +6,8 @@
 //! down this list (a sink never imports the clone run; `pgclone-proto` never imports this crate).
 //! - `options/`: the command line as pg_basebackup spells it (`cli`), validated into a `Config`
 //!   (`config`), `-T` mappings (`tablespace`), the flags `--refresh` refuses (`refresh`), the
-//!   `pgclone verify` subcommand's flags (`verify`)
+//!   `pgclone verify` subcommand's flags (`verify`), the hidden `pgclone generate` of man pages
+//!   and completions (`generate`)
 //! - `check/`: `pgclone check`, the preflight that creates nothing: what the server says over
 //!   replication and SQL (`server`), free walsenders, slots and disk space (`capacity`), the
 //!   destination, `--waldir` and tablespace paths (`dest`), text or JSON output (`report`)
@@ -27,8 +28,8 @@
 //! - `manifest/`: the `backup_manifest` model, its parsing (`parse`), per-file checksums
 //!   (`checksum`), differences from it (`compare`), the check while writing (`check`), writing
 //!   one (`write`), `pgclone verify` (`verify`: the run, `files`, `wal`)
-//! - `conn/`: connection strings (`conninfo`), `.pgpass` (`pgpass`), TLS (`tls`), connecting and
-//!   messaging, the server's facts (`server`)
+//! - `conn/`: connection strings (`conninfo`), service files (`service`), `.pgpass` (`pgpass`),
+//!   TLS (`tls`), connecting and messaging, the server's facts (`server`)
 //! - `error.rs`: the error type and exit codes; `output.rs`: stderr; `program.rs`: the name run
 //!   under (`pgclone`, or `pg_basebackup` as a drop-in)
 
@@ -76,6 +77,7 @@ pub fn main_with_args(argv: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
                 }
             }
         }
+        Parsed::Generate(what) => options::generate::run(&what, cli::definition()),
         Parsed::Run(args) => {
             output::init(args.general.verbose);
             match Config::from_args(&args, &|k| std::env::var(k).ok()).and_then(run_clone) {

@@ -27,7 +27,8 @@ use std::collections::BTreeMap;
 /// Keys pgclone accepts in a connection string (libpq's names).
 ///
 /// `replication` is accepted and stored as libpq does, but pgclone always connects with its
-/// own `replication=true`; `target_session_attrs` is stored unchecked.
+/// own `replication=true`; `target_session_attrs` is stored unchecked; `service` names a
+/// section of the connection service file, which the resolver reads (`service.rs`).
 pub const KNOWN_KEYS: &[&str] = &[
     "host",
     "hostaddr",
@@ -53,34 +54,41 @@ pub const KNOWN_KEYS: &[&str] = &[
     "options",
     "replication",
     "target_session_attrs",
+    "service",
 ];
 
 /// Every libpq environment variable pgclone reads, as `(variable, key)` pairs in the order of
-/// libpq's option table; each stands for its key, under `-d` and the flags. This is the one
-/// list: connection parameters are resolved by reading exactly these variables and no other
-/// `PG*` one, so a harness that must not inherit a developer's connection settings (the tests'
-/// command builder) removes every variable named here.
+/// libpq's option table; each stands for its key, under the service file, `-d` and the flags.
+/// `PGSERVICE` names the service to look up; `PGSERVICEFILE` and `PGSYSCONFDIR` stand for no
+/// key: they say where service files are (`service.rs`). This is the one list: connection
+/// parameters are resolved by reading exactly these variables and no other `PG*` one, so a
+/// harness that must not inherit a developer's connection settings (the tests' command
+/// builder) removes every variable named here.
 ///
-/// Not listed, because they are not connection settings: `HOME` (for `~/.pgpass` and
-/// `~/.postgresql/`) and `USER` (the role name when the password database has no entry).
-pub const ENV_VARS: &[(&str, &str)] = &[
-    ("PGHOST", "host"),
-    ("PGHOSTADDR", "hostaddr"),
-    ("PGPORT", "port"),
-    ("PGUSER", "user"),
-    ("PGPASSWORD", "password"),
-    ("PGPASSFILE", "passfile"),
-    ("PGDATABASE", "dbname"),
-    ("PGAPPNAME", "application_name"),
-    ("PGCONNECT_TIMEOUT", "connect_timeout"),
-    ("PGSSLMODE", "sslmode"),
-    ("PGSSLROOTCERT", "sslrootcert"),
-    ("PGSSLCERT", "sslcert"),
-    ("PGSSLKEY", "sslkey"),
-    ("PGSSLCRL", "sslcrl"),
-    ("PGSSLNEGOTIATION", "sslnegotiation"),
-    ("PGCHANNELBINDING", "channel_binding"),
-    ("PGOPTIONS", "options"),
+/// Not listed, because they are not connection settings: `HOME` (for `~/.pgpass`,
+/// `~/.pg_service.conf` and `~/.postgresql/`) and `USER` (the role name when the password
+/// database has no entry).
+pub const ENV_VARS: &[(&str, Option<&str>)] = &[
+    ("PGSERVICE", Some("service")),
+    ("PGSERVICEFILE", None),
+    ("PGSYSCONFDIR", None),
+    ("PGHOST", Some("host")),
+    ("PGHOSTADDR", Some("hostaddr")),
+    ("PGPORT", Some("port")),
+    ("PGUSER", Some("user")),
+    ("PGPASSWORD", Some("password")),
+    ("PGPASSFILE", Some("passfile")),
+    ("PGDATABASE", Some("dbname")),
+    ("PGAPPNAME", Some("application_name")),
+    ("PGCONNECT_TIMEOUT", Some("connect_timeout")),
+    ("PGSSLMODE", Some("sslmode")),
+    ("PGSSLROOTCERT", Some("sslrootcert")),
+    ("PGSSLCERT", Some("sslcert")),
+    ("PGSSLKEY", Some("sslkey")),
+    ("PGSSLCRL", Some("sslcrl")),
+    ("PGSSLNEGOTIATION", Some("sslnegotiation")),
+    ("PGCHANNELBINDING", Some("channel_binding")),
+    ("PGOPTIONS", Some("options")),
 ];
 
 /// What error messages show instead of a password.
@@ -88,7 +96,10 @@ pub const REDACTED: &str = "(password hidden)";
 
 /// The key an environment variable stands for (`PGHOST` -> `host`), if pgclone reads it.
 pub fn env_key(var: &str) -> Option<&'static str> {
-    ENV_VARS.iter().find(|(v, _)| *v == var).map(|(_, k)| *k)
+    ENV_VARS
+        .iter()
+        .find(|(v, _)| *v == var)
+        .and_then(|(_, k)| *k)
 }
 
 /// Splits a comma-separated `host`, `hostaddr` or `port` value the way libpq does
@@ -564,6 +575,10 @@ mod tests {
                 &[("host", "master"), ("port", "5432")],
             ),
             (
+                "service=main user=rep",
+                &[("service", "main"), ("user", "rep")],
+            ),
+            (
                 "  host = master\tuser=rep  ",
                 &[("host", "master"), ("user", "rep")],
             ),
@@ -642,6 +657,10 @@ mod tests {
                 &[("host", "h"), ("dbname", "db"), ("user", "a")],
             ),
             ("postgresql://h?host=/tmp", &[("host", "/tmp")]),
+            (
+                "postgresql:///?service=main&port=5434",
+                &[("service", "main"), ("port", "5434")],
+            ),
             ("postgresql://?host=/tmp", &[("host", "/tmp")]),
             ("postgresql://h?port=", &[("host", "h"), ("port", "")]),
             (
@@ -795,7 +814,7 @@ mod tests {
             (r"password='abc\", E::Unterminated),
             ("bogus=1", E::UnknownKey("bogus".into())),
             ("=1", E::UnknownKey(String::new())),
-            ("service=x", E::UnknownKey("service".into())),
+            ("Service=x", E::UnknownKey("Service".into())),
             ("Host=x", E::UnknownKey("Host".into())),
             // A bare word after an unquoted password may be the password's second half.
             ("password=abc def", E::MissingEquals(REDACTED.into())),
@@ -969,15 +988,18 @@ unexpected character "x" at position 19 in URI (expected ":" or "/"): "postgresq
             ("PGCHANNELBINDING", Some("channel_binding")),
             ("PGOPTIONS", Some("options")),
             ("PGDATABASE", Some("dbname")),
-            ("PGSERVICE", None),
+            ("PGSERVICE", Some("service")),
+            ("PGSERVICEFILE", None),
+            ("PGSYSCONFDIR", None),
+            ("PGREQUIRESSL", None),
             ("pghost", None),
         ];
         for (var, want) in cases {
             assert_eq!(env_key(var), want, "{var}");
         }
-        assert_eq!(ENV_VARS.len(), 17);
-        for (_, key) in ENV_VARS {
-            assert!(KNOWN_KEYS.contains(key), "{key}");
+        assert_eq!(ENV_VARS.len(), 20);
+        for key in ENV_VARS.iter().filter_map(|(_, key)| *key) {
+            assert!(KNOWN_KEYS.contains(&key), "{key}");
         }
     }
 

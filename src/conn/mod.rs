@@ -11,6 +11,7 @@ mod os_user;
 mod params;
 pub mod pgpass;
 pub mod server;
+pub mod service;
 pub mod tls;
 mod transport;
 

@@ -1,11 +1,12 @@
-//! Connection parameters, resolved from flags, the `-d` connection string, the environment and
-//! defaults, in that order of precedence (as pg_basebackup with libpq).
+//! Connection parameters, resolved from flags, the `-d` connection string, the connection
+//! service file's section (`service=` in `-d`, or `PGSERVICE`), the environment and defaults,
+//! in that order of precedence (as pg_basebackup with libpq).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::conn::{conninfo, os_user};
+use crate::conn::{conninfo, os_user, service};
 use crate::error::Error;
 use crate::program;
 
@@ -203,24 +204,41 @@ impl Prompt {
     }
 }
 
-/// The connection settings in force, key by key (libpq's names): the environment, the `-d`
-/// connection string over it, the `-h`/`-p`/`-U` flags over both. An empty value counts as
-/// unset at every level. No defaults are filled in.
+/// The connection settings in force, key by key (libpq's names): the environment, the
+/// service's section over it, the `-d` connection string over both, the `-h`/`-p`/`-U` flags
+/// over all. An empty value counts as unset in the environment, `-d` and the flags (as
+/// pg_basebackup drops empty ones before libpq sees them); an empty value in the service file
+/// is set to empty, as libpq sets it, so it hides the environment's value and the default
+/// applies. No defaults are filled in.
 struct Settings(BTreeMap<String, String>);
 
 impl Settings {
     /// Layers the sources in order of precedence, lowest first.
     fn layer(flags: &ConnFlags<'_>, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let connstr = match flags.connstr {
+            Some(s) => conninfo::parse(s).map_err(|e| Error::Usage(e.to_string()))?,
+            None => BTreeMap::new(),
+        };
         let mut settings = BTreeMap::new();
         for (var, key) in conninfo::ENV_VARS {
+            // `PGSERVICE` is read below, the service file's variables by the lookup.
+            let Some(key) = key.filter(|k| *k != "service") else {
+                continue;
+            };
             if let Some(v) = env(var).filter(|v| !v.is_empty()) {
                 settings.insert((*key).to_owned(), v);
             }
         }
-        if let Some(s) = flags.connstr {
-            let cs = conninfo::parse(s).map_err(|e| Error::Usage(e.to_string()))?;
-            settings.extend(cs.into_iter().filter(|(_, v)| !v.is_empty()));
+        if let Some(service) = Self::service(&connstr, env)? {
+            for (key, value) in service.settings {
+                if value.is_empty() {
+                    settings.remove(&key);
+                } else {
+                    settings.insert(key, value);
+                }
+            }
         }
+        settings.extend(connstr.into_iter().filter(|(_, v)| !v.is_empty()));
         for (key, flag) in [
             ("host", flags.host),
             ("port", flags.port),
@@ -231,6 +249,23 @@ impl Settings {
             }
         }
         Ok(Self(settings))
+    }
+
+    /// The service named by `-d`'s `service`, else by `PGSERVICE`, looked up (libpq's
+    /// `parseServiceInfo`; `PGSERVICE` set to an empty string names the service `""`, as in
+    /// libpq). `None` when no service is named.
+    fn service(
+        connstr: &BTreeMap<String, String>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<service::Service>, Error> {
+        let name = match connstr.get("service").filter(|v| !v.is_empty()) {
+            Some(name) => name.clone(),
+            None => match env("PGSERVICE") {
+                Some(name) => name,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(service::lookup(&name, env)?))
     }
 
     /// The value of `key`, if set.
@@ -252,8 +287,9 @@ impl Settings {
 }
 
 impl ConnParams {
-    /// Resolves the parameters: flags over `-d` over environment (`env`) over defaults, key
-    /// by key, as pg_basebackup with libpq. The first invalid setting fails, checked in the
+    /// Resolves the parameters: flags over `-d` over the service file over environment
+    /// (`env`, which also gives `HOME` for `~/.pg_service.conf`) over defaults, key by key, as
+    /// pg_basebackup with libpq. The first invalid setting fails, checked in the
     /// order hosts and ports, user, TLS, `connect_timeout`, keepalives.
     pub fn resolve(
         flags: &ConnFlags<'_>,
@@ -600,23 +636,219 @@ mod tests {
         );
     }
 
+    /// The variables read are those of `ENV_VARS` (and `HOME`, for `~/.pg_service.conf`):
+    /// without a service, all of them but the service file's; with one, all of them.
     #[test]
     fn the_environment_read_is_exactly_env_vars() {
-        let asked = std::cell::RefCell::new(Vec::new());
-        let env = |var: &str| {
-            asked.borrow_mut().push(var.to_owned());
-            None
-        };
+        // The user file lacks the service, so the system file is read too.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("services");
+        std::fs::write(&file, "[other]\nport=1\n").expect("write");
+        std::fs::write(dir.path().join("pg_service.conf"), "[s]\nport=2\n").expect("write");
+        let listed: Vec<&str> = conninfo::ENV_VARS.iter().map(|(var, _)| *var).collect();
         let flags = ConnFlags {
             user: Some("u"),
             ..ConnFlags::default()
         };
-        ConnParams::resolve(&flags, &env).expect("resolves");
-        let listed: Vec<String> = conninfo::ENV_VARS
+        for service in [None, Some("s")] {
+            let asked = std::cell::RefCell::new(Vec::new());
+            let env = |var: &str| {
+                asked.borrow_mut().push(var.to_owned());
+                match var {
+                    "PGSERVICE" => service.map(str::to_owned),
+                    "PGSERVICEFILE" => Some(file.display().to_string()),
+                    "PGSYSCONFDIR" => Some(dir.path().display().to_string()),
+                    _ => None,
+                }
+            };
+            ConnParams::resolve(&flags, &env).expect("resolves");
+            let mut asked = asked.into_inner();
+            asked.sort();
+            asked.dedup();
+            let mut want: Vec<&str> = listed.clone();
+            if service.is_none() {
+                want.retain(|v| !matches!(*v, "PGSERVICEFILE" | "PGSYSCONFDIR"));
+            }
+            want.sort_unstable();
+            assert_eq!(asked, want, "service {service:?}");
+        }
+    }
+
+    /// What a resolved key came to, as text ("" when unset).
+    fn resolved(p: &ConnParams, key: &str) -> String {
+        let or_empty = |v: &Option<String>| v.clone().unwrap_or_default();
+        match key {
+            "host" => p.targets[0].host.as_conninfo_value(),
+            "port" => p.targets[0].port.to_string(),
+            "user" => p.user.clone(),
+            "password" => p.password.as_ref().map_or("", Secret::expose).to_owned(),
+            "dbname" => or_empty(&p.dbname),
+            "options" => or_empty(&p.options),
+            "application_name" => p.application_name.clone(),
+            "sslmode" => p.tls.mode.name().to_owned(),
+            "connect_timeout" => p
+                .connect_timeout
+                .map_or(String::new(), |d| d.as_secs().to_string()),
+            other => panic!("no view of {other}"),
+        }
+    }
+
+    /// Resolves with `key` set by the sources in `sources` (`F` its flag, `D` `-d`, `S` the
+    /// service file, `s` the service file with an empty value, `E` the environment) to the
+    /// values in `values` (flag, `-d`, service, environment), and returns what `key` came to.
+    fn resolve_key(key: &str, sources: &str, values: [&str; 4]) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("services");
+        let mut section = "[svc]\n".to_owned();
+        if sources.contains('S') {
+            section.push_str(&format!("{key}={}\n", values[2]));
+        }
+        if sources.contains('s') {
+            section.push_str(&format!("{key}=\n"));
+        }
+        std::fs::write(&file, section).expect("write");
+        let mut connstr = "service=svc".to_owned();
+        if sources.contains('D') {
+            connstr.push_str(&format!(" {key}={}", conninfo::quote_value(values[1])));
+        }
+        let flag = sources.contains('F').then_some(values[0]);
+        let flags = ConnFlags {
+            host: flag.filter(|_| key == "host"),
+            port: flag.filter(|_| key == "port"),
+            user: flag.filter(|_| key == "user"),
+            connstr: Some(&connstr),
+            ..ConnFlags::default()
+        };
+        let var = conninfo::ENV_VARS
             .iter()
-            .map(|(var, _)| (*var).to_owned())
-            .collect();
-        assert_eq!(asked.into_inner(), listed);
+            .find(|(_, k)| *k == Some(key))
+            .map(|(v, _)| *v);
+        let env = |name: &str| match name {
+            "PGSERVICEFILE" => Some(file.display().to_string()),
+            "PGSYSCONFDIR" | "HOME" => Some(dir.path().display().to_string()),
+            _ if Some(name) == var && sources.contains('E') => Some(values[3].to_owned()),
+            _ => None,
+        };
+        let p = ConnParams::resolve(&flags, &env).expect("resolves");
+        resolved(&p, key)
+    }
+
+    /// The precedence table: for each key, which source wins. libpq documents it in "The
+    /// Connection Service File" (libpq.sgml): "A service file setting overrides the
+    /// corresponding environment variable, and in turn can be overridden by a value given
+    /// directly in the connection string." `-h`/`-p`/`-U` are values given directly too:
+    /// pg_basebackup passes them to libpq after `-d`'s keys, so they beat `-d`
+    /// (streamutil.c `GetConnection`). Environment variables are used "if a parameter is not
+    /// specified in the connection string" (the doc's "Environment Variables"); otherwise the
+    /// default. An empty value in the service file is a value: it hides the environment's and
+    /// the default applies (libpq stores it, and an empty host or port means the default).
+    #[test]
+    fn precedence_table() {
+        // Sources that set the key -> the source whose value wins ('-' for the default).
+        let table: &[(&str, char)] = &[
+            ("FDSE", 'F'),
+            ("FS", 'F'),
+            ("FE", 'F'),
+            ("DSE", 'D'),
+            ("DS", 'D'),
+            ("DE", 'D'),
+            ("SE", 'S'),
+            ("S", 'S'),
+            ("E", 'E'),
+            ("sE", '-'),
+            ("Ds", 'D'),
+            ("", '-'),
+        ];
+        let os_user = os_user::name().expect("a user name");
+        let socket_dir = default_socket_dir().as_conninfo_value();
+        // key, values set by (flag, -d, service file, environment), and the default.
+        let keys: &[(&str, [&str; 4], &str)] = &[
+            ("host", ["/flag", "dhost", "shost", "ehost"], &socket_dir),
+            ("port", ["1001", "1002", "1003", "1004"], "5432"),
+            ("user", ["fuser", "duser", "suser", "euser"], &os_user),
+            ("password", ["", "dpw", "spw", "epw"], ""),
+            ("dbname", ["", "ddb", "sdb", "edb"], ""),
+            ("options", ["", "-c a=1", "-c a=2", "-c a=3"], ""),
+            ("application_name", ["", "dapp", "sapp", "eapp"], "pgclone"),
+            ("sslmode", ["", "disable", "require", "allow"], "prefer"),
+            ("connect_timeout", ["", "11", "12", "13"], ""),
+        ];
+        for (key, values, default) in keys {
+            let has_flag = matches!(*key, "host" | "port" | "user");
+            for (sources, winner) in table {
+                if sources.contains('F') && !has_flag {
+                    continue;
+                }
+                let want = match winner {
+                    'F' => values[0],
+                    'D' => values[1],
+                    'S' => values[2],
+                    'E' => values[3],
+                    _ => default,
+                };
+                assert_eq!(
+                    resolve_key(key, sources, *values),
+                    want,
+                    "{key} set by {sources:?}"
+                );
+            }
+        }
+    }
+
+    /// The service is named by `-d`'s `service`, else by `PGSERVICE`; an empty `service=` in
+    /// `-d` counts as unset. A service that no file defines, a nested one, and a
+    /// `PGSERVICEFILE` that does not exist fail with libpq's words.
+    #[test]
+    fn the_service_is_named_by_connstr_then_pgservice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("services");
+        std::fs::write(&file, "[a]\nport=1001\n[b]\nport=1002\n[n]\nservice=a\n").expect("write");
+        let file_name = file.display().to_string();
+        let run = |connstr: Option<&str>, pgservice: Option<&str>, file: &str| {
+            let env = |name: &str| match name {
+                "PGSERVICE" => pgservice.map(str::to_owned),
+                "PGSERVICEFILE" => Some(file.to_owned()),
+                "PGSYSCONFDIR" => Some(dir.path().display().to_string()),
+                _ => None,
+            };
+            let flags = ConnFlags {
+                connstr,
+                user: Some("u"),
+                ..ConnFlags::default()
+            };
+            ConnParams::resolve(&flags, &env)
+                .map(|p| p.targets[0].port)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(run(Some("service=a"), Some("b"), &file_name), Ok(1001));
+        assert_eq!(
+            run(Some("postgresql://?service=a"), None, &file_name),
+            Ok(1001)
+        );
+        assert_eq!(run(Some("host=h"), Some("b"), &file_name), Ok(1002));
+        assert_eq!(run(Some("service="), Some("b"), &file_name), Ok(1002));
+        assert_eq!(run(None, None, &file_name), Ok(5432));
+        assert_eq!(
+            run(Some("service=zz"), None, &file_name),
+            Err("definition of service \"zz\" not found".into())
+        );
+        assert_eq!(
+            run(None, Some(""), &file_name),
+            Err("definition of service \"\" not found".into())
+        );
+        assert_eq!(
+            run(Some("service=n"), None, &file_name),
+            Err(format!(
+                "nested service specifications not supported in service file \"{file_name}\", line 6"
+            ))
+        );
+        let missing = dir.path().join("missing").display().to_string();
+        assert_eq!(
+            run(Some("service=a"), None, &missing),
+            Err(format!("service file \"{missing}\" not found"))
+        );
+        // Without a service named, PGSERVICEFILE is never read.
+        assert_eq!(run(Some("port=7"), None, &missing), Ok(7));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Command-line flags, spelled as pg_basebackup spells them, and nothing else: no validation
 //! beyond what clap does, no system calls. [`crate::options::config`] turns them into a checked
-//! config. Subcommands: `pgclone verify` (its flags in [`crate::options::verify`]) and
-//! `pgclone check` (the clone's own flag groups, [`CheckArgs`]).
+//! config. Subcommands: `pgclone verify` (its flags in [`crate::options::verify`]),
+//! `pgclone check` (the clone's own flag groups, [`CheckArgs`]) and the hidden
+//! `pgclone generate` ([`crate::options::generate`]).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::manifest::verify::Options;
+use crate::options::generate::{self, GenerateArgs};
 use crate::options::verify::{self, VerifyArgs};
 use crate::program::{self, Program};
 
@@ -25,7 +27,7 @@ use crate::program::{self, Program};
     args_conflicts_with_subcommands = true,
     args_override_self = true,
     about = "pgclone takes a base backup of a running PostgreSQL server (10 or newer), like pg_basebackup.",
-    after_help = "Environment: PGHOST, PGPORT, PGUSER, PGPASSWORD, PGAPPNAME.\n\
+    after_help = "Environment: PGHOST, PGPORT, PGUSER, PGPASSWORD, PGAPPNAME, PGSERVICE.\n\
                   Report bugs at the project's issue tracker."
 )]
 pub struct Args {
@@ -56,6 +58,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// check whether a clone with these flags would start, creating nothing
     Check(Box<CheckArgs>),
+    /// write the manual pages or print shell completions
+    #[command(hide = true)] // for installers: options/generate.rs
+    Generate(GenerateArgs),
 }
 
 /// `pgclone check`: the clone's flags (one definition of each), plus `--json`.
@@ -232,6 +237,8 @@ pub enum Parsed {
     Verify(Options),
     /// `pgclone check` with these flags.
     Check(Box<CheckArgs>),
+    /// `pgclone generate`: what to generate.
+    Generate(generate::What),
     /// Help or version was printed; exit 0.
     Exit,
     /// A usage error, already formatted without the `error:` prefix, and the command whose
@@ -267,6 +274,11 @@ fn command(program: Program) -> clap::Command {
     }
 }
 
+/// The command-line definition as the program runs (for `pgclone generate`).
+pub fn definition() -> clap::Command {
+    command(program::current())
+}
+
 /// [`parse`] as `program`.
 fn parse_as<I, T>(program: Program, argv: I) -> Parsed
 where
@@ -287,6 +299,10 @@ where
             command: Some(Command::Check(check)),
             ..
         }) => Parsed::Check(check),
+        Ok(Args {
+            command: Some(Command::Generate(g)),
+            ..
+        }) => Parsed::Generate(g.what),
         Ok(args) => Parsed::Run(Box::new(args)),
         Err(e) => match e.kind() {
             ErrorKind::DisplayHelp => {
@@ -305,6 +321,10 @@ where
             _ if argv.get(1).is_some_and(|a| a == "check") => Parsed::Usage {
                 message: verify::first_line(&e),
                 command: check_command(program),
+            },
+            _ if argv.get(1).is_some_and(|a| a == "generate") => Parsed::Usage {
+                message: generate::usage_message(&e),
+                command: generate::command_name(program),
             },
             _ => Parsed::Usage {
                 message: top_level_message(&e),
