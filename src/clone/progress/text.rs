@@ -178,7 +178,7 @@ pub struct Bar {
 impl Bar {
     fn new() -> Self {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        bar.set_style(style("{spinner} {msg}"));
+        bar.set_style(style("{spinner} {wide_msg}"));
         Self {
             bar,
             copying: false,
@@ -187,15 +187,6 @@ impl Bar {
 
     fn tick(&mut self, s: &Snapshot, in_phase: Duration, hint: Option<&str>) {
         let copying = s.phase == Phase::Copying && s.total_bytes.is_some();
-        if copying != self.copying {
-            self.copying = copying;
-            let template = if copying {
-                "[{bar:30}] {msg}"
-            } else {
-                "{spinner} {msg}"
-            };
-            self.bar.set_style(style(template));
-        }
         if copying {
             self.bar.set_length(s.total_bytes.unwrap_or(0));
             self.bar.set_position(s.bytes);
@@ -203,6 +194,17 @@ impl Bar {
             self.bar.tick();
         }
         self.bar.set_message(wait_line(s, in_phase, hint));
+        if copying != self.copying {
+            self.copying = copying;
+            let template = if copying {
+                "[{bar:20}] {wide_msg}"
+            } else {
+                "{spinner} {wide_msg}"
+            };
+            self.bar.set_style(style(template));
+        }
+        // The calls above draw at most one of them (indicatif limits its rate): draw all.
+        self.bar.force_draw();
     }
 }
 
