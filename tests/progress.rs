@@ -143,7 +143,7 @@ fn json_events_follow_the_phases() {
     let flushed = of_kind(&events, "progress")
         .into_iter()
         .filter_map(|e| e["wal_flushed_lsn"].as_str())
-        .last();
+        .next_back();
     assert!(flushed.is_some_and(|l| l.contains('/')), "{events:#?}");
     let checkpoint = &of_kind(&events, "phase")[1];
     assert_eq!(checkpoint["hint"], Value::Null, "no hint with -c fast");

@@ -6,20 +6,13 @@
 use bytes::Bytes;
 use pgclone_proto::tar::{MemberKind, TarEvent, TarSplitter};
 
-/// Watches one base archive for its first WAL file.
-#[derive(Debug)]
+/// Watches one base archive for its first WAL file; starts at the archive's start.
+#[derive(Debug, Default)]
 pub struct FetchWatch {
     splitter: TarSplitter,
 }
 
 impl FetchWatch {
-    /// At the start of the base archive.
-    pub fn new() -> Self {
-        Self {
-            splitter: TarSplitter::new(),
-        }
-    }
-
     /// Feeds archive bytes; true once a regular file under `pg_wal/` begins (its directory
     /// entries come earlier, with the data directory). A stream that does not parse as tar is
     /// never reported (the writer reports it).
@@ -52,7 +45,7 @@ mod tests {
     /// even when its header arrives split across two pieces.
     #[test]
     fn spots_the_first_segment() {
-        let mut w = FetchWatch::new();
+        let mut w = FetchWatch::default();
         let mut head = member("pg_wal/", MemberKind::Directory, 0);
         head.extend(member("global/pg_control", MemberKind::File, 8192));
         assert!(!w.wal_begins(&Bytes::from(head)));

@@ -181,7 +181,7 @@ mod tests {
             Some(Lsn(0x300_0000)),
         );
         assert_eq!(s.total_bytes, Some(5000 * 1024));
-        assert_eq!(s.rate, Some(1024_000.0));
+        assert_eq!(s.rate, Some(1_024_000.0));
         assert_eq!(s.eta, None);
         assert_eq!(s.tablespace, None);
         assert_eq!(s.wal_flushed, Some(Lsn(0x300_0000)));

@@ -18,8 +18,9 @@ pub mod json;
 pub mod phase;
 pub mod text;
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
+use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -145,7 +146,7 @@ impl Reporter {
             let watch = s.wal_method == WalMethod::Fetch
                 && !s.server_compressed
                 && s.base_index == Some(index);
-            s.fetch = watch.then(FetchWatch::new);
+            s.fetch = watch.then(FetchWatch::default);
         });
     }
 
@@ -312,18 +313,32 @@ fn lock(shared: &Mutex<State>) -> MutexGuard<'_, State> {
 
 /// The JSON events' destination.
 fn open(target: &JsonTarget) -> Result<JsonOut, Error> {
-    let path = match target {
+    let file = match target {
         JsonTarget::Stderr => return Ok(JsonOut(Box::new(std::io::stderr()))),
-        JsonTarget::File(path) => path.clone(),
-        // The descriptor reopened through /dev/fd: no unsafe adoption of a raw descriptor.
-        JsonTarget::Fd(fd) => PathBuf::from(format!("/dev/fd/{fd}")),
+        JsonTarget::File(path) => OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(Error::fs("open progress file", path))?,
+        JsonTarget::Fd(fd) => adopt_fd(*fd)?,
     };
-    let file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&path)
-        .map_err(Error::fs("open progress file", &path))?;
     Ok(JsonOut(Box::new(file)))
+}
+
+/// `--progress-fd`: a duplicate of the inherited descriptor `fd` (reopening `/dev/fd/N` would
+/// fail on a pipe another user created, as when a supervisor runs pgclone under its account).
+fn adopt_fd(fd: u32) -> Result<File, Error> {
+    let name = PathBuf::from(format!("file descriptor {fd}"));
+    let raw = i32::try_from(fd).unwrap_or(-1);
+    // SAFETY: F_DUPFD_CLOEXEC only creates a new descriptor (or fails with EBADF).
+    let dup = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 3) };
+    if dup < 0 {
+        return Err(Error::fs("write progress events to", name)(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `dup` was just created for this process and nothing else owns it.
+    Ok(unsafe { File::from_raw_fd(dup) })
 }
 
 /// One event, one line; a reader that went away is not the run's failure.
