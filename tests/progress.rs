@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{free_port, pgclone_cmd, Cluster, ClusterOptions, Run, TestDir};
+use support::{free_port, pgclone_cmd, run_cmd, Cluster, ClusterOptions, Run, TestDir};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -44,7 +44,7 @@ fn phases(events: &[Value]) -> Vec<String> {
 }
 
 /// The `end` event, which must be the last line.
-fn end(events: &[Value]) -> &Value {
+fn end_event(events: &[Value]) -> &Value {
     let last = events.last().expect("events");
     assert_eq!(last["event"], "end", "the last event ends the run");
     assert_eq!(of_kind(events, "end").len(), 1);
@@ -72,7 +72,7 @@ fn json_clone(p: &Cluster, dest: &Path, extra: &[&str]) -> (Run, Vec<Value>) {
 /// never go back, and the end's bytes equal to the last count.
 fn check_ok(events: &[Value], want: &[&str]) {
     assert_eq!(phases(events), want, "{events:#?}");
-    let end = end(events);
+    let end = end_event(events);
     assert_eq!(end["outcome"], "ok", "{end}");
     assert_eq!(end["error"], Value::Null);
     let durations = end["phases"].as_object().expect("phases");
@@ -124,7 +124,7 @@ fn json_events_follow_the_phases() {
             "sync",
         ],
     );
-    let end = end(&events);
+    let end = end_event(&events);
     let check = &end["manifest_check"];
     assert!(
         check["files"].as_u64().expect("files checked") > 900,
@@ -172,6 +172,15 @@ fn json_events_follow_the_phases() {
         .iter()
         .any(|e| e["wal_flushed_lsn"] != Value::Null);
     assert!(!flushed, "no WAL connection with -X fetch");
+
+    // A failure once the backup runs: the end event says so, after the phases reached.
+    let (run, events) = json_clone(&p, &work.join("noslot"), &["-c", "fast", "-S", "nosuch"]);
+    assert!(!run.status.success());
+    let end = end_event(&events);
+    assert_eq!(end["outcome"], "error", "{end}");
+    let error = end["error"].as_str().expect("error text");
+    assert!(error.contains("nosuch"), "{error}");
+    assert!(phases(&events).len() > 1, "{events:#?}");
 }
 
 /// A spread checkpoint (the default) on a server with a short `checkpoint_timeout` and dirty
@@ -219,7 +228,9 @@ fn a_spread_checkpoint_is_shown_with_its_hint() {
         .expect("checkpoint phase")
         .clone();
     assert!(checkpoint["hint"].as_str().expect("hint").contains(hint));
-    let ms = end(&events)["phases"]["checkpoint"].as_u64().expect("ms");
+    let ms = end_event(&events)["phases"]["checkpoint"]
+        .as_u64()
+        .expect("ms");
     assert!(ms > 1000, "the spread checkpoint took {ms} ms");
     assert!(of_kind(&events, "progress")
         .iter()
@@ -292,21 +303,39 @@ fn a_refresh_reports_its_phases() {
 }
 
 /// A clone that cannot connect ends with an `error` event naming the cause, after the
-/// connecting phase only; the error is still printed on stderr.
+/// connecting phase only; the error is still printed on stderr. The events go to an inherited
+/// descriptor (`--progress-fd=3`).
 #[test]
 fn a_failed_clone_ends_with_an_error_event() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
     let work = TestDir::new("progress-fail");
-    let file = work.join("events");
-    let run = pgclone_cmd()
+    let path = work.join("events");
+    let file = fs::File::create(&path).expect("events file");
+    let raw = file.as_raw_fd();
+    let mut cmd = pgclone_cmd()
+        .direct()
         .server(free_port(), "postgres")
         .dest(&work.join("copy"))
-        .args(["--progress=json", "--progress-file"])
-        .arg(&file)
-        .run();
+        .args(["--progress=json", "--progress-fd=3"])
+        .command();
+    // SAFETY: only async-signal-safe dup2 and fcntl run between fork and exec (the latter
+    // for when the file already is descriptor 3, close-on-exec).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let run = run_cmd(cmd);
+    drop(file);
     assert!(!run.status.success());
-    let events = events(&file);
+    let events = events(&path);
     assert_eq!(phases(&events), ["connecting"]);
-    let end = end(&events);
+    let end = end_event(&events);
     assert_eq!(end["outcome"], "error");
     let error = end["error"].as_str().expect("error text");
     assert!(run.stderr.contains(error), "{error}\n{}", run.stderr);

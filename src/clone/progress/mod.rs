@@ -292,6 +292,8 @@ impl State {
 /// Draws every `period` until the run ended or every handle is gone.
 async fn tick(shared: Weak<Mutex<State>>, period: Duration) {
     let mut interval = tokio::time::interval(period);
+    // A late tick is not made up for: never two events within a period.
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
     loop {
         interval.tick().await;
