@@ -40,14 +40,14 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
     let result = if cfg.refresh {
         crate::clone::refresh::run(cfg, interrupt, &progress).await
     } else {
-        clone(cfg, interrupt, &progress).await
+        fresh_clone(cfg, interrupt, &progress).await
     };
     progress.end(&result);
     result
 }
 
 /// [`run`] for a new clone.
-async fn clone(
+async fn fresh_clone(
     cfg: Config,
     interrupt: CancellationToken,
     progress: &Reporter,

@@ -43,8 +43,7 @@ use phase::Timeline;
 use text::Text;
 
 /// The checkpoint phase's hint with a spread checkpoint.
-pub const SPREAD_HINT: &str =
-    "the server is doing a spread checkpoint, the default: -c fast starts at once";
+pub const SPREAD_HINT: &str = "a spread checkpoint, the default: -c fast starts at once";
 
 /// The progress reporter of one run: a cheap handle, shared by the run, the backup task and
 /// the ticker; it does nothing when progress was not asked for.
@@ -61,11 +60,15 @@ struct State {
     hint: Option<&'static str>,
     wal_method: WalMethod,
     server_compressed: bool,
-    /// Base archive indices (of the tablespace list), for `-X fetch`'s watch.
+    /// The main directory's index in the tablespace list, for `-X fetch`'s watch.
     base_index: Option<usize>,
+    /// `-X fetch`: watching the base archive for its WAL.
     fetch: Option<FetchWatch>,
+    /// `-X stream`: the WAL task's flushed position.
     wal_flushed: Option<Arc<AtomicU64>>,
+    /// The check against the manifest, once the copy ended.
     manifest_check: Option<ManifestCheck>,
+    /// Nothing is drawn after the end.
     ended: bool,
 }
 

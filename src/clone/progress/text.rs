@@ -145,7 +145,7 @@ fn print_line(line: &str) {
 }
 
 /// One line at a time: the copy's every second, a waiting phase's once it has lasted a
-/// second and then every [`WAIT_REPEAT`].
+/// second and then every ten seconds.
 #[derive(Debug, Default)]
 pub struct Lines {
     /// The phase last drawn, and how far into it.
