@@ -208,6 +208,9 @@ impl Reporter {
 
 impl State {
     fn enter(&mut self, phase: Phase) {
+        if self.ended {
+            return;
+        }
         let now = Instant::now();
         if let Some(left) = self.timeline.enter(phase, now) {
             if phase > Phase::Copying {
@@ -361,4 +364,70 @@ fn unix_millis() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::config::tests::config;
+
+    fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .expect("events")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect()
+    }
+
+    /// Through the reporter: a phase event at the start and at each change (an earlier phase
+    /// and anything after the end ignored), the end with the phases and the count of files
+    /// that differed from the manifest.
+    #[tokio::test]
+    async fn events_through_the_reporter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events");
+        let file = path.to_str().expect("utf8");
+        let argv = [
+            "-D",
+            "/x",
+            "-U",
+            "u",
+            "--progress=json",
+            "--progress-file",
+            file,
+        ];
+        let r = Reporter::start(&config(&argv).expect("config")).expect("start");
+        r.phase(Phase::Checkpoint);
+        r.phase(Phase::Copying);
+        r.phase(Phase::Checkpoint);
+        r.end::<()>(&Err(Error::ManifestMismatch(2)));
+        r.phase(Phase::Sync);
+        let events = lines(&path);
+        let kinds: Vec<_> = events
+            .iter()
+            .map(|e| format!("{}:{}", e["event"], e["phase"]))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                r#""phase":"connecting""#,
+                r#""phase":"checkpoint""#,
+                r#""phase":"copying""#,
+                r#""end":null"#
+            ]
+        );
+        let end = &events[3];
+        assert_eq!(end["outcome"], "error");
+        assert_eq!(end["manifest_check"]["mismatches"], 2);
+        assert_eq!(events[1]["hint"], SPREAD_HINT);
+    }
+
+    /// Off, the reporter does nothing (no runtime needed).
+    #[test]
+    fn off_does_nothing() {
+        let r = Reporter::default();
+        r.phase(Phase::Copying);
+        r.data(&Bytes::from_static(b"x"));
+        r.end::<()>(&Ok(()));
+    }
 }
