@@ -198,7 +198,7 @@ fn a_spread_checkpoint_is_shown_with_its_hint() {
     let work = TestDir::new("progress-spread");
     // A clean start, then some dirty buffers for the checkpointer to pace (about 0.1 s each).
     let dirty = "CHECKPOINT; CREATE TABLE IF NOT EXISTS d(v text); \
-                 INSERT INTO d SELECT md5(g::text) FROM generate_series(1, 3000) g";
+                 INSERT INTO d SELECT md5(g::text) FROM generate_series(1, 5000) g";
 
     p.psql(dirty);
     let run = pgclone_cmd()

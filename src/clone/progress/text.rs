@@ -144,8 +144,8 @@ fn print_line(line: &str) {
     let _ = err.flush();
 }
 
-/// One line at a time: the copy's every second, a waiting phase's once it has lasted a
-/// second and then every ten seconds.
+/// One line at a time: the copy's every second, a waiting phase's at the first tick in it
+/// (ticks come every second) and then every ten seconds.
 #[derive(Debug, Default)]
 pub struct Lines {
     /// The phase last drawn, and how far into it.
@@ -157,7 +157,6 @@ impl Lines {
         let due = match (s.phase, self.last) {
             (Phase::Copying, _) => s.tablespaces > 0,
             (Phase::Standby, _) => false,
-            (_, _) if in_phase < Duration::from_secs(1) => false,
             (phase, Some((p, at))) if p == phase => in_phase >= at + WAIT_REPEAT,
             _ => true,
         };
