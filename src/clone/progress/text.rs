@@ -12,10 +12,10 @@ use crate::clone::progress::figures::Snapshot;
 use crate::clone::progress::phase::Phase;
 
 /// Off a terminal, a waiting phase's line is repeated this often.
-const WAIT_REPEAT: Duration = Duration::from_secs(10);
+const WAIT_REPEAT: Duration = Duration::from_secs(5);
 
-/// The copy's line: `  1234/5678 kB (21%), 0/1 tablespace, 12.3 MB/s, ETA 0:05`. `last`
-/// (the copy is complete) drops the time left.
+/// The copy's line: `  1234/5678 kB (21%), 0/1 tablespace, 12.3 MB/s, ETA 0:05`, the rate
+/// and the time left once known. `last` (the copy is complete) drops the time left.
 pub fn copy_line(s: &Snapshot, last: bool) -> String {
     let done_kb = s.bytes / 1024;
     let total_kb = s.total_bytes.map(|t| t / 1024);
@@ -28,12 +28,14 @@ pub fn copy_line(s: &Snapshot, last: bool) -> String {
         None => format!("{done_kb} kB"),
     };
     line.push_str(&format!(
-        ", {}/{} tablespace{}, {:.1} MB/s",
+        ", {}/{} tablespace{}",
         s.tablespaces_done,
         s.tablespaces,
         if s.tablespaces == 1 { "" } else { "s" },
-        s.rate.unwrap_or(0.0) / 1e6
     ));
+    if let Some(rate) = s.rate {
+        line.push_str(&format!(", {:.1} MB/s", rate / 1e6));
+    }
     if let (Some(eta), false) = (s.eta, last) {
         line.push_str(&format!(", ETA {}", clock(eta)));
     }
@@ -145,7 +147,7 @@ fn print_line(line: &str) {
 }
 
 /// One line at a time: the copy's every second, a waiting phase's at the first tick in it
-/// (ticks come every second) and then every ten seconds.
+/// (ticks come every second) and then every five seconds.
 #[derive(Debug, Default)]
 pub struct Lines {
     /// The phase last drawn, and how far into it.
@@ -283,6 +285,18 @@ mod tests {
             "done in 1:16: connecting 0.1 s, copying 1:15"
         );
         assert!(summary(&phases, Duration::from_secs(76), false).starts_with("failed after"));
+    }
+
+    /// In the first tenth of a second of the copy the rate is not known yet: not shown.
+    #[test]
+    fn no_rate_yet() {
+        let s = Snapshot {
+            rate: None,
+            eta: None,
+            tablespaces: 1,
+            ..copying()
+        };
+        assert_eq!(copy_line(&s, false), "1000/4000 kB (25%), 0/1 tablespace");
     }
 
     #[test]
