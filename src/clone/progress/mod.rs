@@ -96,9 +96,11 @@ impl Reporter {
         };
         let (out, period) = match progress {
             ProgressOutput::Text => {
-                let tty = std::io::stderr().is_terminal();
-                let period = if tty { 250 } else { 1000 };
-                (Out::Text(Text::new(tty)), Duration::from_millis(period))
+                // With -v the messages would tear the bar: lines then, as off a terminal.
+                let bar =
+                    std::io::stderr().is_terminal() && !tracing::enabled!(tracing::Level::INFO);
+                let period = if bar { 250 } else { 1000 };
+                (Out::Text(Text::new(bar)), Duration::from_millis(period))
             }
             ProgressOutput::Json(target) => (Out::Json(open(target)?), Duration::from_secs(1)),
         };

@@ -1,5 +1,5 @@
-//! `-P`'s text: on a terminal a bar redrawn in place (indicatif), elsewhere one line at a
-//! time. The copy's line is pg_basebackup's figures as pgclone always printed them (kB
+//! `-P`'s text: on a terminal a bar redrawn in place (indicatif), elsewhere (and with `-v`,
+//! whose messages would tear the bar) one line at a time. The copy's line is pg_basebackup's figures as pgclone always printed them (kB
 //! done/total, percent, tablespaces) plus the rate and the time left; the waiting phases have a
 //! line of their own; the run ends with a summary of the time each phase took.
 
@@ -105,9 +105,9 @@ pub enum Text {
 }
 
 impl Text {
-    /// The bar when stderr is a terminal, else lines.
-    pub fn new(tty: bool) -> Self {
-        if tty {
+    /// The bar (on a terminal), or lines.
+    pub fn new(bar: bool) -> Self {
+        if bar {
             Self::Bar(Bar::new())
         } else {
             Self::Lines(Lines::default())
