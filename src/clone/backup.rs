@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::clone::progress::Progress;
+use crate::clone::progress::{Phase, Reporter};
 use crate::conn::server::ServerFacts;
 use crate::conn::Connection;
 use crate::error::Error;
@@ -83,6 +83,8 @@ pub struct Job {
     pub wal: Option<WalLink>,
     /// `--refresh`: what to do to the directory once the server accepted the backup.
     pub on_started: Option<OnStarted>,
+    /// Where the phases and the bytes are reported.
+    pub progress: Reporter,
 }
 
 impl std::fmt::Debug for Job {
@@ -91,6 +93,7 @@ impl std::fmt::Debug for Job {
             .field("options", &self.options)
             .field("sink", &self.sink)
             .field("wal", &self.wal)
+            .field("progress", &self.progress)
             .finish_non_exhaustive()
     }
 }
@@ -110,15 +113,18 @@ pub async fn run(
         sink,
         wal,
         on_started,
+        progress,
     } = job;
     let command = options.command(facts.version)?;
     tracing::debug!("sending {command}");
     tracing::info!("initiating base backup, waiting for checkpoint to complete");
     conn.send_query(&command, "BASE_BACKUP").await?;
+    progress.phase(Phase::Checkpoint);
 
     let mut state = State {
         decoder: BaseBackupDecoder::new(Dialect::for_version(facts.version)),
-        progress: Progress::new(cfg.progress),
+        progress,
+        bytes: 0,
         unpacker: None,
         sink: Some(sink),
         tablespaces: Vec::new(),
@@ -147,7 +153,7 @@ pub async fn run(
         (Ok(()) | Err(Error::UnpackerStopped), Err(e)) => return Err(e),
         (Err(e), _) => return Err(e),
     };
-    state.progress.finish();
+    state.progress.copied(&stats);
     let (start, (end, timeline)) = state
         .started
         .zip(state.ended)
@@ -159,7 +165,7 @@ pub async fn run(
         tablespace_dirs: state.tablespace_dirs,
         manifest: state.manifest,
         stats,
-        bytes: state.progress.bytes(),
+        bytes: state.bytes,
         applied: state.applied.take(),
     })
 }
@@ -235,6 +241,7 @@ impl Unpacker {
                 Ok(Stats {
                     files: s.whole_files + s.incremental_files,
                     bytes: s.bytes,
+                    checked: None,
                 })
             }
             Self::Thread { tx, handle } => {
@@ -249,7 +256,9 @@ impl Unpacker {
 
 struct State {
     decoder: BaseBackupDecoder,
-    progress: Progress,
+    progress: Reporter,
+    /// Archive bytes received.
+    bytes: u64,
     unpacker: Option<Unpacker>,
     sink: Option<Sink>,
     tablespaces: Vec<TablespaceInfo>,
@@ -325,7 +334,8 @@ impl State {
             BackupEvent::Tablespaces(list) => self.on_tablespaces(list, cfg, cleanup)?,
             BackupEvent::ArchiveStart(info) => self.on_archive_start(info, cfg).await?,
             BackupEvent::ArchiveData(data) => {
-                self.progress.add(data.len());
+                self.progress.data(&data);
+                self.bytes += data.len() as u64;
                 self.batch_bytes += data.len();
                 self.batch.push(data);
                 if self.batch_bytes >= BATCH_BYTES {
@@ -361,6 +371,7 @@ impl State {
     /// The checkpoint is done: record the start and tell the WAL task where to begin.
     fn on_started(&mut self, start: Lsn, timeline: TimelineId) -> Result<(), Error> {
         tracing::info!("checkpoint completed");
+        self.progress.phase(Phase::Copying);
         tracing::info!("write-ahead log start point: {start} on timeline {timeline}");
         self.started = Some(start);
         if let Some(plan) = self.journal.as_mut() {
@@ -411,8 +422,7 @@ impl State {
             }
             _ => {}
         }
-        let total = list.iter().map(|t| t.size_kb).sum::<Option<u64>>();
-        self.progress.set_total(total, list.len());
+        self.progress.tablespaces(&list);
         self.tablespaces = list;
         self.unpacker = Some(Unpacker::new(sink, server_compressed(cfg))?);
         Ok(())
@@ -429,6 +439,7 @@ impl State {
             },
         };
         tracing::debug!("receiving archive {}", info.name);
+        self.progress.archive_start(info.tablespace);
         self.send(Chunk::ArchiveStart {
             name: info.name,
             root,

@@ -15,6 +15,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clone::backup::{self, Job, Outcome, Sink, WalLink};
+use crate::clone::progress::{Phase, Reporter};
 use crate::clone::upload::ReferenceManifest;
 use crate::conn::server::{self, ServerFacts};
 use crate::conn::{self, ConnParams, Connection, Prompt};
@@ -35,9 +36,22 @@ use crate::wal::{self, Slot, WalConfig, WalOutput};
 /// Runs the clone described by `cfg`. Cancelling `interrupt` (a signal) stops every task and
 /// undoes what was created; the result is then `Err(Cancelled)`.
 pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error> {
-    if cfg.refresh {
-        return crate::clone::refresh::run(cfg, interrupt).await;
-    }
+    let progress = Reporter::start(&cfg)?;
+    let result = if cfg.refresh {
+        crate::clone::refresh::run(cfg, interrupt, &progress).await
+    } else {
+        fresh_clone(cfg, interrupt, &progress).await
+    };
+    progress.end(&result);
+    result
+}
+
+/// [`run`] for a new clone.
+async fn fresh_clone(
+    cfg: Config,
+    interrupt: CancellationToken,
+    progress: &Reporter,
+) -> Result<(), Error> {
     // Refuse a non-empty destination before anything else, and connect before creating
     // anything, so that these failures leave nothing behind.
     if cfg.output == Output::Dir {
@@ -68,6 +82,7 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
         reference,
         &mut cleanup,
         &abort,
+        progress,
     )
     .await;
     match &result {
@@ -144,6 +159,7 @@ fn reference_manifest(path: &Path, facts: &ServerFacts) -> Result<ReferenceManif
 /// Everything after the first connection: on error, the caller undoes what `cleanup` records.
 /// `abort` is cancelled by a signal, or by whichever task fails first. `reference` (`-i`) is
 /// uploaded just before BASE_BACKUP.
+#[allow(clippy::too_many_arguments)]
 async fn clone_into(
     cfg: &Config,
     conn: &mut Connection,
@@ -152,6 +168,7 @@ async fn clone_into(
     reference: Option<ReferenceManifest>,
     cleanup: &mut Cleanup,
     abort: &CancellationToken,
+    progress: &Reporter,
 ) -> Result<Outcome, Error> {
     let wal_dir = cfg
         .waldir
@@ -166,6 +183,7 @@ async fn clone_into(
         sink,
         wal: None,
         on_started: None,
+        progress: progress.clone(),
     };
     wait_for_first_data(cfg, conn).await?;
     if let Some(reference) = reference {
@@ -177,6 +195,7 @@ async fn clone_into(
     let outcome = backup_and_stream(conn, cfg, facts, job, prepared, cleanup, abort).await?;
 
     if cfg.write_recovery_conf && cfg.format == Format::Plain {
+        progress.phase(Phase::Standby);
         tracing::info!("writing the standby configuration");
         let mode = facts.modes.file;
         recovery::write(
@@ -190,6 +209,7 @@ async fn clone_into(
     if cfg.output != Output::Dir {
         return Ok(outcome);
     }
+    progress.phase(Phase::Sync);
     finish(cfg, &outcome).await?;
     Ok(outcome)
 }
@@ -245,6 +265,7 @@ fn wal_config(cfg: &Config, params: &ConnParams, facts: &ServerFacts, wal_dir: &
         status_interval: cfg.status_interval,
         sync: !cfg.no_sync,
         file_mode: facts.modes.file,
+        flushed: Default::default(),
     }
 }
 
@@ -349,6 +370,7 @@ pub(crate) async fn backup_and_stream(
 ) -> Result<Outcome, Error> {
     let wal_task = match prepared {
         Some(prepared) => {
+            job.progress.watch_wal(prepared.flushed());
             let (start_tx, start_rx) = oneshot::channel();
             let (end_tx, end_rx) = watch::channel(None);
             job.wal = Some(WalLink {
@@ -364,6 +386,7 @@ pub(crate) async fn backup_and_stream(
         }
         None => None,
     };
+    let progress = job.progress.clone();
     let backed = backup::run(conn, cfg, facts, job, cleanup, abort).await;
     if backed.is_err() {
         abort.cancel();
@@ -371,6 +394,7 @@ pub(crate) async fn backup_and_stream(
     let streamed = match wal_task {
         Some(task) => {
             if backed.is_ok() {
+                progress.phase(Phase::Wal);
                 tracing::info!("waiting for background process to finish streaming ...");
             }
             Some(

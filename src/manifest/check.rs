@@ -31,6 +31,8 @@ pub struct WriteCheck {
     current: Option<(Vec<u8>, Checksum)>,
     manifest: Vec<u8>,
     disabled: Option<&'static str>,
+    /// Files that matched, once the manifest was checked without a difference.
+    matched: Option<u64>,
 }
 
 impl WriteCheck {
@@ -43,7 +45,13 @@ impl WriteCheck {
             current: None,
             manifest: Vec::new(),
             disabled: None,
+            matched: None,
         }
+    }
+
+    /// How many files matched the manifest; `None` until it was checked without a difference.
+    pub fn matched(&self) -> Option<u64> {
+        self.matched
     }
 
     /// The algorithm it computes.
@@ -106,6 +114,7 @@ impl WriteCheck {
         }
         if problems.is_empty() {
             tracing::info!("{} files match the backup manifest", self.written.len());
+            self.matched = Some(self.written.len() as u64);
             Ok(())
         } else {
             Err(Error::ManifestMismatch(problems.len()))

@@ -173,9 +173,15 @@ pub struct GeneralArgs {
     /// do not wait for changes to be written safely to disk
     #[arg(short = 'N', long)]
     pub no_sync: bool,
-    /// show progress information
-    #[arg(short = 'P', long)]
-    pub progress: bool,
+    /// show progress information by phase (text; json: JSON lines, one event per phase change and per second)
+    #[arg(short = 'P', long, value_name = "text|json", num_args = 0..=1, default_missing_value = "text", require_equals = true)]
+    pub progress: Option<String>,
+    /// write the --progress=json events to FILE (appended) instead of stderr
+    #[arg(long, value_name = "FILE")]
+    pub progress_file: Option<PathBuf>,
+    /// write the --progress=json events to the open file descriptor FD instead of stderr
+    #[arg(long, value_name = "FD", conflicts_with = "progress_file")]
+    pub progress_fd: Option<u32>,
     /// output verbose messages (repeat for more)
     #[arg(short = 'v', long, action = ArgAction::Count)]
     pub verbose: u8,
@@ -513,6 +519,28 @@ mod tests {
             panic!("should fail")
         };
         assert_eq!(command, "pg_basebackup check");
+    }
+    /// `-P` and `--progress` alone mean text, also bundled with other short flags (`-vP`,
+    /// `-Pv`) and before another flag; `--progress=json` asks for JSON lines.
+    #[test]
+    fn progress_takes_an_optional_format() {
+        let progress = |argv: &[&str]| match parse(argv) {
+            Parsed::Run(a) => (a.general.progress.clone(), a.general.verbose),
+            other => panic!("{argv:?}: {other:?}"),
+        };
+        let text = Some("text".to_owned());
+        assert_eq!(progress(&["pgclone", "-D", "x", "-P"]), (text.clone(), 0));
+        assert_eq!(progress(&["pgclone", "-D", "x", "-vP"]), (text.clone(), 1));
+        assert_eq!(progress(&["pgclone", "-D", "x", "-Pv"]), (text.clone(), 1));
+        assert_eq!(
+            progress(&["pgclone", "--progress", "--checkpoint=fast", "-D", "x"]),
+            (text, 0)
+        );
+        assert_eq!(
+            progress(&["pgclone", "-D", "x", "--progress=json"]),
+            (Some("json".to_owned()), 0)
+        );
+        assert_eq!(progress(&["pgclone", "-D", "x"]), (None, 0));
     }
 
     #[test]

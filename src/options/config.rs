@@ -47,6 +47,27 @@ pub enum Output {
     Target(Target),
 }
 
+/// `-P`, `--progress[=text|json]` with `--progress-file`/`--progress-fd`: what
+/// [`crate::clone::progress`] reports and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProgressOutput {
+    /// Text on stderr: a bar redrawn in place on a terminal, one line at a time elsewhere.
+    Text,
+    /// JSON lines, one event a line.
+    Json(JsonTarget),
+}
+
+/// Where `--progress=json` writes its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonTarget {
+    /// Standard error (the default).
+    Stderr,
+    /// `--progress-file`: appended to this file (created if missing).
+    File(PathBuf),
+    /// `--progress-fd`: this open file descriptor.
+    Fd(u32),
+}
+
 /// A validated run configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -87,8 +108,8 @@ pub struct Config {
     pub keep_partial: bool,
     /// `-N`.
     pub no_sync: bool,
-    /// `-P`.
-    pub progress: bool,
+    /// `-P`, `--progress`: `None` without.
+    pub progress: Option<ProgressOutput>,
     /// `-R`.
     pub write_recovery_conf: bool,
     /// `-S`.
@@ -159,11 +180,7 @@ impl Config {
             .map(parse_max_rate)
             .transpose()?;
         check_waldir(args, &to)?;
-        if args.general.progress && args.general.no_estimate_size {
-            return Err(usage(
-                "--progress and --no-estimate-size are incompatible options",
-            ));
-        }
+        let progress = progress(args)?;
         check_keep_partial(args, &to)?;
         let (manifest, manifest_checksums) = manifest_options(args)?;
         if let Some(path) = &args.output.incremental {
@@ -199,7 +216,7 @@ impl Config {
             no_clean: args.general.no_clean,
             keep_partial: args.general.keep_partial,
             no_sync: args.general.no_sync,
-            progress: args.general.progress,
+            progress,
             write_recovery_conf: args.output.write_recovery_conf,
             slot: args.output.slot.clone(),
             create_slot: args.output.create_slot,
@@ -243,6 +260,33 @@ fn check_keep_partial(args: &Args, to: &Destination) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// `-P`/`--progress[=text|json]` and where JSON goes. Text needs the server's size estimate
+/// (pg_basebackup's rule); JSON reports an unknown total as null.
+fn progress(args: &Args) -> Result<Option<ProgressOutput>, Error> {
+    let g = &args.general;
+    let json_target = match (&g.progress_file, g.progress_fd) {
+        (Some(path), _) => Some(JsonTarget::File(path.clone())),
+        (None, Some(fd)) => Some(JsonTarget::Fd(fd)),
+        (None, None) => None,
+    };
+    match (g.progress.as_deref(), json_target) {
+        (None, None) => Ok(None),
+        (Some("text"), None) if g.no_estimate_size => Err(usage(
+            "--progress and --no-estimate-size are incompatible options",
+        )),
+        (Some("text"), None) => Ok(Some(ProgressOutput::Text)),
+        (Some("json"), target) => Ok(Some(ProgressOutput::Json(
+            target.unwrap_or(JsonTarget::Stderr),
+        ))),
+        (None | Some("text"), Some(_)) => Err(usage(
+            "--progress-file and --progress-fd require --progress=json",
+        )),
+        (Some(other), _) => Err(Error::Usage(format!(
+            "invalid progress format \"{other}\", must be \"text\" or \"json\""
+        ))),
+    }
 }
 
 fn usage(message: &str) -> Error {
@@ -725,6 +769,14 @@ pub(crate) mod tests {
                 "--progress and --no-estimate-size are incompatible options",
             ),
             (
+                &["-D", "/x", "-U", "u", "--progress=yaml"],
+                "invalid progress format \"yaml\", must be \"text\" or \"json\"",
+            ),
+            (
+                &["-D", "/x", "-U", "u", "-P", "--progress-file", "/p"],
+                "--progress-file and --progress-fd require --progress=json",
+            ),
+            (
                 &[
                     "-D",
                     "/x",
@@ -744,6 +796,30 @@ pub(crate) mod tests {
         for (args, message) in cases {
             assert_eq!(usage_message(args), *message, "{args:?}");
         }
+    }
+
+    /// `-P` is text; JSON goes to stderr, a file or a descriptor, and takes an unknown total.
+    #[test]
+    fn progress_outputs() {
+        let progress = |argv: &[&str]| {
+            let mut full = vec!["-D", "/x", "-U", "u"];
+            full.extend_from_slice(argv);
+            config(&full).expect("valid").progress
+        };
+        assert_eq!(progress(&[]), None);
+        assert_eq!(progress(&["-P"]), Some(ProgressOutput::Text));
+        assert_eq!(
+            progress(&["--progress=json", "--no-estimate-size"]),
+            Some(ProgressOutput::Json(JsonTarget::Stderr))
+        );
+        assert_eq!(
+            progress(&["--progress=json", "--progress-file", "/p"]),
+            Some(ProgressOutput::Json(JsonTarget::File("/p".into())))
+        );
+        assert_eq!(
+            progress(&["--progress=json", "--progress-fd", "3"]),
+            Some(ProgressOutput::Json(JsonTarget::Fd(3)))
+        );
     }
 
     #[test]

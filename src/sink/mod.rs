@@ -105,4 +105,6 @@ pub struct Stats {
     pub files: u64,
     /// Bytes written: file contents (plain) or archive bytes (tar).
     pub bytes: u64,
+    /// Files found to match the manifest by the check while writing; `None` when no check ran.
+    pub checked: Option<u64>,
 }

@@ -118,7 +118,11 @@ impl Writer {
             let manifest = self.manifest.take_memory();
             base.close(manifest.as_deref())?;
         }
-        Ok(self.stats)
+        let checked = self.check.as_ref().and_then(WriteCheck::matched);
+        Ok(Stats {
+            checked,
+            ..self.stats
+        })
     }
 
     /// Opens the archive's output and tells the check which archive it is (verification is

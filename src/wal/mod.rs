@@ -11,6 +11,8 @@ pub mod segment;
 pub mod tarwal;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
@@ -89,6 +91,9 @@ pub struct WalConfig {
     pub sync: bool,
     /// Mode of the files written (the clone's file mode).
     pub file_mode: u32,
+    /// Where the task publishes the position it has flushed, for progress reports (0 before
+    /// the first flush).
+    pub flushed: Arc<AtomicU64>,
 }
 
 /// An open WAL connection, ready to stream once the backup start is known.
@@ -96,6 +101,13 @@ pub struct Prepared {
     conn: Connection,
     cfg: WalConfig,
     slot_name: Option<String>,
+}
+
+impl Prepared {
+    /// The position the task will have flushed, as it goes (for progress reports).
+    pub fn flushed(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.cfg.flushed)
+    }
 }
 
 /// Opens the WAL connection, checks it reaches the same system, and creates the temporary
@@ -205,14 +217,7 @@ async fn stream(
         tracing::debug!("sending {sql}");
         conn.send_query(&sql, cmd.name()).await?;
         let mut rx = WalReceiver::new(pos, timeline, cfg.seg_size, receiver_cfg, Instant::now());
-        stream_timeline(
-            &mut conn,
-            cfg.params.timeout,
-            &mut rx,
-            &mut *writer,
-            &mut end,
-        )
-        .await?;
+        stream_timeline(&mut conn, &cfg, &mut rx, &mut *writer, &mut end).await?;
         match rx.poll_timeline_switch() {
             Some((next, next_pos)) => {
                 tracing::info!("switched to timeline {next} at {next_pos}");
@@ -261,11 +266,12 @@ fn open_sink(cfg: &WalConfig, timeline: TimelineId) -> Result<Box<dyn WalSink>, 
 /// position is written and flushed, or the server ended the timeline.
 async fn stream_timeline(
     conn: &mut Connection,
-    timeout: Option<Duration>,
+    cfg: &WalConfig,
     rx: &mut WalReceiver,
     writer: &mut dyn WalSink,
     end: &mut watch::Receiver<Option<Lsn>>,
 ) -> Result<(), Error> {
+    let timeout = cfg.params.timeout;
     let mut end_known = end.borrow().is_some();
     // Silence is checked here rather than per read (see [`Silence`]).
     conn.set_read_timeout(None);
@@ -279,6 +285,7 @@ async fn stream_timeline(
     loop {
         let stop = if end_known { *end.borrow() } else { None };
         write_received(rx, writer, stop, copying)?;
+        cfg.flushed.store(writer.flushed().0, Ordering::Relaxed);
         if rx.poll_transmit(pg_now(), &mut out) {
             conn.send_raw(&out, "WAL streaming").await?;
             out.clear();

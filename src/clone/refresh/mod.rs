@@ -35,6 +35,7 @@ use pgclone_proto::sqlstate;
 use tokio_util::sync::CancellationToken;
 
 use crate::clone::backup::{Job, OnStarted, Sink};
+use crate::clone::progress::{Phase, Reporter};
 use crate::clone::run::{
     backup_and_stream, backup_options, connect_and_inspect, create_slot_if_asked,
     drop_created_slot, prepare_wal, wait_for_first_data,
@@ -56,8 +57,12 @@ use marker::{Marker, MARKER};
 use preflight::Checked;
 
 /// Runs the refresh described by `cfg` (`cfg.refresh`). Cancelling `interrupt` stops it; the
-/// directory is then left as step 2 of the module doc says.
-pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error> {
+/// directory is then left as step 2 of the module doc says. `progress` hears of its phases.
+pub async fn run(
+    cfg: Config,
+    interrupt: CancellationToken,
+    progress: &Reporter,
+) -> Result<(), Error> {
     let local = tokio::task::block_in_place(|| preflight::check_directory(&cfg.dest))?;
     preflight::check_resume_tablespaces(&local, &cfg.tablespace_mapping)?;
     let mut params = cfg.conn.clone();
@@ -68,7 +73,7 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
     let checked = preflight::check_server(&mut conn, &facts, &cfg.dest, &local).await?;
     let created_slot = create_slot_if_asked(&cfg, &mut conn).await?;
     let abort = interrupt.child_token();
-    let result = refresh_into(&cfg, &mut conn, &params, &facts, checked, &abort).await;
+    let result = refresh_into(&cfg, &mut conn, &params, &facts, checked, &abort, progress).await;
     if let Err(e) = &result {
         if cfg.dest.join(MARKER).exists() {
             tracing::info!(
@@ -93,6 +98,7 @@ async fn refresh_into(
     facts: &ServerFacts,
     checked: Checked,
     abort: &CancellationToken,
+    progress: &Reporter,
 ) -> Result<(), Error> {
     let prepared = prepare_wal(cfg, params, facts, &cfg.dest.join("pg_wal"), abort).await?;
     let primary = recovery::primary_conninfo(conn.info(), params);
@@ -112,6 +118,7 @@ async fn refresh_into(
             !cfg.no_sync,
             facts.modes,
         )),
+        progress: progress.clone(),
     };
     wait_for_first_data(cfg, conn).await?;
     let name = Path::new("reference manifest");
@@ -140,6 +147,7 @@ async fn refresh_into(
         tablespace_dirs: outcome.tablespace_dirs,
         modes: facts.modes,
     };
+    progress.phase(Phase::Sync);
     tokio::task::spawn_blocking(move || finish::complete(*applied, &ending))
         .await
         .map_err(|e| Error::Internal(format!("refresh task failed: {e}")))??;

@@ -270,7 +270,11 @@ impl Unpacker {
                 a.split.name
             )));
         }
-        Ok(self.stats)
+        let checked = self.check.as_ref().and_then(WriteCheck::matched);
+        Ok(Stats {
+            checked,
+            ..self.stats
+        })
     }
 
     fn handle(&mut self, chunk: Chunk) -> Result<(), Error> {
