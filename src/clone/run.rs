@@ -15,6 +15,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clone::backup::{self, Job, Outcome, Sink, WalLink};
+use crate::clone::guard;
 use crate::clone::upload::ReferenceManifest;
 use crate::conn::server::{self, ServerFacts};
 use crate::conn::{self, ConnParams, Connection, Prompt};
@@ -161,11 +162,12 @@ async fn clone_into(
 
     let primary = recovery::primary_conninfo(conn.info(), params);
     let sink = choose_sink(cfg, facts, cleanup, &primary, prepared.is_some(), &wal_dir)?;
+    let (guard, on_started) = guard::start(cfg, params, facts, abort);
     let job = Job {
         options: backup_options(cfg),
         sink,
         wal: None,
-        on_started: None,
+        on_started,
     };
     wait_for_first_data(cfg, conn).await?;
     if let Some(reference) = reference {
@@ -174,7 +176,9 @@ async fn clone_into(
             () = abort.cancelled() => return Err(Error::Cancelled),
         };
     }
-    let outcome = backup_and_stream(conn, cfg, facts, job, prepared, cleanup, abort).await?;
+    let outcome = backup_and_stream(conn, cfg, facts, job, prepared, cleanup, abort).await;
+    let outcome = guard.finish(outcome).await?;
+    guard::warn_standby_start(conn, cfg, facts, outcome.end).await;
 
     if cfg.write_recovery_conf && cfg.format == Format::Plain {
         tracing::info!("writing the standby configuration");
