@@ -23,8 +23,11 @@ use support::{
     ClusterOptions, Load, Run, TestDir,
 };
 
-/// The copy's throttle, in kB/s (`--max-rate 512k`).
+/// The throttle of the clones that stop early, in kB/s (`--max-rate 512k`).
 const RATE_KB: u64 = 512;
+
+/// The throttle of the clones that succeed: slow enough for the server to move on meanwhile.
+const SUCCEED_RATE: &str = "1M";
 
 /// The guard's message, and its advice.
 const STOPPED: &str = "that this backup needs";
@@ -64,7 +67,8 @@ impl Churn {
         let handle = std::thread::spawn(move || {
             let mut rounds = 0;
             while !flag.load(Ordering::Relaxed) {
-                let sql = "INSERT INTO load(v) VALUES ('churn'); SELECT pg_switch_wal(); CHECKPOINT";
+                let sql =
+                    "INSERT INTO load(v) VALUES ('churn'); SELECT pg_switch_wal(); CHECKPOINT";
                 if psql_cmd(&socket, port, "postgres", sql)
                     .output()
                     .is_ok_and(|o| o.status.success())
@@ -98,12 +102,12 @@ impl Drop for Churn {
 }
 
 /// A throttled clone of `c` into `dest` with these extra flags, timed.
-fn timed_pgclone(c: &Cluster, dest: &Path, extra: &[&str]) -> (Run, Duration) {
+fn timed_pgclone(c: &Cluster, dest: &Path, rate: &str, extra: &[&str]) -> (Run, Duration) {
     let began = Instant::now();
     let run = pgclone_cmd()
         .server(c.port, "postgres")
         .dest(dest)
-        .args(["-c", "fast", "--max-rate", &format!("{RATE_KB}k")])
+        .args(["-c", "fast", "--max-rate", rate])
         .args(extra)
         .run();
     (run, began.elapsed())
@@ -112,10 +116,17 @@ fn timed_pgclone(c: &Cluster, dest: &Path, extra: &[&str]) -> (Run, Duration) {
 /// The same clone by pg_basebackup 18, timed.
 fn timed_pg_basebackup(c: &Cluster, dest: &Path, extra: &[&str]) -> (Run, Duration) {
     let mut cmd = as_pg_user(tools_bin(18).join("pg_basebackup"));
-    cmd.args(["-h", "127.0.0.1", "-p", &c.port.to_string(), "-U", "postgres"])
-        .args(["-c", "fast", "--max-rate", &format!("{RATE_KB}k"), "-D"])
-        .arg(dest)
-        .args(extra);
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &c.port.to_string(),
+        "-U",
+        "postgres",
+    ])
+    .args(["-c", "fast", "--max-rate", &format!("{RATE_KB}k"), "-D"])
+    .arg(dest)
+    .args(extra);
     let began = Instant::now();
     let out = cmd.output().expect("run pg_basebackup");
     (Run::from(out), began.elapsed())
@@ -138,7 +149,7 @@ fn fetch_stops_early(major: u32, compare: bool) {
     let floor = shortest_copy(&primary);
 
     let dest = work.join("pgclone");
-    let (run, took) = timed_pgclone(&primary, &dest, &["-X", "fetch"]);
+    let (run, took) = timed_pgclone(&primary, &dest, &format!("{RATE_KB}k"), &["-X", "fetch"]);
     eprintln!(
         "{major}: pgclone -X fetch stopped after {:.1} s (a full copy takes at least {:.1} s):\n{}",
         took.as_secs_f64(),
@@ -158,7 +169,10 @@ fn fetch_stops_early(major: u32, compare: bool) {
             theirs.stderr
         );
         assert!(!theirs.status.success(), "pg_basebackup succeeded");
-        assert!(their_time >= floor.mul_f64(0.9), "pg_basebackup failed early");
+        assert!(
+            their_time >= floor.mul_f64(0.9),
+            "pg_basebackup failed early"
+        );
         assert!(took < their_time);
     }
     churn.stop();
@@ -187,7 +201,7 @@ fn stream_with_slot_is_unguarded_and_complete() {
     let mut load = Load::start(&primary);
     let mut churn = Churn::start(&primary);
     let dest = work.join("clone");
-    let (run, took) = timed_pgclone(&primary, &dest, &["-X", "stream"]);
+    let (run, took) = timed_pgclone(&primary, &dest, SUCCEED_RATE, &["-X", "stream"]);
     let rounds = churn.stop();
     load.stop();
     eprintln!(
@@ -208,24 +222,29 @@ fn stream_with_slot_is_unguarded_and_complete() {
 }
 
 /// A `-X fetch` clone during which the server writes more than half the margin (wal_keep_size
-/// 96MB + max_wal_size 32MB) but less than wal_keep_size: one warning, and the clone succeeds
-/// with its WAL.
+/// 80MB + max_wal_size 32MB) but less than wal_keep_size: one warning, and the clone succeeds
+/// with its WAL. (The WAL comes in the throttled stream too: 2 MB/s keeps it short.)
 #[test]
 fn fetch_warns_at_half_the_margin() {
-    let primary = recycling_primary(16, "96MB");
+    let primary = recycling_primary(16, "80MB");
     let work = TestDir::new("guard-warn");
     primary.psql("CREATE TABLE load(id bigserial PRIMARY KEY, v text)");
     let dest = work.join("clone");
     let child = {
         let mut cmd = pgclone_cmd();
-        cmd.server(primary.port, "postgres")
-            .dest(&dest)
-            .args(["-c", "fast", "--max-rate", &format!("{RATE_KB}k"), "-X", "fetch"]);
+        cmd.server(primary.port, "postgres").dest(&dest).args([
+            "-c",
+            "fast",
+            "--max-rate",
+            "2M",
+            "-X",
+            "fetch",
+        ]);
         cmd.spawn()
     };
-    // Once the backup has started: five segment switches (80 MB), then quiet.
+    // Once the backup has started: four segment switches (64 MB), then quiet.
     std::thread::sleep(Duration::from_secs(3));
-    for _ in 0..5 {
+    for _ in 0..4 {
         primary.psql("INSERT INTO load(v) VALUES ('x'); SELECT pg_switch_wal(); CHECKPOINT");
     }
     let run = support::pgclone_wait(child);

@@ -263,12 +263,10 @@ async fn watch_from(ctx: &Context, start: Lsn, timeline: TimelineId) -> Result<(
         tokio::time::sleep(INTERVAL).await;
         let pos = server::identify_system(&mut conn).await?.xlogpos;
         let step = watch.observe(pos);
-        if matches!(step, Step::Warn | Step::Probe { warn: true }) {
-            warn_half(&watch, pos);
-        }
         if let Step::Probe { .. } = step {
             match probe(ctx, start, timeline).await {
                 Ok(None) => {}
+                // The error says it all; no warning before it.
                 Ok(Some(e)) => return Err(removed(&watch, pos, start, timeline, ctx.seg, &e)),
                 Err(e) if !probe_failed => {
                     probe_failed = true;
@@ -279,6 +277,9 @@ async fn watch_from(ctx: &Context, start: Lsn, timeline: TimelineId) -> Result<(
                 }
                 Err(e) => tracing::debug!("probe failed: {}", crate::error::chain(&e)),
             }
+        }
+        if matches!(step, Step::Warn | Step::Probe { warn: true }) {
+            warn_half(&watch, pos);
         }
     }
 }
@@ -293,7 +294,7 @@ fn warn_half(watch: &Watch, pos: Lsn) {
     tracing::warn!(
         "the server has written {} of WAL since this backup started at {}; it keeps {} ({}) \
          and removes older WAL at a checkpoint, certainly after {}: if the WAL this backup \
-         needs goes, the copy stops. Use -X stream or a replication slot to protect it",
+         needs goes, the copy stops; use -X stream or a replication slot to protect it",
         mb(watch.distance(pos)),
         watch.start,
         mb(r.keep),
