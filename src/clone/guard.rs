@@ -361,9 +361,9 @@ fn is_removed(e: &ServerError) -> bool {
     e.code == UNDEFINED_FILE || e.message.contains("has already been removed")
 }
 
-/// `-R` without a slot: the new standby needs the WAL from the backup's `end` on, and nothing
-/// keeps it. Warns when half the margin is already used as the clone ends (asked on the main
-/// connection); a failure to ask is only logged.
+/// `-R` without a slot, once the clone is durable: the new standby needs the WAL from the
+/// backup's `end` on, and nothing keeps it. Warns when half the margin is already used (asked
+/// on the main connection); a failure to ask is only logged.
 pub async fn warn_standby_start(
     conn: &mut Connection,
     cfg: &Config,

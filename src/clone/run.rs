@@ -74,6 +74,7 @@ pub async fn run(cfg: Config, interrupt: CancellationToken) -> Result<(), Error>
     match &result {
         Ok(outcome) => {
             cleanup.disarm();
+            guard::warn_standby_start(&mut conn, &cfg, &facts, outcome.end).await;
             tracing::info!(
                 "base backup completed: {} files, {:.1} MB",
                 outcome.stats.files,
@@ -178,7 +179,6 @@ async fn clone_into(
     }
     let outcome = backup_and_stream(conn, cfg, facts, job, prepared, cleanup, abort).await;
     let outcome = guard.finish(outcome).await?;
-    guard::warn_standby_start(conn, cfg, facts, outcome.end).await;
 
     if cfg.write_recovery_conf && cfg.format == Format::Plain {
         tracing::info!("writing the standby configuration");
