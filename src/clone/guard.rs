@@ -381,7 +381,7 @@ pub async fn warn_standby_start(
     match look.await {
         Ok((retention, pos)) => {
             let used = pos.0.saturating_sub(end.0);
-            if used.saturating_mul(2) >= retention.margin.max(1) {
+            if standby_at_risk(&retention, used) {
                 tracing::warn!(
                     "the server has written {} of WAL since this backup ended at {}, and keeps \
                      {} ({}): the new standby may find the WAL it needs removed before it \
@@ -398,6 +398,12 @@ pub async fn warn_standby_start(
             crate::error::chain(&e)
         ),
     }
+}
+
+/// Whether a standby that needs the WAL from `used` bytes behind the server's position is
+/// likely to find it gone before it starts: half the margin is used.
+fn standby_at_risk(retention: &Retention, used: u64) -> bool {
+    used.saturating_mul(2) >= retention.margin.max(1)
 }
 
 /// A byte count as megabytes, for messages.
@@ -502,6 +508,16 @@ mod tests {
             w.observe(Lsn(start.0 + 700 * MB)),
             Step::Probe { warn: false }
         );
+    }
+
+    /// The standby's warning: quiet while less than half the margin is used.
+    #[test]
+    fn standby_warning_at_half_the_margin() {
+        let r = retention(16, 32, 16);
+        assert!(!standby_at_risk(&r, 0));
+        assert!(!standby_at_risk(&r, 23 * MB));
+        assert!(standby_at_risk(&r, 24 * MB));
+        assert!(standby_at_risk(&retention(0, 1024, 16), 600 * MB));
     }
 
     #[test]
