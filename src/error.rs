@@ -159,8 +159,8 @@ pub enum Error {
         /// What we were doing.
         phase: &'static str,
     },
-    /// The WAL-retention guard found the WAL the backup needs removed from the server
-    /// (`-X fetch`, `-X none` without archiving): the copy stops now instead of at its end.
+    /// The WAL-retention guard found the WAL a `-X fetch` backup needs removed from the
+    /// server: the copy stops now instead of failing at its end.
     #[error("the server has removed WAL segment {segment} that this backup needs (it started at {start}; the server has written {written} since and keeps {keep}): stopping now rather than failing at the end; use -X stream or a replication slot (-X stream -S name) to keep the WAL, or raise the setting")]
     WalRemoved {
         /// The start segment's file name.

@@ -7,6 +7,8 @@
 //!   there (both durations are printed);
 //! - a `-X stream` clone with its temporary slot under the same churn succeeds (the guard is
 //!   off, the slot keeps the WAL) and is complete (pg_verifybackup, and it starts);
+//! - a `-X none` clone under the same churn warns once that the start segment is gone (the WAL
+//!   may come from an archive or a receiver) and succeeds;
 //! - a `-X fetch` clone during which the server writes more than half the margin but less than
 //!   `wal_keep_size` warns once and succeeds.
 
@@ -219,6 +221,33 @@ fn stream_with_slot_is_unguarded_and_complete() {
         .parse()
         .expect("count");
     assert!(rows > 0);
+}
+
+/// `-X none` under the same churn (the server does not archive): the WAL may come from
+/// elsewhere, so the removed start segment is one warning and the clone runs to its end.
+#[test]
+fn none_warns_when_the_start_segment_goes() {
+    let primary = recycling_primary(16, "16MB");
+    let work = TestDir::new("guard-none");
+    let mut load = Load::start(&primary);
+    let mut churn = Churn::start(&primary);
+    let dest = work.join("clone");
+    let (run, took) = timed_pgclone(&primary, &dest, SUCCEED_RATE, &["-X", "none"]);
+    churn.stop();
+    load.stop();
+    eprintln!(
+        "pgclone -X none took {:.1} s:\n{}",
+        took.as_secs_f64(),
+        run.stderr
+    );
+    run.assert_ok();
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("with -X none it must come from"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", run.stderr);
+    assert!(warnings[0].contains(ADVICE), "{}", warnings[0]);
 }
 
 /// A `-X fetch` clone during which the server writes more than half the margin (wal_keep_size

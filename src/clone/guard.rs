@@ -6,7 +6,8 @@
 //! compared with what the server keeps ([`Retention`]). At half the margin it warns once; once
 //! the WAL is no longer reserved it asks the server whether the start segment still exists
 //! (`START_REPLICATION` from it, on another short connection) and, when it is gone, stops the
-//! copy with [`Error::WalRemoved`] through the run's abort token.
+//! copy with [`Error::WalRemoved`] through the run's abort token. With `-X none` the WAL may
+//! come from elsewhere (an archive, a WAL receiver): a removed segment is only a warning there.
 //!
 //! Off with `-X stream`: with a slot (temporary or `-S`) the slot keeps the WAL; with
 //! `--no-slot` the WAL task itself streams from the start segment on and fails, stopping the
@@ -267,7 +268,13 @@ async fn watch_from(ctx: &Context, start: Lsn, timeline: TimelineId) -> Result<(
             match probe(ctx, start, timeline).await {
                 Ok(None) => {}
                 // The error says it all; no warning before it.
-                Ok(Some(e)) => return Err(removed(&watch, pos, start, timeline, ctx.seg, &e)),
+                Ok(Some(e)) if ctx.method == WalMethod::Fetch => {
+                    return Err(removed(&watch, pos, start, timeline, ctx.seg, &e))
+                }
+                Ok(Some(e)) => {
+                    warn_gone(&watch, start, timeline, ctx.seg, &e);
+                    return Ok(());
+                }
                 Err(e) if !probe_failed => {
                     probe_failed = true;
                     tracing::warn!(
@@ -300,6 +307,19 @@ fn warn_half(watch: &Watch, pos: Lsn) {
         mb(r.keep),
         r.keep_setting,
         mb(r.margin)
+    );
+}
+
+/// `-X none`: the WAL may come from elsewhere (an archive, a WAL receiver such as Barman's), so
+/// a removed start segment is a warning, not a reason to stop.
+fn warn_gone(watch: &Watch, start: Lsn, timeline: TimelineId, seg: WalSegSize, e: &ServerError) {
+    tracing::debug!("server: {e}");
+    tracing::warn!(
+        "the server has removed WAL segment {} that this backup needs (it started at {start}, \
+         {}): with -X none it must come from your WAL archive or receiver; use -X stream or \
+         a replication slot to have the server keep it",
+        start.segment(seg).file_name(timeline, seg),
+        watch.retention.keep_setting
     );
 }
 
