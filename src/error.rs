@@ -162,6 +162,19 @@ pub enum Error {
         /// What we were doing.
         phase: &'static str,
     },
+    /// The WAL-retention guard found the WAL a `-X fetch` backup needs removed from the
+    /// server: the copy stops now instead of failing at its end.
+    #[error("the server has removed WAL segment {segment} that this backup needs (it started at {start}; the server has written {written} since and keeps {keep}): stopping now rather than failing at the end; use -X stream or a replication slot (-X stream -S name) to keep the WAL, or raise the setting")]
+    WalRemoved {
+        /// The start segment's file name.
+        segment: String,
+        /// The backup's start position.
+        start: pgclone_proto::Lsn,
+        /// WAL written since the start, as text (`80 MB`).
+        written: String,
+        /// What the server keeps (`wal_keep_size = 16MB`).
+        keep: String,
+    },
     /// Another task failed first, or the user interrupted; not a root cause by itself.
     #[error("cancelled")]
     Cancelled,

@@ -15,6 +15,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clone::backup::{self, Job, Outcome, Sink, WalLink};
+use crate::clone::guard;
 use crate::clone::progress::{Phase, Reporter};
 use crate::clone::upload::ReferenceManifest;
 use crate::conn::server::{self, ServerFacts};
@@ -88,6 +89,7 @@ async fn fresh_clone(
     match &result {
         Ok(outcome) => {
             cleanup.disarm();
+            guard::warn_standby_start(&mut conn, &cfg, &facts, outcome.end).await;
             tracing::info!(
                 "base backup completed: {} files, {:.1} MB",
                 outcome.stats.files,
@@ -178,11 +180,12 @@ async fn clone_into(
 
     let primary = recovery::primary_conninfo(conn.info(), params);
     let sink = choose_sink(cfg, facts, cleanup, &primary, prepared.is_some(), &wal_dir)?;
+    let (guard, on_started) = guard::start(cfg, params, facts, abort);
     let job = Job {
         options: backup_options(cfg),
         sink,
         wal: None,
-        on_started: None,
+        on_started,
         progress: progress.clone(),
     };
     wait_for_first_data(cfg, conn).await?;
@@ -192,7 +195,8 @@ async fn clone_into(
             () = abort.cancelled() => return Err(Error::Cancelled),
         };
     }
-    let outcome = backup_and_stream(conn, cfg, facts, job, prepared, cleanup, abort).await?;
+    let outcome = backup_and_stream(conn, cfg, facts, job, prepared, cleanup, abort).await;
+    let outcome = guard.finish(outcome).await?;
 
     if cfg.write_recovery_conf && cfg.format == Format::Plain {
         progress.phase(Phase::Standby);
