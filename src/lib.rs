@@ -12,7 +12,7 @@
 //!   replication and SQL (`server`), free walsenders, slots and disk space (`capacity`), the
 //!   destination, `--waldir` and tablespace paths (`dest`), text or JSON output (`report`)
 //! - `clone/`: one clone from start to finish (`run`), the BASE_BACKUP task (`backup`), `-P`
-//!   (`progress`), SIGINT/SIGTERM/SIGHUP (`signals`), `-i`'s UPLOAD_MANIFEST (`upload`), the
+//!   (`progress`), the WAL-retention guard of `-X fetch`/`none` (`guard`), SIGINT/SIGTERM/SIGHUP (`signals`), `-i`'s UPLOAD_MANIFEST (`upload`), the
 //!   `--refresh` run applied in place (`refresh`: preflight, marker, last steps)
 //! - `refresh/`: `--refresh`'s reference side: a stopped standby's `pg_control` (`control`),
 //!   `backup_label` (`label`), its files as a base backup lists them (`walk`), the synthesized
