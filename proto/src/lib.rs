@@ -48,6 +48,7 @@ pub mod command;
 pub mod copy_in;
 pub mod error;
 pub mod frontend;
+pub mod guc;
 pub mod incremental;
 pub mod lsn;
 pub mod query;

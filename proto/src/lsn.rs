@@ -174,18 +174,8 @@ impl WalSegSize {
             what: "wal_segment_size",
             value: text.chars().take(64).collect(),
         };
-        let digits_end = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (num, unit) = text.split_at(digits_end);
-        let num: u64 = num.parse().map_err(|_| bad())?;
-        let mult: u64 = match unit {
-            "kB" => 1 << 10,
-            "MB" => 1 << 20,
-            "GB" => 1 << 30,
-            _ => return Err(bad()),
-        };
-        let bytes = num.checked_mul(mult).ok_or_else(bad)?;
+        // The setting's unit is bytes; SHOW prints it with a unit (`16MB`).
+        let bytes = crate::guc::size(text, 1).ok_or_else(bad)?;
         Self::from_bytes(bytes)
     }
 

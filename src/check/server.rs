@@ -15,10 +15,9 @@ use pgclone_proto::{ProtocolError, ServerVersion};
 
 use crate::check::Finding;
 use crate::conn::server::MIN_MAJOR;
-use crate::conn::{self, ConnMode, ConnParams, Connection, Host, Prompt};
+use crate::conn::{self, ConnParams, Connection, Host};
 use crate::error::{self, Error};
 use crate::options::Config;
-use crate::refresh::limits::DEFAULT_DATABASE;
 
 /// Names the SQL queries in errors.
 const WHAT: &str = "check";
@@ -308,15 +307,7 @@ async fn learn_sql(
     cfg: &Config,
     own_pid: Option<i32>,
 ) -> Result<Sql, SqlUnavailable> {
-    let mut params = params.clone();
-    let database = params
-        .dbname
-        .clone()
-        .filter(|d| d != "replication")
-        .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
-    params.mode = ConnMode::Sql(database.clone());
-    // The replication connection asked already if a password was needed.
-    params.prompt = Prompt::Never;
+    let (mut params, database) = params.for_sql();
     let unavailable = |e: &Error| SqlUnavailable {
         reason: error::chain(e),
         database: database.clone(),

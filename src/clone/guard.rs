@@ -433,7 +433,8 @@ fn mb(bytes: u64) -> String {
 
 /// A size setting as SHOW prints it (`16MB`, `1GB`, `512kB`, or a bare number of MB).
 fn size_setting(name: &'static str, text: &str) -> Result<u64, Error> {
-    parse_size(text).ok_or_else(|| bad_setting(name, text))
+    // wal_keep_size, max_wal_size, ...: a bare number counts in MB, their unit.
+    pgclone_proto::guc::size(text, 1 << 20).ok_or_else(|| bad_setting(name, text))
 }
 
 fn bad_setting(name: &'static str, text: &str) -> Error {
@@ -444,25 +445,6 @@ fn bad_setting(name: &'static str, text: &str) -> Error {
             value: text.chars().take(32).collect(),
         },
     }
-}
-
-/// Bytes of a size as SHOW prints it; negative values (`-1`, "no limit") are `None`.
-fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (num, unit) = text.split_at(end);
-    let n: u64 = num.parse().ok()?;
-    let factor: u64 = match unit.trim() {
-        "B" => 1,
-        "kB" => 1 << 10,
-        "" | "MB" => 1 << 20,
-        "GB" => 1 << 30,
-        "TB" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(factor)
 }
 
 #[cfg(test)]
@@ -480,14 +462,12 @@ mod tests {
         )
     }
 
+    /// A bare number counts in MB (the unit of wal_keep_size and max_wal_size).
     #[test]
     fn sizes_as_show_prints_them() {
-        assert_eq!(parse_size("16MB"), Some(16 * MB));
-        assert_eq!(parse_size("1GB"), Some(1024 * MB));
-        assert_eq!(parse_size("512kB"), Some(512 * 1024));
-        assert_eq!(parse_size("0"), Some(0));
-        assert_eq!(parse_size("-1"), None);
-        assert_eq!(parse_size("12parsecs"), None);
+        assert_eq!(size_setting("wal_keep_size", "1GB").ok(), Some(1024 * MB));
+        assert_eq!(size_setting("wal_keep_size", "64").ok(), Some(64 * MB));
+        assert!(size_setting("wal_keep_size", "12parsecs").is_err());
     }
 
     /// The margin is what wal_keep keeps plus one checkpoint cycle of max_wal_size (two on 10).

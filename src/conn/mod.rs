@@ -26,7 +26,9 @@ use pgclone_proto::{frontend, ServerVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use open::connect;
-pub use params::{ConnFlags, ConnMode, ConnParams, Host, Keepalives, Prompt, Secret, Target};
+pub use params::{
+    ConnFlags, ConnMode, ConnParams, Host, Keepalives, Prompt, Secret, Target, DEFAULT_SQL_DATABASE,
+};
 pub use tls::{ChannelBinding, RootCert, SslMode, TlsSettings};
 use transport::Transport;
 

@@ -10,6 +10,8 @@ use crate::conn::{conninfo, os_user, service};
 use crate::error::Error;
 use crate::program;
 
+/// The database of an SQL connection when the parameters name none (or `replication`).
+pub const DEFAULT_SQL_DATABASE: &str = "postgres";
 /// Default PostgreSQL port.
 pub(crate) const DEFAULT_PORT: u16 = 5432;
 
@@ -287,6 +289,22 @@ impl Settings {
 }
 
 impl ConnParams {
+    /// The same server, role and credentials (host, port, user, password or passfile, TLS) for
+    /// an ordinary SQL connection: to `dbname`, or [`DEFAULT_SQL_DATABASE`] when it names none
+    /// or `replication`. It never prompts: the replication connection asked already if a
+    /// password was needed. Returns the parameters and the database.
+    pub fn for_sql(&self) -> (Self, String) {
+        let mut params = self.clone();
+        let database = params
+            .dbname
+            .clone()
+            .filter(|d| d != "replication")
+            .unwrap_or_else(|| DEFAULT_SQL_DATABASE.to_owned());
+        params.mode = ConnMode::Sql(database.clone());
+        params.prompt = Prompt::Never;
+        (params, database)
+    }
+
     /// Resolves the parameters: flags over `-d` over the service file over environment
     /// (`env`, which also gives `HOME` for `~/.pg_service.conf`) over defaults, key by key, as
     /// pg_basebackup with libpq. The first invalid setting fails, checked in the

@@ -153,47 +153,11 @@ pub async fn timeline_history(
 /// `SHOW checkpoint_timeout`, as a duration.
 pub async fn checkpoint_timeout(conn: &mut Connection) -> Result<Duration, Error> {
     let text = conn.show("checkpoint_timeout").await?;
-    parse_guc_duration(&text).ok_or_else(|| Error::Protocol {
+    pgclone_proto::guc::duration(&text).ok_or_else(|| Error::Protocol {
         phase: "SHOW checkpoint_timeout",
         source: ProtocolError::BadValue {
             what: "checkpoint_timeout",
             value: text.chars().take(32).collect(),
         },
     })
-}
-
-/// A time setting as SHOW prints it: `5min`, `30s`, `1h`, `1d`, `500ms` (or bare seconds).
-fn parse_guc_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (num, unit) = text.split_at(end);
-    let n: u64 = num.parse().ok()?;
-    let secs = match unit {
-        "ms" => return Some(Duration::from_millis(n)),
-        "" | "s" => n,
-        "min" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        "d" => n.checked_mul(86_400)?,
-        _ => return None,
-    };
-    Some(Duration::from_secs(secs))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn guc_durations() {
-        assert_eq!(parse_guc_duration("5min"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_guc_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_guc_duration("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(
-            parse_guc_duration("250ms"),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(parse_guc_duration("x"), None);
-    }
 }

@@ -28,12 +28,9 @@ use pgclone_proto::{Lsn, ProtocolError, TimelineId};
 
 pub use pgclone_proto::relfile::Limits;
 
-use crate::conn::{self, ConnMode, ConnParams, Connection};
+use crate::conn::{self, ConnParams, Connection};
 use crate::error::Error;
 use crate::refresh::history::HistoryEntry;
-
-/// The database connected to when the connection parameters name none (or `replication`).
-pub const DEFAULT_DATABASE: &str = "postgres";
 
 /// Rows fetched from the cursor at a time (within the query collector's cap).
 const FETCH_ROWS: usize = 5_000;
@@ -99,8 +96,8 @@ pub fn required_ranges(
 
 /// Reads the smallest limit block of every fork over the summary files of `ranges` (see the
 /// module docs), over an ordinary SQL connection made with `params` (host, port, user,
-/// password or passfile, TLS) to its `dbname`, or [`DEFAULT_DATABASE`] when it names none or
-/// `replication`. No ranges: no limits, without connecting.
+/// password or passfile, TLS) to its `dbname`, or `postgres` when it names none or
+/// `replication` ([`ConnParams::for_sql`]). No ranges: no limits, without connecting.
 ///
 /// Fails when the connection cannot be made or the queries fail; the caller decides what
 /// that means (refusing the refresh is the safe default).
@@ -108,13 +105,7 @@ pub async fn fetch(params: &ConnParams, ranges: &[TimelineRange]) -> Result<Limi
     if ranges.is_empty() {
         return Ok(Limits::new());
     }
-    let mut params = params.clone();
-    let database = params
-        .dbname
-        .clone()
-        .filter(|d| d != "replication")
-        .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
-    params.mode = ConnMode::Sql(database.clone());
+    let (mut params, database) = params.for_sql();
     let mut conn = conn::connect(&mut params)
         .await
         .map_err(|e| explain_connect(e, &database))?;
