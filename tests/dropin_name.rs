@@ -41,15 +41,6 @@ fn clone_cmd(program: &Path, port: u16, dest: &Path, extra: &[&str]) -> Command 
     cmd
 }
 
-/// The `<name>: error:` lines of a run's stderr.
-fn error_lines<'a>(run: &'a Run, name: &str) -> Vec<&'a str> {
-    let prefix = format!("{name}: error:");
-    run.stderr
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .collect()
-}
-
 /// A primary with about 6 MB of data, so that a clone at `-r 2M` lasts a few seconds.
 fn primary(major: u32) -> Cluster {
     let p = Cluster::start(&ClusterOptions::new(major));
@@ -218,7 +209,7 @@ fn messages_name_the_program() {
 
         let dest = work.join(&format!("never-{name}"));
         let run = run_cmd(clone_cmd(program, free_port(), &dest, &["--no-password"]));
-        let errors = error_lines(&run, name);
+        let errors = run.error_lines_of(name);
         assert_eq!(errors.len(), 1, "{}", run.stderr);
         assert!(
             errors[0].contains("connection to server at"),
@@ -250,7 +241,7 @@ fn cut_wal_connection_says_background_process_terminated() {
     ));
     drop(proxy);
     assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
-    let errors = error_lines(&run, "pg_basebackup");
+    let errors = run.error_lines_of("pg_basebackup");
     assert_eq!(errors.len(), 1, "{}", run.stderr);
     assert!(
         errors[0].starts_with(
@@ -282,7 +273,7 @@ fn server_side_failures_in_pg_basebackups_words() {
     ));
     assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
     assert_eq!(
-        error_lines(&run, "pg_basebackup"),
+        run.error_lines_of("pg_basebackup"),
         ["pg_basebackup: error: can only write single tablespace to stdout, database has 2"],
         "{}",
         run.stderr
@@ -301,7 +292,7 @@ fn server_side_failures_in_pg_basebackups_words() {
         &["-Ft", "-X", "stream", "-S", "nosuchslot"],
     ));
     assert_eq!(
-        error_lines(&run, "pg_basebackup"),
+        run.error_lines_of("pg_basebackup"),
         [
             "pg_basebackup: error: background process terminated unexpectedly: could not send \
              replication command \"START_REPLICATION\": ERROR:  replication slot \"nosuchslot\" \

@@ -549,9 +549,16 @@ impl Run {
 
     /// The `pgclone: error:` lines of stderr.
     pub fn error_lines(&self) -> Vec<&str> {
+        self.error_lines_of("pgclone")
+    }
+
+    /// The `<program>: error:` lines of a run under the name `program` (`pg_basebackup` for
+    /// the drop-in).
+    pub fn error_lines_of(&self, program: &str) -> Vec<&str> {
+        let prefix = format!("{program}: error:");
         self.stderr
             .lines()
-            .filter(|l| l.starts_with("pgclone: error:"))
+            .filter(|l| l.starts_with(&prefix))
             .collect()
     }
 
