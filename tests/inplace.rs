@@ -125,6 +125,7 @@ fn apply(dest: &Path, base: &[u8], oid: u32, ts_dest: &Path, ts: &[u8]) -> Apply
     let mut a = Applier::open(Layout {
         dest: dest.to_path_buf(),
         tablespace_links: [(Oid(oid), ts_dest.to_path_buf())].into(),
+        dir_mode: 0o700,
         limits: Limits::new(),
     })
     .expect("open");

@@ -189,6 +189,7 @@ fn apply_member(dest: &Path, incr: &Path, rel: &str, limits: Limits) {
     let layout = Layout {
         dest: dest.to_path_buf(),
         tablespace_links: HashMap::new(),
+        dir_mode: 0o700,
         limits,
     };
     let mut a = Applier::open(layout).expect("open");

@@ -615,7 +615,7 @@ fn existing_tablespaces(
                 dir.display()
             )));
         }
-        std::fs::create_dir_all(&dir).map_err(Error::fs("create directory", &dir))?;
+        crate::sink::fs::make_dir_all(&dir, layout.dir_mode)?;
         layout.tablespace_links.insert(oid, dir.clone());
         dirs.push(dir);
     }

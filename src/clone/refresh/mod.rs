@@ -107,6 +107,7 @@ async fn refresh_into(
         sink: Sink::InPlace(inplace::Layout {
             dest: cfg.dest.clone(),
             tablespace_links: HashMap::new(),
+            dir_mode: facts.modes.dir,
             limits: Limits::default(),
         }),
         wal: None,

@@ -82,6 +82,9 @@ pub struct Layout {
     /// Target of the `pg_tblspc/<oid>` link for each tablespace (as for the plain writer). The
     /// tablespace directories themselves (the archives' roots) must exist.
     pub tablespace_links: HashMap<Oid, PathBuf>,
+    /// Mode of a tablespace directory the refresh has to create (the server's
+    /// `data_directory_mode`: 0700, or 0750 with group access).
+    pub dir_mode: u32,
     /// The WAL summaries' limit blocks over the backup's range (the reference start to the
     /// backup's start): a prior block at or beyond its segment's limit is not kept
     /// ([`Header::plan_limited`]). Empty limits rebuild members exactly as `pg_combinebackup`

@@ -43,6 +43,7 @@ fn layout(dest: &Path, ts: &[(u32, &Path)]) -> Layout {
     Layout {
         dest: dest.to_path_buf(),
         tablespace_links: ts.iter().map(|(o, p)| (Oid(*o), p.to_path_buf())).collect(),
+        dir_mode: 0o700,
         limits: Limits::new(),
     }
 }
