@@ -17,11 +17,12 @@ use tokio_util::sync::CancellationToken;
 use crate::clone::backup::{self, Job, Outcome, Sink, WalLink};
 use crate::clone::upload::ReferenceManifest;
 use crate::conn::server::{self, ServerFacts};
-use crate::conn::{self, ConnParams, Connection, Prompt};
+use crate::conn::{self, ConnParams, Connection, Host, Prompt, ServerInfo};
 use crate::error::Error;
 use crate::manifest::ChecksumAlgorithm;
 use crate::options::config::{Config, Format, Output, WalMethod};
 use crate::recovery::{self, PrimaryConnInfo};
+use crate::sink::codec::spec::AutoFacts;
 use crate::sink::codec::{ClientSpec, Compression, Method};
 use crate::sink::dest::{self, Cleanup};
 use crate::sink::durable;
@@ -162,7 +163,10 @@ async fn clone_into(
     let primary = recovery::primary_conninfo(conn.info(), params);
     let sink = choose_sink(cfg, facts, cleanup, &primary, prepared.is_some(), &wal_dir)?;
     let job = Job {
-        options: backup_options(cfg),
+        options: BaseBackupOptions {
+            compression: chosen_compression(cfg, conn.info(), facts),
+            ..backup_options(cfg)
+        },
         sink,
         wal: None,
         on_started: None,
@@ -307,14 +311,36 @@ pub(crate) fn backup_options(cfg: &Config) -> BaseBackupOptions {
             Output::Target(t) => Some(t.clone()),
             _ => None,
         },
-        compression: match &cfg.compression {
-            Compression::Server { method, detail } => Some(ServerCompression {
-                method: method.clone(),
-                detail: detail.clone(),
-            }),
-            Compression::Client(_) => None,
-        },
+        compression: server_compression(&cfg.compression),
         incremental: cfg.incremental.is_some() || cfg.refresh,
+    }
+}
+
+/// The compression asked of the server: `-Z server-...` as given, or what `auto` (the
+/// default) chooses for this server and connection.
+fn chosen_compression(
+    cfg: &Config,
+    info: &ServerInfo,
+    facts: &ServerFacts,
+) -> Option<ServerCompression> {
+    let chosen = cfg.compression.resolve(AutoFacts {
+        unpacked: cfg.format == Format::Plain && cfg.output == Output::Dir && !cfg.refresh,
+        server_major: facts.version.major(),
+        tcp: matches!(info.host, Host::Tcp(_)),
+    });
+    if let (Compression::Auto, Compression::Server { method, .. }) = (&cfg.compression, &chosen) {
+        tracing::info!("asking the server to compress with {method} (--compress=auto)");
+    }
+    server_compression(&chosen)
+}
+
+fn server_compression(compression: &Compression) -> Option<ServerCompression> {
+    match compression {
+        Compression::Server { method, detail } => Some(ServerCompression {
+            method: method.clone(),
+            detail: detail.clone(),
+        }),
+        Compression::Client(_) | Compression::Auto => None,
     }
 }
 

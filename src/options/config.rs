@@ -297,12 +297,13 @@ fn destination(args: &Args) -> Result<Destination, Error> {
     })
 }
 
-/// `-z`, `-Z`: client-side compression only for tar files written here.
+/// `-z`, `-Z`: client-side compression only for tar files written here. Without either,
+/// `auto` (decided once the server is known).
 fn compression(args: &Args, to: &Destination) -> Result<Compression, Error> {
     let compression = match (&args.output.compress, args.output.gzip) {
         (Some(spec), _) => codec::spec::parse(spec, to.has_target())?,
         (None, true) => codec::spec::parse("gzip", to.has_target())?,
-        (None, false) => Compression::NONE,
+        (None, false) => Compression::Auto,
     };
     let client_compressed = compression.client().method != Method::None;
     if to.has_target() && client_compressed {
