@@ -13,7 +13,10 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{fast_clone, pgclone_cmd, Cluster, ClusterOptions, Run, TestDir};
+use support::{
+    as_pg_user, fast_clone, pgclone_cmd, pgclone_exe, run_cmd, Cluster, ClusterOptions, Run,
+    TestDir,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 const ASKED: &str = "asking the server to compress with lz4 (--compress=auto)";
@@ -77,8 +80,8 @@ fn clone_over_socket(p: &Cluster, dest: &Path, extra: &[&str]) -> Run {
         .run()
 }
 
-/// PostgreSQL 16 with lz4: over TCP the default asks for lz4 (and only that), the clone
-/// verifies and streams as a replica; over the Unix socket, in tar format and with
+/// PostgreSQL 16 with lz4: over TCP the default asks for lz4 (and only that; under the name
+/// `pg_basebackup` too), the clone verifies and streams as a replica; over the Unix socket, in tar format and with
 /// `--compress=none` nothing is asked and nothing arrives compressed.
 #[test]
 fn auto_asks_for_lz4_over_tcp_only() {
@@ -117,6 +120,21 @@ fn auto_asks_for_lz4_over_tcp_only() {
     let cmd = last_base_backup(&p);
     assert!(!cmd.contains("COMPRESSION"), "tar format: {cmd}");
     assert!(tar.join("base.tar").is_file(), "tar format keeps base.tar");
+
+    // Run as `pg_basebackup` (the drop-in), the default is the same: the data directory is
+    // the same either way.
+    let name = work.join("pg_basebackup");
+    std::os::unix::fs::symlink(pgclone_exe(), &name).expect("symlink");
+    let dropin = work.join("dropin");
+    let mut cmd = as_pg_user(&name);
+    cmd.args(["-h", "127.0.0.1", "-p", &p.port.to_string(), "-U", "postgres"])
+        .args(["-c", "fast", "-D"])
+        .arg(&dropin);
+    run_cmd(cmd).assert_ok();
+    let cmd = last_base_backup(&p);
+    assert!(cmd.contains("COMPRESSION 'lz4'"), "as pg_basebackup: {cmd}");
+    assert!(cmd.contains("LABEL 'pg_basebackup base backup'"), "{cmd}");
+    assert_verifies(&dropin);
 
     // An explicit server-side choice is sent as given, not replaced by auto's.
     let zstd = work.join("zstd");
