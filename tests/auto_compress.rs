@@ -74,7 +74,15 @@ fn clone_over_socket(p: &Cluster, dest: &Path, extra: &[&str]) -> Run {
     pgclone_cmd()
         .arg("-h")
         .arg(&p.socket_dir)
-        .args(["-p", &p.port.to_string(), "-U", "postgres", "-c", "fast", "-v"])
+        .args([
+            "-p",
+            &p.port.to_string(),
+            "-U",
+            "postgres",
+            "-c",
+            "fast",
+            "-v",
+        ])
         .dest(dest)
         .args(extra)
         .run()
@@ -87,7 +95,9 @@ fn clone_over_socket(p: &Cluster, dest: &Path, extra: &[&str]) -> Run {
 fn auto_asks_for_lz4_over_tcp_only() {
     let work = TestDir::new("auto-compress");
     let p = primary(16, true);
-    p.psql("CREATE TABLE filler AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g");
+    p.psql(
+        "CREATE TABLE filler AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g",
+    );
 
     let tcp = work.join("tcp");
     let run = fast_clone(&p, &tcp, &["-R", "-v"]);
@@ -127,9 +137,16 @@ fn auto_asks_for_lz4_over_tcp_only() {
     std::os::unix::fs::symlink(pgclone_exe(), &name).expect("symlink");
     let dropin = work.join("dropin");
     let mut cmd = as_pg_user(&name);
-    cmd.args(["-h", "127.0.0.1", "-p", &p.port.to_string(), "-U", "postgres"])
-        .args(["-c", "fast", "-D"])
-        .arg(&dropin);
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p.port.to_string(),
+        "-U",
+        "postgres",
+    ])
+    .args(["-c", "fast", "-D"])
+    .arg(&dropin);
     run_cmd(cmd).assert_ok();
     let cmd = last_base_backup(&p);
     assert!(cmd.contains("COMPRESSION 'lz4'"), "as pg_basebackup: {cmd}");

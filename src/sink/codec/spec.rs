@@ -386,7 +386,12 @@ mod tests {
         assert!(is_lz4(&Compression::Auto.resolve(facts(true, 15, true))));
         assert!(is_lz4(&Compression::Auto.resolve(facts(true, 18, true))));
         // tar format, a target, --refresh; a 14 server; a Unix socket: nothing
-        for f in [facts(false, 16, true), facts(true, 14, true), facts(true, 10, true), facts(true, 16, false)] {
+        for f in [
+            facts(false, 16, true),
+            facts(true, 14, true),
+            facts(true, 10, true),
+            facts(true, 16, false),
+        ] {
             assert_eq!(Compression::Auto.resolve(f), Compression::NONE, "{f:?}");
         }
         // an explicit choice is never changed
