@@ -200,3 +200,43 @@ fn server_without_lz4_falls_back_uncompressed() {
     assert_verifies(&dest);
     assert_replica(&p, 16, &dest, "after_fallback");
 }
+
+/// `-i` with the default over TCP to a 17 server with lz4: the incremental backup comes
+/// compressed too, verifies, and pg_combinebackup makes a copy holding the change.
+#[test]
+fn incremental_comes_compressed_and_combines() {
+    let work = TestDir::new("auto-compress-inc");
+    let mut opts = support::summarizing(17, &["log_replication_commands = on"]);
+    opts.full_toolset = true;
+    let p = Cluster::start(&opts);
+    p.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 5000) g");
+    let full = work.join("full");
+    fast_clone(&p, &full, &[]).assert_ok();
+    p.psql("UPDATE t SET v = 'changed' WHERE id % 7 = 0; CHECKPOINT");
+    let want = p.psql("SELECT count(*) FROM t WHERE v = 'changed'");
+
+    let inc = work.join("inc");
+    let manifest = full.join("backup_manifest");
+    fast_clone(&p, &inc, &["-i", manifest.to_str().expect("utf8")]).assert_ok();
+    let cmd = last_base_backup(&p);
+    assert!(
+        cmd.contains("INCREMENTAL") && cmd.contains("COMPRESSION 'lz4'"),
+        "{cmd}"
+    );
+    assert_verifies(&inc);
+
+    let out = work.join("out");
+    support::checked_output(
+        as_pg_user(support::tools_bin(17).join("pg_combinebackup"))
+            .arg(&full)
+            .arg(&inc)
+            .arg("-o")
+            .arg(&out),
+        "pg_combinebackup",
+    );
+    let copy = Cluster::start_existing(17, &out, &[]);
+    assert_eq!(
+        copy.psql("SELECT count(*) FROM t WHERE v = 'changed'"),
+        want
+    );
+}
