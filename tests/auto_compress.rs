@@ -100,9 +100,11 @@ fn auto_asks_for_lz4_over_tcp_only() {
     );
 
     let tcp = work.join("tcp");
-    let run = fast_clone(&p, &tcp, &["-R", "-v"]);
+    let run = fast_clone(&p, &tcp, &["-R", "-v", "-P"]);
     run.assert_ok();
     assert!(run.stderr.contains(ASKED), "{}", run.stderr);
+    // -P counts the server's uncompressed figure, not the compressed bytes received
+    assert!(run.stderr.contains("(100%)"), "{}", run.stderr);
     let cmd = last_base_backup(&p);
     assert!(cmd.contains("COMPRESSION 'lz4'"), "{cmd}");
     assert!(!cmd.contains("COMPRESSION_DETAIL"), "{cmd}");

@@ -374,7 +374,9 @@ impl State {
             BackupEvent::Tablespaces(list) => self.on_tablespaces(list, cfg, cleanup)?,
             BackupEvent::ArchiveStart(info) => self.on_archive_start(info, cfg).await?,
             BackupEvent::ArchiveData(data) => {
-                self.progress.add(data.len());
+                if !self.server_compressed {
+                    self.progress.add(data.len());
+                }
                 self.batch_bytes += data.len();
                 self.batch.push(data);
                 if self.batch_bytes >= BATCH_BYTES {
@@ -391,6 +393,13 @@ impl State {
             }
             BackupEvent::ManifestData(data) => self.send(Chunk::ManifestData(data)).await?,
             BackupEvent::ManifestEnd => self.send(Chunk::ManifestEnd).await?,
+            // Compressed bytes say little about the way through: count the server's own
+            // figure (uncompressed bytes done, sent about once a second and at each archive end).
+            BackupEvent::Progress(done) if self.server_compressed => {
+                let more = done.saturating_sub(self.progress.bytes());
+                self.progress
+                    .add(usize::try_from(more).unwrap_or(usize::MAX));
+            }
             BackupEvent::Progress(_) => {}
             BackupEvent::Ended { end, timeline } => {
                 tracing::info!("write-ahead log end point: {end}");
