@@ -22,7 +22,6 @@ use crate::error::Error;
 use crate::manifest::ChecksumAlgorithm;
 use crate::options::config::{Config, Format, Output, WalMethod};
 use crate::recovery::{self, PrimaryConnInfo};
-use crate::sink::codec::spec::AutoFacts;
 use crate::sink::codec::{ClientSpec, Compression, Method};
 use crate::sink::dest::{self, Cleanup};
 use crate::sink::durable;
@@ -323,11 +322,7 @@ fn chosen_compression(
     info: &ServerInfo,
     facts: &ServerFacts,
 ) -> Option<ServerCompression> {
-    let chosen = cfg.compression.resolve(AutoFacts {
-        unpacked: cfg.format == Format::Plain && cfg.output == Output::Dir && !cfg.refresh,
-        server_major: facts.version.major(),
-        tcp: matches!(info.host, Host::Tcp(_)),
-    });
+    let chosen = cfg.compression_for(facts.version.major(), matches!(info.host, Host::Tcp(_)));
     if let (Compression::Auto, Compression::Server { method, .. }) = (&cfg.compression, &chosen) {
         tracing::info!("asking the server to compress with {method} (--compress=auto)");
     }
