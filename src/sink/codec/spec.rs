@@ -116,8 +116,9 @@ pub enum Compression {
     Auto,
 }
 
-/// The algorithm `auto` asks the server for. lz4 measured fastest over 1 Gbit/s and
-/// unshaped links (bench/RESULTS-link-*.md); the client unpacks it faster than any link.
+/// The algorithm `auto` asks the server for. Measured (bench/RESULTS-link-*.md): as fast as
+/// zstd level 1 over 1 Gbit/s and unshaped links for the least server CPU and no server
+/// threads; zstd level 1 is faster only on slow links (100 Mbit/s: half lz4's time).
 pub const AUTO_METHOD: &str = "lz4";
 
 /// First server major that compresses its archives (BASE_BACKUP's COMPRESSION option).
