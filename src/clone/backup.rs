@@ -3,7 +3,9 @@
 //! batch by batch, or (server-compressed archives) through a bounded channel to a
 //! decompressing thread. Either way a slow disk slows the socket, not our memory. For
 //! `--refresh` the archives are applied in place onto the existing directory
-//! ([`Sink::InPlace`]), after a step the caller gives ([`OnStarted`]) has run.
+//! ([`Sink::InPlace`]), after a step the caller gives ([`OnStarted`]) has run. When
+//! `--compress=auto` asked for lz4 and the server was built without it, the same command
+//! goes again uncompressed on the same connection.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ use crate::conn::Connection;
 use crate::error::Error;
 use crate::options::config::Config;
 use crate::options::tablespace::canonicalize;
+use crate::sink::codec::Compression;
 use crate::sink::dest::Cleanup;
 use crate::sink::inplace::{self, Applied, Applier};
 use crate::sink::journal;
@@ -115,10 +118,10 @@ pub async fn run(
         on_started,
         progress,
     } = job;
-    let command = options.command(facts.version)?;
-    tracing::debug!("sending {command}");
+    let fallback = uncompressed_fallback(cfg, &options);
     tracing::info!("initiating base backup, waiting for checkpoint to complete");
-    conn.send_query(&command, "BASE_BACKUP").await?;
+    send_command(conn, &options, facts).await?;
+    progress.server_compressed(options.compression.is_some());
     progress.phase(Phase::Checkpoint);
 
     let mut state = State {
@@ -138,9 +141,10 @@ pub async fn run(
         applied: None,
         batch: Vec::new(),
         batch_bytes: 0,
+        server_compressed: options.compression.is_some(),
     };
     let streamed = tokio::select! {
-        r = state.stream(conn, cfg, cleanup, abort) => r,
+        r = state.stream_or_fall_back(conn, cfg, facts, fallback, cleanup, abort) => r,
         () = abort.cancelled() => Err(Error::Cancelled),
     };
     let unpacked = match state.unpacker.take() {
@@ -274,9 +278,56 @@ struct State {
     applied: Option<Box<Applied>>,
     batch: Vec<Bytes>,
     batch_bytes: usize,
+    /// The server was asked to compress the archives.
+    server_compressed: bool,
 }
 
 impl State {
+    /// [`State::stream`]; if the server refuses `fallback`'s compression before the backup
+    /// starts, once more with `fallback` on the same connection.
+    async fn stream_or_fall_back(
+        &mut self,
+        conn: &mut Connection,
+        cfg: &Config,
+        facts: &ServerFacts,
+        mut fallback: Option<BaseBackupOptions>,
+        cleanup: &mut Cleanup,
+        abort: &CancellationToken,
+    ) -> Result<(), Error> {
+        loop {
+            let result = self.stream(conn, cfg, cleanup, abort).await;
+            let options = match (&result, fallback.take()) {
+                (Err(Error::Server { source, .. }), Some(options))
+                    if self.started.is_none() && compression_refused(source) =>
+                {
+                    tracing::info!(
+                        "the server cannot compress ({}): backing up uncompressed",
+                        source.message
+                    );
+                    options
+                }
+                _ => return result,
+            };
+            self.wait_until_ready(conn).await?;
+            self.decoder = BaseBackupDecoder::new(Dialect::for_version(facts.version));
+            self.server_compressed = false;
+            self.progress.server_compressed(false);
+            send_command(conn, &options, facts).await?;
+        }
+    }
+
+    /// Reads up to the ReadyForQuery that follows a failed command.
+    async fn wait_until_ready(&mut self, conn: &mut Connection) -> Result<(), Error> {
+        while !self.decoder.is_done() {
+            let msg = conn.read_message("base backup start").await?;
+            self.decoder
+                .handle_message(msg)
+                .map_err(Error::protocol("base backup start"))?;
+            while self.decoder.poll_event().is_some() {}
+        }
+        Ok(())
+    }
+
     async fn stream(
         &mut self,
         conn: &mut Connection,
@@ -352,7 +403,9 @@ impl State {
             }
             BackupEvent::ManifestData(data) => self.send(Chunk::ManifestData(data)).await?,
             BackupEvent::ManifestEnd => self.send(Chunk::ManifestEnd).await?,
-            BackupEvent::Progress(_) => {}
+            // Compressed bytes say little about the way through: count the server's own
+            // figure (uncompressed bytes done, sent about once a second and at each archive end).
+            BackupEvent::Progress(done) => self.progress.server_progress(done),
             BackupEvent::Ended { end, timeline } => {
                 tracing::info!("write-ahead log end point: {end}");
                 self.ended = Some((end, timeline));
@@ -424,7 +477,7 @@ impl State {
         }
         self.progress.tablespaces(&list);
         self.tablespaces = list;
-        self.unpacker = Some(Unpacker::new(sink, server_compressed(cfg))?);
+        self.unpacker = Some(Unpacker::new(sink, self.server_compressed)?);
         Ok(())
     }
 
@@ -631,10 +684,34 @@ fn discard(stats: &mut Stats, chunk: &Chunk) {
     }
 }
 
-/// Whether the server was asked to compress its archives.
-fn server_compressed(cfg: &Config) -> bool {
-    matches!(
-        cfg.compression,
-        crate::sink::codec::Compression::Server { .. }
-    )
+/// Sends BASE_BACKUP with `options`.
+async fn send_command(
+    conn: &mut Connection,
+    options: &BaseBackupOptions,
+    facts: &ServerFacts,
+) -> Result<(), Error> {
+    let command = options.command(facts.version)?;
+    tracing::debug!("sending {command}");
+    conn.send_query(&command, "BASE_BACKUP").await
+}
+
+/// `--compress=auto` asked the server to compress: the same options without compression, to
+/// fall back on if the server was built without the algorithm.
+fn uncompressed_fallback(cfg: &Config, options: &BaseBackupOptions) -> Option<BaseBackupOptions> {
+    (cfg.compression == Compression::Auto && options.compression.is_some()).then(|| {
+        BaseBackupOptions {
+            compression: None,
+            ..options.clone()
+        }
+    })
+}
+
+/// The server's answer to a compression it was built without, before anything started:
+/// "invalid compression specification: this build does not support compression with LZ4"
+/// (42601, from validating the options, 15+), or 0A000 "lz4 compression is not supported by
+/// this build". Told by SQLSTATE, as the text may be translated.
+fn compression_refused(e: &ServerError) -> bool {
+    const SYNTAX_ERROR: &str = "42601";
+    const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    e.code == SYNTAX_ERROR || e.code == FEATURE_NOT_SUPPORTED
 }

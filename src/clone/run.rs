@@ -19,7 +19,7 @@ use crate::clone::guard;
 use crate::clone::progress::{Phase, Reporter};
 use crate::clone::upload::ReferenceManifest;
 use crate::conn::server::{self, ServerFacts};
-use crate::conn::{self, ConnParams, Connection, Prompt};
+use crate::conn::{self, ConnParams, Connection, Host, Prompt, ServerInfo};
 use crate::error::Error;
 use crate::manifest::ChecksumAlgorithm;
 use crate::options::config::{Config, Format, Output, WalMethod};
@@ -182,7 +182,10 @@ async fn clone_into(
     let sink = choose_sink(cfg, facts, cleanup, &primary, prepared.is_some(), &wal_dir)?;
     let (guard, on_started) = guard::start(cfg, params, facts, abort);
     let job = Job {
-        options: backup_options(cfg),
+        options: BaseBackupOptions {
+            compression: chosen_compression(cfg, conn.info(), facts),
+            ..backup_options(cfg)
+        },
         sink,
         wal: None,
         on_started,
@@ -332,14 +335,32 @@ pub(crate) fn backup_options(cfg: &Config) -> BaseBackupOptions {
             Output::Target(t) => Some(t.clone()),
             _ => None,
         },
-        compression: match &cfg.compression {
-            Compression::Server { method, detail } => Some(ServerCompression {
-                method: method.clone(),
-                detail: detail.clone(),
-            }),
-            Compression::Client(_) => None,
-        },
+        compression: server_compression(&cfg.compression),
         incremental: cfg.incremental.is_some() || cfg.refresh,
+    }
+}
+
+/// The compression asked of the server: `-Z server-...` as given, or what `auto` (the
+/// default) chooses for this server and connection.
+fn chosen_compression(
+    cfg: &Config,
+    info: &ServerInfo,
+    facts: &ServerFacts,
+) -> Option<ServerCompression> {
+    let chosen = cfg.compression_for(facts.version.major(), matches!(info.host, Host::Tcp(_)));
+    if let (Compression::Auto, Compression::Server { method, .. }) = (&cfg.compression, &chosen) {
+        tracing::info!("asking the server to compress with {method} (--compress=auto)");
+    }
+    server_compression(&chosen)
+}
+
+fn server_compression(compression: &Compression) -> Option<ServerCompression> {
+    match compression {
+        Compression::Server { method, detail } => Some(ServerCompression {
+            method: method.clone(),
+            detail: detail.clone(),
+        }),
+        Compression::Client(_) | Compression::Auto => None,
     }
 }
 

@@ -124,7 +124,7 @@ pub struct OutputArgs {
     /// compress tar output with gzip
     #[arg(short = 'z', long)]
     pub gzip: bool,
-    /// compress on client or server as specified ([client-|server-]METHOD[:DETAIL], or a level)
+    /// compress on client or server as specified ([client-|server-]METHOD[:DETAIL], or a level); default auto: lz4 on the server for plain format over TCP to 15+, none otherwise
     #[arg(
         short = 'Z',
         long,

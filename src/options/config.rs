@@ -14,6 +14,7 @@ use crate::options::cli::Args;
 use crate::options::refresh;
 use crate::options::tablespace::TablespaceMapping;
 use crate::program;
+use crate::sink::codec::spec::AutoFacts;
 use crate::sink::codec::{self, Compression, Method};
 
 /// How WAL gets into the clone.
@@ -341,12 +342,26 @@ fn destination(args: &Args) -> Result<Destination, Error> {
     })
 }
 
-/// `-z`, `-Z`: client-side compression only for tar files written here.
+impl Config {
+    /// The compression to ask of a server of major `server_major` reached over TCP (`tcp`) or
+    /// a Unix socket: `auto` decided for this run ([`Compression::resolve`]: only plain format
+    /// into `-D`, not `--refresh`), any explicit choice as given.
+    pub fn compression_for(&self, server_major: u32, tcp: bool) -> Compression {
+        self.compression.resolve(AutoFacts {
+            unpacked: self.format == Format::Plain && self.output == Output::Dir && !self.refresh,
+            server_major,
+            tcp,
+        })
+    }
+}
+
+/// `-z`, `-Z`: client-side compression only for tar files written here. Without either,
+/// `auto` (decided once the server is known).
 fn compression(args: &Args, to: &Destination) -> Result<Compression, Error> {
     let compression = match (&args.output.compress, args.output.gzip) {
         (Some(spec), _) => codec::spec::parse(spec, to.has_target())?,
         (None, true) => codec::spec::parse("gzip", to.has_target())?,
-        (None, false) => Compression::NONE,
+        (None, false) => Compression::Auto,
     };
     let client_compressed = compression.client().method != Method::None;
     if to.has_target() && client_compressed {
@@ -693,6 +708,60 @@ pub(crate) mod tests {
         assert_eq!(cfg.label, "pgclone base backup");
         let cfg = config(&["-D", "/x", "-l", "nightly"]).expect("valid");
         assert_eq!(cfg.label, "nightly");
+    }
+
+    /// `auto` (the default, or spelled out) asks for lz4 only for a plain clone into `-D` of a
+    /// 15+ server over TCP; tar format, targets, a 14 server, a Unix socket get nothing; an
+    /// explicit `-Z`/`-z` is never changed.
+    #[test]
+    fn auto_compression_by_format_server_and_transport() {
+        let lz4 = Compression::Server {
+            method: "lz4".into(),
+            detail: None,
+        };
+        for argv in [
+            &["-D", "/x"][..],
+            &["-D", "/x", "--compress=auto"],
+            &["-D", "/x", "-R"],
+        ] {
+            let cfg = config(argv).expect("valid");
+            assert_eq!(cfg.compression, Compression::Auto, "{argv:?}");
+            assert_eq!(cfg.compression_for(15, true), lz4, "{argv:?}");
+            assert_eq!(cfg.compression_for(18, true), lz4, "{argv:?}");
+            assert_eq!(cfg.compression_for(14, true), Compression::NONE, "{argv:?}");
+            assert_eq!(
+                cfg.compression_for(16, false),
+                Compression::NONE,
+                "{argv:?}"
+            );
+        }
+        for argv in [
+            &["-D", "/x", "-Ft"][..],
+            &["-D", "-", "-Ft", "-X", "fetch"],
+            &["-t", "blackhole", "-X", "none"],
+            &["-D", "/x", "--compress=none"],
+            &["-D", "/x", "-Z", "0"],
+        ] {
+            let cfg = config(argv).expect("valid");
+            assert_eq!(cfg.compression_for(16, true), Compression::NONE, "{argv:?}");
+        }
+        for (argv, method) in [
+            (&["-D", "/x", "-Ft", "-z"][..], None),
+            (
+                &["-D", "/x", "--compress=server-zstd:level=1"],
+                Some("zstd"),
+            ),
+            (&["-D", "/x", "-Ft", "--compress=server-gzip"], Some("gzip")),
+        ] {
+            let cfg = config(argv).expect("valid");
+            let chosen = cfg.compression_for(16, true);
+            assert_eq!(chosen, cfg.compression, "{argv:?}");
+            match (method, &chosen) {
+                (None, Compression::Client(spec)) => assert_eq!(spec.method, Method::Gzip),
+                (Some(m), Compression::Server { method, .. }) => assert_eq!(method, m),
+                other => panic!("{argv:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

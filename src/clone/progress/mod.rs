@@ -32,7 +32,6 @@ use pgclone_proto::Lsn;
 
 use crate::error::Error;
 use crate::options::config::{Config, JsonTarget, ProgressOutput, WalMethod};
-use crate::sink::codec::Compression;
 use crate::sink::Stats;
 
 use fetch::FetchWatch;
@@ -110,7 +109,7 @@ impl Reporter {
             copy: Copy::default(),
             hint: (cfg.checkpoint == Checkpoint::Spread).then_some(SPREAD_HINT),
             wal_method: cfg.wal_method,
-            server_compressed: matches!(cfg.compression, Compression::Server { .. }),
+            server_compressed: false,
             base_index: None,
             fetch: None,
             wal_flushed: None,
@@ -155,10 +154,29 @@ impl Reporter {
         });
     }
 
-    /// Archive bytes received.
+    /// Whether the archives come compressed by the server (`-Z server-...`, or `auto` when the
+    /// server accepted it): their bytes are not counted ([`Reporter::data`]), the server's own
+    /// figure is ([`Reporter::server_progress`]), and `-X fetch`'s WAL is not looked for.
+    pub fn server_compressed(&self, compressed: bool) {
+        self.with(|s| s.server_compressed = compressed);
+    }
+
+    /// The server's progress figure (uncompressed bytes done, sent about once a second and at
+    /// each archive's end): what counts when the archives come compressed.
+    pub fn server_progress(&self, done: u64) {
+        self.with(|s| {
+            if s.server_compressed {
+                s.copy.add(done.saturating_sub(s.copy.bytes()));
+            }
+        });
+    }
+
+    /// Archive bytes received (not counted when the server compresses them).
     pub fn data(&self, data: &Bytes) {
         self.with(|s| {
-            s.copy.add(data.len() as u64);
+            if !s.server_compressed {
+                s.copy.add(data.len() as u64);
+            }
             if s.fetch.as_mut().is_some_and(|w| w.wal_begins(data)) {
                 s.fetch = None;
                 s.enter(Phase::Wal);

@@ -3,6 +3,9 @@
 //!
 //! Client-side specifications are validated here; server-side ones are passed through for the
 //! server to validate, as pg_basebackup does.
+//!
+//! `auto` (pgclone's own, the default) is decided per run once the server is known
+//! ([`Compression::resolve`]): lz4 on the server where the output cannot change, else none.
 
 use crate::error::Error;
 
@@ -109,6 +112,28 @@ pub enum Compression {
         /// Detail as given.
         detail: Option<String>,
     },
+    /// `--compress=auto` (the default): decided per run by [`Compression::resolve`].
+    Auto,
+}
+
+/// The algorithm `auto` asks the server for. Measured (bench/RESULTS-link-*.md): as fast as
+/// zstd level 1 over 1 Gbit/s and unshaped links for the least server CPU and no server
+/// threads; zstd level 1 is faster only on slow links (100 Mbit/s: half lz4's time).
+pub const AUTO_METHOD: &str = "lz4";
+
+/// First server major that compresses its archives (BASE_BACKUP's COMPRESSION option).
+pub const MIN_MAJOR_SERVER_COMPRESSION: u32 = 15;
+
+/// What `auto` looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoFacts {
+    /// The archives are unpacked here into a data directory (plain format, no target, not
+    /// `--refresh`): only then is the output the same whatever the server sends.
+    pub unpacked: bool,
+    /// The server's major version.
+    pub server_major: u32,
+    /// The connection is TCP (with or without TLS), not a Unix socket.
+    pub tcp: bool,
 }
 
 impl Compression {
@@ -119,7 +144,28 @@ impl Compression {
     pub fn client(&self) -> ClientSpec {
         match self {
             Self::Client(spec) => *spec,
-            Self::Server { .. } => ClientSpec::NONE,
+            Self::Server { .. } | Self::Auto => ClientSpec::NONE,
+        }
+    }
+
+    /// What to ask of this server: `auto` becomes lz4 on the server for an unpacked clone of a
+    /// 15+ server over TCP (a Unix socket is a local copy, where compressing only costs CPU),
+    /// else no compression; any other choice stays as given. The same under the name
+    /// `pg_basebackup`: the data directory is byte for byte the one an uncompressed run writes.
+    pub fn resolve(&self, facts: AutoFacts) -> Self {
+        match self {
+            Self::Auto
+                if facts.unpacked
+                    && facts.tcp
+                    && facts.server_major >= MIN_MAJOR_SERVER_COMPRESSION =>
+            {
+                Self::Server {
+                    method: AUTO_METHOD.into(),
+                    detail: None,
+                }
+            }
+            Self::Auto => Self::NONE,
+            other => other.clone(),
         }
     }
 }
@@ -127,6 +173,9 @@ impl Compression {
 /// Parses `-Z`/`--compress`. `target` tells whether a backup target was given (compression then
 /// defaults to the server side).
 pub fn parse(option: &str, target: bool) -> Result<Compression, Error> {
+    if option == "auto" {
+        return Ok(Compression::Auto);
+    }
     let (location, rest) = if let Some(r) = option.strip_prefix("server-") {
         (Some(true), r)
     } else if let Some(r) = option.strip_prefix("client-") {
@@ -317,6 +366,42 @@ mod tests {
                 detail: None
             })
         );
+    }
+
+    fn facts(unpacked: bool, server_major: u32, tcp: bool) -> AutoFacts {
+        AutoFacts {
+            unpacked,
+            server_major,
+            tcp,
+        }
+    }
+
+    fn is_lz4(c: &Compression) -> bool {
+        matches!(c, Compression::Server { method, detail: None } if method == "lz4")
+    }
+
+    #[test]
+    fn auto_asks_for_lz4_only_for_unpacked_clones_of_15_plus_over_tcp() {
+        assert_eq!(parse("auto", false).ok(), Some(Compression::Auto));
+        assert_eq!(parse("auto", true).ok(), Some(Compression::Auto));
+        assert!(is_lz4(&Compression::Auto.resolve(facts(true, 15, true))));
+        assert!(is_lz4(&Compression::Auto.resolve(facts(true, 18, true))));
+        // tar format, a target, --refresh; a 14 server; a Unix socket: nothing
+        for f in [
+            facts(false, 16, true),
+            facts(true, 14, true),
+            facts(true, 10, true),
+            facts(true, 16, false),
+        ] {
+            assert_eq!(Compression::Auto.resolve(f), Compression::NONE, "{f:?}");
+        }
+        // an explicit choice is never changed
+        for option in ["none", "0", "gzip", "server-zstd:level=1", "client-lz4"] {
+            let given = parse(option, false).expect(option);
+            assert_eq!(given.resolve(facts(true, 16, true)), given, "{option}");
+            assert_eq!(given.resolve(facts(true, 14, false)), given, "{option}");
+        }
+        assert_eq!(Compression::Auto.client(), ClientSpec::NONE);
     }
 
     #[test]
